@@ -1,0 +1,70 @@
+"""The model registry: every federated run is an MLflow run, its global model a registered version."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from coordinator.server_app import FederationOutcome
+from models.errors import RegistryError
+from models.nets import build_model, set_flat
+
+__all__ = ["RegisteredModel", "register_outcome"]
+
+
+@dataclass
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    tracking_uri: str
+
+
+def model_name(task: str) -> str:
+    return f"fenji-{task}"
+
+
+def register_outcome(
+    outcome: FederationOutcome,
+    *,
+    tracking_uri: str,
+    extra_params: dict[str, object] | None = None,
+) -> RegisteredModel:
+    """Log per-round and per-site metrics, the task spec and encoding, and register the model."""
+    import mlflow
+    import mlflow.pytorch
+
+    logging.getLogger("mlflow").setLevel(logging.ERROR)
+    spec = outcome.task
+    try:
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_experiment(f"fenji-{spec.name}")
+        with mlflow.start_run(run_name=f"federated-{spec.name}") as run:
+            mlflow.log_params({
+                "task": spec.name, "rounds": len(outcome.rounds), "encrypted": outcome.encrypted,
+                "sites": len(outcome.sites), "model-family": spec.model.family, **(extra_params or {}),
+            })
+            for row in outcome.rounds:
+                step = int(row["round"])
+                mlflow.log_metrics({k: v for k, v in row.items() if k != "round" and np.isfinite(v)}, step=step)
+            for site, metrics in outcome.sites.items():
+                mlflow.log_metrics({f"site.{site}.{k}": v for k, v in metrics.items() if np.isfinite(v)})
+            mlflow.log_text(spec.to_yaml(), "task.yaml")
+            mlflow.log_dict(outcome.encoding.to_dict(), "encoding.json")
+            mlflow.log_dict({"sites": outcome.sites}, "site_metrics.json")
+            model = set_flat(build_model(spec, outcome.n_inputs), outcome.flat)
+            info = mlflow.pytorch.log_model(
+                model, name="model", input_example=np.zeros((1, outcome.n_inputs), dtype=np.float32),
+                pip_requirements=["torch"], registered_model_name=model_name(spec.name),
+            )
+            version = str(info.registered_model_version)
+            client = mlflow.MlflowClient()
+            client.set_model_version_tag(model_name(spec.name), version, "task", spec.name)
+            client.set_model_version_tag(model_name(spec.name), version, "sites", json.dumps(sorted(outcome.sites)))
+            client.set_model_version_tag(model_name(spec.name), version, "encrypted", str(outcome.encrypted))
+            return RegisteredModel(model_name(spec.name), version, run.info.run_id, tracking_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"MLflow refused the run: {exc}") from exc

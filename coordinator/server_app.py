@@ -1,0 +1,213 @@
+"""The coordinator's Flower ServerApp: federated statistics, then encrypted FedAvg rounds.
+
+``run_federation`` is the whole protocol as a plain function of a ``Grid``; the ServerApp only
+builds its settings and hands it the grid.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+
+from coordinator.strategy import EncryptedFedAvg, ciphertext_of
+from federation.crypto import Aggregator, KeyHolder
+from models.encoding import Encoder, EncodingParams, SiteStatistics
+from models.errors import NotEnoughSitesError, SiteDataError
+from models.nets import build_model, get_flat
+from models.spec import TaskSpec, load_task
+
+__all__ = ["FederationOutcome", "RunSettings", "app", "build_server_app", "run_federation"]
+
+
+@dataclass
+class RunSettings:
+    """Everything a federated run needs to know; from ``[tool.flwr.app.config]`` or the CLI."""
+
+    task: TaskSpec
+    rounds: int = 20
+    encrypt: bool = True
+    min_sites: int = 3
+    local_epochs: int | None = None
+    learning_rate: float | None = None
+    proximal_mu: float = 0.0
+    seed: int = 0
+    timeout: float = 600.0
+
+    @classmethod
+    def from_run_config(cls, run_config: dict) -> RunSettings:
+        return cls(
+            task=load_task(str(run_config.get("task", "referral_risk"))),
+            rounds=int(run_config.get("num-server-rounds", 20)),
+            encrypt=bool(run_config.get("encrypt", True)),
+            min_sites=int(run_config.get("min-sites", 3)),
+            proximal_mu=float(run_config.get("proximal-mu", 0.0)),
+        )
+
+
+@dataclass
+class FederationOutcome:
+    """What a federated run produced: the global model and the declared numbers about it."""
+
+    task: TaskSpec
+    encoding: EncodingParams
+    flat: np.ndarray
+    n_inputs: int
+    sites: dict[str, dict[str, float]] = field(default_factory=dict)
+    rounds: list[dict[str, float]] = field(default_factory=list)
+    encrypted: bool = True
+    seconds: float = 0.0
+
+
+def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = list(grid.get_node_ids())
+        if len(nodes) >= needed:
+            return nodes
+        if time.monotonic() > deadline:
+            raise NotEnoughSitesError(f"only {len(nodes)} site(s) connected, {needed} needed")
+        time.sleep(0.5)
+
+
+def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, timeout: float) -> list[Message]:
+    messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    errors = [r.error.reason for r in replies if r.has_error()]
+    if errors:
+        raise SiteDataError("site(s) failed: " + "; ".join(errors))
+    return replies
+
+
+def run_federation(
+    grid: Grid,
+    settings: RunSettings,
+    key_holder: KeyHolder,
+    *,
+    n_sites: int | None = None,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+) -> FederationOutcome:
+    """Federated statistics, ``settings.rounds`` rounds of (encrypted) FedAvg, final evaluation."""
+    started = time.monotonic()
+    spec = settings.task
+    nodes = _wait_for_nodes(grid, max(n_sites or 0, settings.min_sites), settings.timeout)
+    base = ConfigRecord({"task-json": spec.model_dump_json(), "plaintext": not settings.encrypt, "seed": settings.seed})
+    public_context = key_holder.get_public_context()
+    if settings.encrypt:
+        base["ckks-context"] = public_context
+    aggregator = Aggregator(public_context)
+
+    # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
+    replies = _send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout)
+    length = SiteStatistics.size(spec)
+    if settings.encrypt:
+        totals = key_holder.decrypt_aggregate(aggregator.add([ciphertext_of(r) for r in replies]), length=length)
+    else:
+        if len(replies) < settings.min_sites:
+            raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {settings.min_sites} needed")
+        totals = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
+    encoding = SiteStatistics(spec, np.asarray(totals)).encoding_params()
+
+    # 2. Training rounds.
+    n_inputs = Encoder(spec, encoding).width
+    initial = get_flat(build_model(spec, n_inputs, seed=settings.seed))
+    train_config = ConfigRecord(dict(base) | {"encoding": json.dumps(encoding.to_dict())})
+    if settings.local_epochs is not None:
+        train_config["epochs"] = settings.local_epochs
+    if settings.learning_rate is not None:
+        train_config["learning-rate"] = settings.learning_rate
+    if settings.proximal_mu:
+        train_config["proximal-mu"] = settings.proximal_mu
+    evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k != "ckks-context"})
+    common = dict(
+        min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
+        min_available_nodes=max(n_sites or 0, settings.min_sites),
+    )
+    strategy: FedAvg
+    if settings.encrypt:
+        strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size, **common)
+    else:
+        strategy = FedAvg(**common)
+
+    history: list[dict[str, float]] = []
+
+    def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round > 0:
+            row = {"round": float(server_round), **dict(result_so_far.get(server_round, {}))}
+            history.append(row)
+            if on_round:
+                on_round(server_round, row)
+        return None
+
+    result_so_far: dict[int, MetricRecord] = {}
+
+    def record_evaluate(contents: list[RecordDict], weighted_by_key: str) -> MetricRecord:
+        merged = aggregate_metricrecords(contents, weighted_by_key)
+        result_so_far[len(result_so_far) + 1] = merged
+        return merged
+
+    strategy.evaluate_metrics_aggr_fn = record_evaluate
+    result = strategy.start(
+        grid=grid, initial_arrays=ArrayRecord([initial]), num_rounds=settings.rounds,
+        timeout=settings.timeout, train_config=train_config, evaluate_config=evaluate_config,
+        evaluate_fn=after_round,
+    )
+    flat = result.arrays.to_numpy_ndarrays()[0] if result.arrays is not None else initial
+
+    # 3. Final evaluation, with each site's local-only baseline trained on the same budget.
+    final_config = ConfigRecord(dict(evaluate_config) | {
+        "final": True, "local-only-epochs": (settings.local_epochs or spec.model.local_epochs) * settings.rounds,
+    })
+    final = _send(grid, nodes, MessageType.EVALUATE,
+                  RecordDict({"arrays": ArrayRecord([flat]), "config": final_config}), settings.timeout)
+    sites = {
+        str(r.content["site"]["site-id"]): {k: float(v) for k, v in r.content["metrics"].items()}
+        for r in final
+    }
+    return FederationOutcome(
+        task=spec, encoding=encoding, flat=np.asarray(flat), n_inputs=n_inputs, sites=dict(sorted(sites.items())),
+        rounds=history, encrypted=settings.encrypt, seconds=time.monotonic() - started,
+    )
+
+
+def build_server_app(
+    settings: RunSettings,
+    key_holder: KeyHolder,
+    *,
+    n_sites: int | None = None,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+    on_done: Callable[[FederationOutcome], None] | None = None,
+) -> ServerApp:
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        outcome = run_federation(grid, settings, key_holder, n_sites=n_sites, on_round=on_round)
+        if on_done:
+            on_done(outcome)
+
+    return app
+
+
+# Deployment engine entry point (`flwr run`): the key holder must be a separate service there;
+# this module-level app starts one in a process of its own next to the ServerApp.
+app = ServerApp()
+
+
+@app.main()
+def _deployment_main(grid: Grid, context: Context) -> None:
+    from federation.crypto import start_key_holder_process
+
+    settings = RunSettings.from_run_config(dict(context.run_config))
+    manager, key_holder = start_key_holder_process(min_sites=settings.min_sites)
+    try:
+        run_federation(grid, settings, key_holder)
+    finally:
+        manager.shutdown()

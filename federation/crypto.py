@@ -1,0 +1,176 @@
+"""CKKS (TenSEAL) for an additions-only protocol: sites encrypt, the aggregator adds, the key holder
+decrypts sums over enough sites and nothing else.
+
+Parties and what they hold:
+
+- the **key holder** makes the context and keeps the only copy of the secret key;
+- **sites** and the **aggregator** get the *public* context (public key, no secret key, no Galois
+  or relinearisation keys: the aggregator only adds, so it needs none of them);
+- every encrypted vector ends with a contributor slot set to 1 by the site, so the decrypted sum
+  says how many sites it covers and the key holder can refuse one over fewer than ``min_sites``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing.managers import BaseManager
+
+import numpy as np
+import tenseal as ts
+
+from models.errors import NotEnoughSitesError, PrivacyError
+
+__all__ = ["Aggregator", "CKKSParams", "KeyHolder", "encrypt_vector", "load_public_context", "slot_count",
+           "start_key_holder_process"]
+
+
+@dataclass(frozen=True)
+class CKKSParams:
+    """CKKS parameters. No multiplications happen, so one data prime between the special primes."""
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
+    scale_bits: int = 40
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree // 2
+
+
+def _pack(chunks: Sequence[bytes]) -> bytes:
+    header = struct.pack(f"<I{len(chunks)}Q", len(chunks), *(len(c) for c in chunks))
+    return header + b"".join(chunks)
+
+
+def _unpack(blob: bytes) -> list[bytes]:
+    try:
+        (count,) = struct.unpack_from("<I", blob)
+        sizes = struct.unpack_from(f"<{count}Q", blob, 4)
+    except struct.error as exc:
+        raise PrivacyError("not an encrypted vector: malformed header") from exc
+    offset, chunks = 4 + 8 * count, []
+    for size in sizes:
+        chunks.append(blob[offset : offset + size])
+        offset += size
+    if offset != len(blob):
+        raise PrivacyError("not an encrypted vector: sizes do not match its length")
+    return chunks
+
+
+def load_public_context(public_context: bytes) -> ts.Context:
+    """Load a context that must not hold a secret key (sites and aggregator)."""
+    context = ts.context_from(public_context)
+    if context.has_secret_key():
+        raise PrivacyError("refusing a CKKS context that carries a secret key")
+    return context
+
+
+def slot_count(context: ts.Context) -> int:
+    return context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
+
+
+def encrypt_vector(context: ts.Context, values: np.ndarray) -> bytes:
+    """Encrypt ``values`` plus a contributor slot of 1, chunked to whole ciphertexts."""
+    data = np.append(np.asarray(values, dtype=float).ravel(), 1.0)
+    slots = slot_count(context)
+    chunks = [
+        ts.ckks_vector(context, data[i : i + slots].tolist()).serialize()
+        for i in range(0, len(data), slots)
+    ]
+    return _pack(chunks)
+
+
+class Aggregator:
+    """Adds encrypted vectors. Holds the public context only: it cannot decrypt anything."""
+
+    def __init__(self, public_context: bytes) -> None:
+        self.context = load_public_context(public_context)
+
+    def add(self, blobs: Sequence[bytes]) -> bytes:
+        if not blobs:
+            raise PrivacyError("nothing to aggregate")
+        parts = [_unpack(b) for b in blobs]
+        if len({len(p) for p in parts}) != 1:
+            raise PrivacyError("encrypted vectors of different lengths cannot be added")
+        summed = []
+        for chunk_group in zip(*parts):
+            total = ts.ckks_vector_from(self.context, chunk_group[0])
+            for chunk in chunk_group[1:]:
+                total += ts.ckks_vector_from(self.context, chunk)
+            summed.append(total.serialize())
+        return _pack(summed)
+
+
+class KeyHolder:
+    """Holds the secret key; decrypts only aggregates over at least ``min_sites`` sites.
+
+    It is a separate party from the aggregator: the aggregator is handed ``public_context`` and
+    asks for decryptions through ``decrypt_aggregate``, never sees the secret context.
+    """
+
+    def __init__(self, *, min_sites: int = 3, params: CKKSParams | None = None) -> None:
+        if min_sites < 1:
+            raise ValueError("min_sites must be at least 1")
+        self.min_sites = min_sites
+        self.params = params or CKKSParams()
+        context = ts.context(
+            ts.SCHEME_TYPE.CKKS,
+            poly_modulus_degree=self.params.poly_modulus_degree,
+            coeff_mod_bit_sizes=list(self.params.coeff_mod_bit_sizes),
+        )
+        context.global_scale = 2**self.params.scale_bits
+        self.__secret_context = context
+        self.public_context = context.serialize(
+            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
+        )
+        self.public_context_digest = hashlib.sha256(self.public_context).hexdigest()
+        self.decryptions: list[int] = []
+
+    def get_public_context(self) -> bytes:
+        """The public context (for sites and the aggregator); a method so process proxies reach it."""
+        return self.public_context
+
+    def decrypt_aggregate(self, blob: bytes, *, length: int) -> np.ndarray:
+        """Decrypt a sum of encrypted vectors of ``length`` values each.
+
+        Raises
+        ------
+        NotEnoughSitesError
+            If the sum covers fewer than ``min_sites`` sites (read from the contributor slot).
+        """
+        values = np.concatenate([
+            np.asarray(ts.ckks_vector_from(self.__secret_context, chunk).decrypt())
+            for chunk in _unpack(blob)
+        ])
+        if values.size != length + 1:
+            raise PrivacyError(f"expected {length} values and a contributor slot, got {values.size}")
+        contributors = int(round(values[-1]))
+        if contributors < self.min_sites:
+            raise NotEnoughSitesError(
+                f"refusing to decrypt an aggregate over {contributors} site(s): "
+                f"at least {self.min_sites} are required"
+            )
+        self.decryptions.append(contributors)
+        return values[:-1]
+
+
+class _KeyHolderManager(BaseManager):
+    pass
+
+
+_KeyHolderManager.register("KeyHolder", KeyHolder)
+
+
+def start_key_holder_process(*, min_sites: int = 3, params: CKKSParams | None = None) -> tuple[BaseManager, KeyHolder]:
+    """Run the key holder in a process of its own; return (manager, proxy).
+
+    The caller (the aggregator's process) only ever has the proxy: its methods run in the other
+    process, and the secret key never enters the caller's memory. ``manager.shutdown()`` ends it.
+    """
+    manager = _KeyHolderManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start()
+    return manager, manager.KeyHolder(min_sites=min_sites, params=params)  # type: ignore[attr-defined]

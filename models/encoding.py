@@ -1,0 +1,140 @@
+"""Turn a task's records into model inputs, with encoding parameters every site agrees on.
+
+The input layout depends on the task spec alone, so every site builds the same columns without
+seeing each other's data. The only data-dependent parameters (means and standard deviations of the
+numeric features) come from federated, encrypted sufficient statistics (see ``SiteStatistics``).
+A value missing for a patient, or never recorded at a site, becomes 0 after standardisation plus a
+missing indicator set to 1: never a plausible made-up value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from models.spec import FeatureKind, TaskSpec
+
+__all__ = ["Encoder", "EncodingParams", "SiteStatistics", "encode_labels"]
+
+CLIP = 6.0
+
+
+@dataclass
+class SiteStatistics:
+    """Sufficient statistics of one site (or of the sum over sites) for the encoding.
+
+    Laid out as one flat vector so it can be encrypted and added: per numeric feature
+    ``[count, sum, sum of squares]``, then the row count, then one count per label class.
+    """
+
+    spec: TaskSpec
+    vector: np.ndarray
+
+    @classmethod
+    def size(cls, spec: TaskSpec) -> int:
+        return 3 * len(cls.numeric(spec)) + 1 + len(spec.label.classes)
+
+    @staticmethod
+    def numeric(spec: TaskSpec) -> list[str]:
+        return [f.name for f in spec.features if f.kind is FeatureKind.NUMERIC]
+
+    @classmethod
+    def from_frame(cls, spec: TaskSpec, frame: pd.DataFrame) -> SiteStatistics:
+        parts: list[float] = []
+        for name in cls.numeric(spec):
+            col = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
+            col = col[~np.isnan(col)]
+            parts += [float(col.size), float(col.sum()), float((col**2).sum())]
+        parts.append(float(len(frame)))
+        labels = frame[spec.label.name].astype(str)
+        parts += [float((labels == c).sum()) for c in spec.label.classes]
+        return cls(spec, np.asarray(parts, dtype=float))
+
+    def encoding_params(self) -> EncodingParams:
+        means: dict[str, float] = {}
+        stds: dict[str, float] = {}
+        for i, name in enumerate(self.numeric(self.spec)):
+            count, total, squares = self.vector[3 * i : 3 * i + 3]
+            if count < 2:
+                means[name], stds[name] = 0.0, 1.0
+                continue
+            mean = total / count
+            var = max(squares / count - mean**2, 0.0) * count / (count - 1)
+            means[name], stds[name] = float(mean), float(np.sqrt(var) or 1.0)
+        offset = 3 * len(means)
+        n_rows = float(self.vector[offset])
+        class_counts = [float(c) for c in self.vector[offset + 1 :]]
+        return EncodingParams(means=means, stds=stds, n_rows=n_rows, class_counts=class_counts)
+
+
+@dataclass
+class EncodingParams:
+    """Global encoding parameters, decrypted from the sum over at least ``min-sites`` sites."""
+
+    means: dict[str, float] = field(default_factory=dict)
+    stds: dict[str, float] = field(default_factory=dict)
+    n_rows: float = 0.0
+    class_counts: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"means": self.means, "stds": self.stds, "n_rows": self.n_rows, "class_counts": self.class_counts}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> EncodingParams:
+        return cls(
+            means={k: float(v) for k, v in raw.get("means", {}).items()},
+            stds={k: float(v) for k, v in raw.get("stds", {}).items()},
+            n_rows=float(raw.get("n_rows", 0.0)),
+            class_counts=[float(c) for c in raw.get("class_counts", [])],
+        )
+
+
+class Encoder:
+    """Encodes records of one task into a float32 matrix with a fixed, spec-defined layout."""
+
+    def __init__(self, spec: TaskSpec, params: EncodingParams | None = None) -> None:
+        self.spec = spec
+        self.params = params or EncodingParams()
+        self.columns: list[str] = []
+        for f in spec.features:
+            if f.kind is FeatureKind.CATEGORICAL:
+                self.columns += [f"{f.name}={v}" for v in f.values or []]
+            else:
+                self.columns.append(f.name)
+            if not f.required:
+                self.columns.append(f"{f.name}:missing")
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+    def transform(self, frame: pd.DataFrame) -> np.ndarray:
+        blocks: list[np.ndarray] = []
+        n = len(frame)
+        for f in self.spec.features:
+            raw = frame[f.name] if f.name in frame else pd.Series([None] * n, index=frame.index)
+            missing = raw.isna().to_numpy()
+            if f.kind is FeatureKind.NUMERIC:
+                values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+                mean = self.params.means.get(f.name, 0.0)
+                std = self.params.stds.get(f.name, 1.0) or 1.0
+                z = np.clip((values - mean) / std, -CLIP, CLIP)
+                blocks.append(np.where(missing, 0.0, z)[:, None])
+            elif f.kind is FeatureKind.BOOLEAN:
+                values = raw.map(lambda v: 1.0 if v is True or v == 1 or str(v).lower() == "true" else 0.0)
+                blocks.append(np.where(missing, 0.0, values.to_numpy(dtype=float))[:, None])
+            else:
+                text = raw.astype(str).to_numpy()
+                onehot = np.stack([(text == v) & ~missing for v in f.values or []], axis=1)
+                blocks.append(onehot.astype(float))
+            if not f.required:
+                blocks.append(missing.astype(float)[:, None])
+        return np.concatenate(blocks, axis=1).astype(np.float32) if blocks else np.zeros((n, 0), np.float32)
+
+
+def encode_labels(spec: TaskSpec, frame: pd.DataFrame) -> np.ndarray:
+    """Class indices (in the spec's order) of the label column."""
+    index = {c: i for i, c in enumerate(spec.label.classes)}
+    return frame[spec.label.name].astype(str).map(index).to_numpy(dtype=np.int64)

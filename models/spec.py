@@ -1,0 +1,170 @@
+"""Task specifications: what a prediction task reads, predicts and trains.
+
+A task is declared in a YAML file (see ``models/tasks/*.yaml``); a user's own file works the same
+way as a built-in one, with no code change.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from models.errors import TaskSpecError
+
+__all__ = [
+    "FeatureKind",
+    "FeatureSpec",
+    "LabelSpec",
+    "ModelSpec",
+    "TaskSpec",
+    "builtin_tasks",
+    "load_task",
+]
+
+TASKS_DIR = Path(__file__).parent / "tasks"
+
+
+class FeatureKind(str, Enum):
+    NUMERIC = "numeric"
+    CATEGORICAL = "categorical"
+    BOOLEAN = "boolean"
+
+
+class FeatureSpec(BaseModel):
+    """One input feature, as the site records it after mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: FeatureKind
+    unit: str | None = None
+    description: str | None = None
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None
+    required: bool = False
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> FeatureSpec:
+        if self.kind is FeatureKind.CATEGORICAL and not self.values:
+            raise ValueError(f"categorical feature {self.name!r} needs its allowed 'values'")
+        if self.kind is not FeatureKind.NUMERIC and (self.min is not None or self.max is not None):
+            raise ValueError(f"only numeric features take min/max ({self.name!r})")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
+        if self.values is not None:
+            self.values = [str(v) for v in self.values]
+        return self
+
+
+class LabelSpec(BaseModel):
+    """The outcome a task predicts: binary, ordinal or multiclass, with its classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["binary", "ordinal", "multiclass"]
+    classes: list[str]
+    description: str | None = None
+
+    @model_validator(mode="after")
+    def _check_classes(self) -> LabelSpec:
+        self.classes = [str(c) for c in self.classes]
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError("label classes must be distinct")
+        if self.kind == "binary" and len(self.classes) != 2:
+            raise ValueError("a binary label has exactly two classes (negative first)")
+        if len(self.classes) < 2:
+            raise ValueError("a label needs at least two classes")
+        return self
+
+
+class ModelSpec(BaseModel):
+    """The model family a task trains, and its default training settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: Literal["logistic", "mlp"] = "logistic"
+    hidden: list[int] = Field(default_factory=lambda: [32])
+    local_epochs: int = 5
+    learning_rate: float = 0.05
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+
+
+class TaskSpec(BaseModel):
+    """A prediction task: features, label, record id and model family."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    description: str = ""
+    record_id: str | None = None
+    features: list[FeatureSpec]
+    label: LabelSpec
+    model: ModelSpec = Field(default_factory=ModelSpec)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> TaskSpec:
+        names = [f.name for f in self.features] + [self.label.name]
+        if self.record_id:
+            names.append(self.record_id)
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"column names used twice: {sorted(dupes)}")
+        if not self.features:
+            raise ValueError("a task needs at least one feature")
+        return self
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    def feature(self, name: str) -> FeatureSpec:
+        for f in self.features:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False,
+                              allow_unicode=True)
+
+
+def builtin_tasks() -> list[str]:
+    """Names of the task specs that ship with Fenji."""
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml"))
+
+
+def load_task(task: str | Path) -> TaskSpec:
+    """Load a task by built-in name or from a YAML file path.
+
+    Raises
+    ------
+    TaskSpecError
+        If the file does not exist, is not YAML, or does not describe a valid task.
+    """
+    path = Path(task)
+    if not path.suffix and not path.exists():
+        path = TASKS_DIR / f"{task}.yaml"
+        if not path.exists():
+            raise TaskSpecError(
+                f"unknown task {str(task)!r}: built-in tasks are {', '.join(builtin_tasks())}, "
+                "or give the path of a task YAML file"
+            )
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise TaskSpecError(f"task file not found: {path}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TaskSpecError(f"task file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise TaskSpecError(f"task file {path} must hold a mapping at the top level")
+    try:
+        return TaskSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise TaskSpecError(f"task file {path} is not a valid task spec:\n{exc}") from exc

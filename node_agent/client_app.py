@@ -1,0 +1,99 @@
+"""The node agent's Flower ClientApp: thin handlers around ``node_agent.local``.
+
+Node-local facts (where the site's data is) come only from the node: ``context.node_config
+["site-dir"]`` on the deployment engine, or the simulation's site list by partition id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from federation.crypto import encrypt_vector, load_public_context
+from models.encoding import EncodingParams
+from models.spec import TaskSpec
+from models.training import TrainConfig
+from node_agent.egress import make_egress_guard
+from node_agent.local import SiteData, evaluate_flat, load_site_data, local_only_metrics, site_statistics, train_update
+
+__all__ = ["app", "build_client_app"]
+
+
+def _ciphertext_record(config: ConfigRecord, values: np.ndarray) -> ArrayRecord:
+    context = load_public_context(bytes(config["ckks-context"]))
+    blob = encrypt_vector(context, values)
+    return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
+
+
+def _train_config(spec: TaskSpec, config: ConfigRecord) -> TrainConfig:
+    overrides = {k.replace("-", "_"): config[k] for k in ("epochs", "learning-rate", "proximal-mu", "seed") if k in config}
+    return TrainConfig.from_spec(spec, **overrides)
+
+
+def build_client_app(
+    sites: Sequence[Path] | None = None,
+    *,
+    egress_log: Path | None = None,
+    allow_plaintext: bool = False,
+) -> ClientApp:
+    """A ClientApp; ``sites`` maps simulation partition ids to site folders."""
+    app = ClientApp(mods=[make_egress_guard(log_dir=egress_log, allow_plaintext=allow_plaintext)])
+
+    def site_data(message: Message, context: Context) -> tuple[SiteData, ConfigRecord]:
+        config = message.content["config"]
+        spec = TaskSpec.model_validate_json(str(config["task-json"]))
+        if "site-dir" in context.node_config:
+            site_dir = Path(str(context.node_config["site-dir"]))
+        else:
+            site_dir = Path(sites[int(context.node_config["partition-id"])])  # type: ignore[index]
+        return load_site_data(site_dir, spec), config
+
+    def reply(message: Message, records: dict) -> Message:
+        return Message(RecordDict(records), reply_to=message)
+
+    @app.query("stats")
+    def stats(message: Message, context: Context) -> Message:
+        data, config = site_data(message, context)
+        vector = site_statistics(data).vector
+        n = MetricRecord({"num-examples": len(data.train_frame)})
+        if config.get("plaintext", False):
+            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n})
+        return reply(message, {"ciphertext": _ciphertext_record(config, vector), "metrics": n})
+
+    @app.train()
+    def train(message: Message, context: Context) -> Message:
+        data, config = site_data(message, context)
+        params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
+        global_flat = message.content["arrays"].to_numpy_ndarrays()[0]
+        flat, n, loss = train_update(data, params, global_flat, _train_config(data.spec, config))
+        metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
+        if config.get("plaintext", False):
+            return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics})
+        # Weighting is applied at the site: the sum of n_i * theta_i and of n_i is all that is decrypted.
+        weighted = np.append(n * flat, float(n))
+        return reply(message, {"ciphertext": _ciphertext_record(config, weighted), "metrics": metrics})
+
+    @app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        data, config = site_data(message, context)
+        params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
+        flat = message.content["arrays"].to_numpy_ndarrays()[0]
+        metrics = evaluate_flat(data, params, flat)
+        values = {"num-examples": int(metrics["n"]), **{k: v for k, v in metrics.items()}}
+        if config.get("final", False):
+            local_config = _train_config(data.spec, config)
+            local_config.epochs = int(config.get("local-only-epochs", local_config.epochs))
+            values |= {f"local-{k}": v for k, v in local_only_metrics(data, local_config).items()}
+        return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord({"site-id": data.site_id})})
+
+    return app
+
+
+# The deployment engine's entry point (`flwr run` with a SuperNode per clinic, each started with
+# `--node-config "site-dir='/path/to/site'"`).
+app = build_client_app()

@@ -1,0 +1,138 @@
+"""The site's own DuckDB file: accepted records per task, quarantine, and the ingest log.
+
+Nothing in this module sends anything anywhere; it is the only place that reads patient rows.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import pandas as pd
+
+from models.errors import IngestError, SiteDataError
+from models.spec import FeatureKind, TaskSpec
+
+if TYPE_CHECKING:
+    from node_agent.ingest import IngestSummary
+
+__all__ = ["SiteStore", "quote_ident", "sql_text"]
+
+DB_NAME = "site.duckdb"
+SQL_TYPES = {FeatureKind.NUMERIC: "DOUBLE", FeatureKind.CATEGORICAL: "VARCHAR", FeatureKind.BOOLEAN: "BOOLEAN"}
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class SiteStore:
+    """One clinic's DuckDB file, under ``site_dir/site.duckdb``."""
+
+    def __init__(self, site_dir: Path | str, *, read_only: bool = False) -> None:
+        self.site_dir = Path(site_dir)
+        self.path = self.site_dir / DB_NAME
+        if read_only and not self.path.exists():
+            raise SiteDataError(f"no site store at {self.path}: run `fenji node ingest` first")
+        self.site_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.connection = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise IngestError(f"cannot open the site store {self.path}: {exc}") from exc
+        if not read_only:
+            self._create_metadata()
+
+    @property
+    def site_id(self) -> str:
+        return self.site_dir.name
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> SiteStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _create_metadata(self) -> None:
+        self.connection.execute(
+            """
+            CREATE TABLE IF NOT EXISTS ingest_log (
+                ingest_id INTEGER PRIMARY KEY, task VARCHAR, source_file VARCHAR,
+                file_sha256 VARCHAR, mapping_sha256 VARCHAR, rows_read BIGINT,
+                accepted BIGINT, quarantined BIGINT, ingested_at TIMESTAMP);
+            CREATE TABLE IF NOT EXISTS quarantine (
+                ingest_id INTEGER, task VARCHAR, source_file VARCHAR, row_number BIGINT,
+                record_id VARCHAR, reason VARCHAR, raw VARCHAR);
+            """
+        )
+
+    @staticmethod
+    def table_name(spec: TaskSpec) -> str:
+        return quote_ident(f"task_{spec.name}")
+
+    def ensure_task_table(self, spec: TaskSpec) -> None:
+        columns = ", ".join(f"{quote_ident(f.name)} {SQL_TYPES[f.kind]}" for f in spec.features)
+        self.connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {self.table_name(spec)} (record_id VARCHAR PRIMARY KEY, "
+            f"{columns}, {quote_ident(spec.label.name)} VARCHAR, _ingest_id INTEGER, _row BIGINT)"
+        )
+
+    def already_ingested(self, task: str, file_sha: str, mapping_sha: str) -> bool:
+        row = self.connection.execute(
+            "SELECT count(*) FROM ingest_log WHERE task = ? AND file_sha256 = ? AND mapping_sha256 = ?",
+            [task, file_sha, mapping_sha],
+        ).fetchone()
+        return bool(row and row[0])
+
+    def next_ingest_id(self) -> int:
+        return int(self.connection.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()[0])
+
+    def log_ingest(self, summary: IngestSummary, file_sha: str, mapping_sha: str) -> None:
+        self.connection.execute(
+            "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [summary.ingest_id, summary.task, summary.file, file_sha, mapping_sha, summary.rows_read,
+             summary.accepted, summary.quarantined, datetime.now(timezone.utc).replace(tzinfo=None)],
+        )
+
+    def has_task(self, spec: TaskSpec) -> bool:
+        row = self.connection.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [f"task_{spec.name}"]
+        ).fetchone()
+        return bool(row and row[0])
+
+    def count(self, spec: TaskSpec) -> int:
+        if not self.has_task(spec):
+            return 0
+        return int(self.connection.execute(f"SELECT count(*) FROM {self.table_name(spec)}").fetchone()[0])
+
+    def quarantine(self, task: str | None = None) -> pd.DataFrame:
+        where, params = ("WHERE task = ?", [task]) if task else ("", [])
+        return self.connection.execute(
+            f"SELECT * FROM quarantine {where} ORDER BY ingest_id, row_number", params
+        ).df()
+
+    def load(self, spec: TaskSpec, *, split: str | None = None, test_fraction: float = 0.25) -> pd.DataFrame:
+        """Accepted records of a task, optionally only the ``train`` or ``test`` split.
+
+        The split is a stable hash of the record id, so a record stays on its side as data grows.
+        """
+        if not self.has_task(spec):
+            raise SiteDataError(f"site {self.site_id!r} has no data for task {spec.name!r}")
+        cols = ", ".join(quote_ident(c) for c in [*spec.feature_names, spec.label.name])
+        cut = int(round(test_fraction * 10_000))
+        where = ""
+        if split == "test":
+            where = f"WHERE hash(record_id) % 10000 < {cut}"
+        elif split == "train":
+            where = f"WHERE hash(record_id) % 10000 >= {cut}"
+        return self.connection.execute(
+            f"SELECT record_id, {cols} FROM {self.table_name(spec)} {where} ORDER BY _ingest_id, _row"
+        ).df()
