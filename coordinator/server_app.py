@@ -66,15 +66,19 @@ class FederationOutcome:
     seconds: float = 0.0
 
 
-def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
+    """Wait for ``expected`` sites to connect; fail unless at least ``min_sites`` did."""
     deadline = time.monotonic() + timeout
     while True:
         nodes = list(grid.get_node_ids())
-        if len(nodes) >= needed:
-            return nodes
-        if time.monotonic() > deadline:
-            raise NotEnoughSitesError(f"only {len(nodes)} site(s) connected, {needed} needed")
+        if len(nodes) >= expected or time.monotonic() > deadline:
+            break
         time.sleep(0.5)
+    if len(nodes) < min_sites:
+        raise NotEnoughSitesError(
+            f"only {len(nodes)} site(s) connected: a federated run needs at least {min_sites} (min-sites)"
+        )
+    return nodes
 
 
 def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, timeout: float) -> list[Message]:
@@ -97,7 +101,7 @@ def run_federation(
     """Federated statistics, ``settings.rounds`` rounds of (encrypted) FedAvg, final evaluation."""
     started = time.monotonic()
     spec = settings.task
-    nodes = _wait_for_nodes(grid, max(n_sites or 0, settings.min_sites), settings.timeout)
+    nodes = _wait_for_nodes(grid, n_sites or settings.min_sites, settings.min_sites, settings.timeout)
     base = ConfigRecord({"task-json": spec.model_dump_json(), "plaintext": not settings.encrypt, "seed": settings.seed})
     public_context = key_holder.get_public_context()
     if settings.encrypt:
@@ -128,7 +132,7 @@ def run_federation(
     evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k != "ckks-context"})
     common = dict(
         min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
-        min_available_nodes=max(n_sites or 0, settings.min_sites),
+        min_available_nodes=settings.min_sites,
     )
     strategy: FedAvg
     if settings.encrypt:

@@ -1,0 +1,241 @@
+"""The ``fenji`` command: demo, node agent ingest, simulated federations."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column, Table
+
+from federation.settings import Settings, configure_environment
+from models.errors import FenjiError
+
+configure_environment()
+if "--verbose" not in sys.argv:
+    # Third-party deprecation chatter (Ray, SQLAlchemy, torch.export) is noise for a clinic's operator.
+    warnings.filterwarnings("ignore")
+    logging.getLogger("torch._export").setLevel(logging.ERROR)
+    logging.getLogger("torch.export").setLevel(logging.ERROR)
+
+app = typer.Typer(help="Fenji (分级): privacy-preserving federated learning for tiered diagnosis.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+node_app = typer.Typer(help="Commands run by a clinic's node agent.", no_args_is_help=True)
+app.add_typer(node_app, name="node")
+console = Console()
+
+
+def _fail(exc: FenjiError) -> None:
+    console.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(exc.exit_code)
+
+
+def _fmt(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+@app.command("tasks")
+def tasks_command() -> None:
+    """List the built-in task specs."""
+    from models.spec import builtin_tasks, load_task
+
+    table = Table("task", "label", "features", "model")
+    for name in builtin_tasks():
+        spec = load_task(name)
+        table.add_row(name, f"{spec.label.name} ({spec.label.kind})", str(len(spec.features)), spec.model.family)
+    console.print(table)
+
+
+@node_app.command("ingest")
+def ingest_command(
+    site_dir: Annotated[Path, typer.Option(help="The site's folder; its DuckDB file is site.duckdb there.")],
+    task: Annotated[str, typer.Option(help="Built-in task name or path of a task YAML file.")],
+    input: Annotated[Path, typer.Option("--input", help="Clinic export: CSV (any encoding) or Parquet.")],
+    mapping: Annotated[Optional[str], typer.Option(help="Mapping YAML (path or built-in name).")] = None,
+) -> None:
+    """Load a clinic export into the site's DuckDB: each row accepted or quarantined with a reason."""
+    from models.spec import load_task
+    from node_agent.ingest import ingest_file
+    from node_agent.mapping import load_mapping
+    from node_agent.store import SiteStore
+
+    try:
+        spec, mapping_ = load_task(task), load_mapping(mapping)
+        with SiteStore(site_dir) as store:
+            summary = ingest_file(store, spec, input, mapping_)
+            total = store.count(spec)
+    except FenjiError as exc:
+        _fail(exc)
+    if summary.already_ingested:
+        console.print(f"{input} was already ingested for task {spec.name} with this mapping: nothing added.")
+        return
+    console.print(
+        f"[bold]{input.name}[/] → {site_dir} ({spec.name}): read {summary.rows_read}, "
+        f"[green]accepted {summary.accepted}[/], [yellow]quarantined {summary.quarantined}[/]; "
+        f"{total} records in the store."
+    )
+    if summary.absent_columns:
+        console.print(f"  columns not in the file (recorded as missing): {', '.join(summary.absent_columns)}")
+    if summary.ignored_columns:
+        console.print(f"  columns ignored: {', '.join(summary.ignored_columns)}")
+    if summary.reasons:
+        table = Table("quarantine reason", "rows", title="Quarantined rows (see the quarantine table)")
+        for reason, count in summary.reasons.items():
+            table.add_row(reason, str(count))
+        console.print(table)
+
+
+def _site_table(title: str, sites: dict[str, dict[str, float]], pooled: dict[str, dict[str, float]] | None) -> Table:
+    table = Table(Column("site", no_wrap=True), "test rows", "local-only AUROC", "federated AUROC", title=title)
+    if pooled is not None:
+        table.add_column("pooled AUROC (reference)")
+    for site, m in sites.items():
+        row = [site, str(int(m.get("n", 0))), _fmt(m.get("local-auroc")), _fmt(m.get("auroc"))]
+        if pooled is not None:
+            row.append(_fmt(pooled.get(site, {}).get("auroc")))
+        table.add_row(*row)
+    return table
+
+
+def _run_and_report(
+    *, spec, site_dirs: list[Path], rounds: int, encrypt: bool, min_sites: int, json_out: Path | None,
+    register: bool, settings: Settings, verbose: bool, title: str,
+) -> dict:
+    from federation.simulation import pooled_reference, run_simulated_federation
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[auroc]}"), TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task(f"federated rounds ({'encrypted' if encrypt else 'plaintext'})", total=rounds, auroc="")
+        outcome = run_simulated_federation(
+            spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
+            on_round=lambda r, m: progress.update(bar, completed=r, auroc=f"mean AUROC {m.get('auroc', math.nan):.3f}"),
+        )
+    pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
+    console.print(_site_table(title, outcome.sites, pooled))
+    report = {
+        "task": spec.name, "rounds": rounds, "encrypted": encrypt, "min_sites": min_sites,
+        "seconds": round(outcome.seconds, 2),
+        "sites": {
+            s: {"test_rows": int(m.get("n", 0)), "local_only": {k[6:]: m[k] for k in m if k.startswith("local-")},
+                "federated": {k: m[k] for k in ("auroc", "accuracy", "log-loss") if k in m},
+                "pooled_reference": pooled.get(s, {})}
+            for s, m in outcome.sites.items()
+        },
+        "rounds_history": outcome.rounds,
+    }
+    if register:
+        from coordinator.audit import AuditLog
+        from coordinator.registry import register_outcome
+
+        registered = register_outcome(outcome, tracking_uri=settings.tracking_uri)
+        AuditLog(settings.audit_path).append(
+            actor="coordinator", action="training-run", task=spec.name, rounds=rounds, encrypted=encrypt,
+            sites=sorted(outcome.sites), model=registered.name, version=registered.version, run_id=registered.run_id,
+        )
+        report["registered"] = {"name": registered.name, "version": registered.version, "run_id": registered.run_id,
+                                "tracking_uri": registered.tracking_uri}
+        console.print(f"Registered [bold]{registered.name}[/] version {registered.version} in {registered.tracking_uri}")
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(report, indent=2, default=float))
+        console.print(f"Per-site metrics written to {json_out}")
+    return report
+
+
+@app.command("sim")
+def sim_command(
+    task: Annotated[str, typer.Option(help="Built-in task name or path of a task YAML file.")],
+    sites_dir: Annotated[Path, typer.Option(help="Folder of site folders made by `fenji node ingest`.")],
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 20,
+    encryption: Annotated[bool, typer.Option("--encryption/--no-encryption", help="CKKS-encrypt updates.")] = True,
+    min_sites: Annotated[Optional[int], typer.Option(help="Fewest sites a decrypted aggregate may cover.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-site metrics here.")] = None,
+    register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model in MLflow.")] = True,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
+) -> None:
+    """Run a federation on Flower's simulation engine over site folders, one SuperNode per site."""
+    from federation.simulation import site_dirs_of
+    from models.spec import load_task
+
+    settings = Settings()
+    try:
+        spec = load_task(task)
+        if not sites_dir.is_dir():
+            raise FenjiError(f"no such folder: {sites_dir}")
+        site_dirs = site_dirs_of(sites_dir)
+        needed = min_sites if min_sites is not None else min(settings.min_sites, max(len(site_dirs), 1))
+        if len(site_dirs) < needed:
+            raise FenjiError(f"{len(site_dirs)} site folder(s) in {sites_dir}, at least {needed} needed")
+        _run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=needed,
+                        json_out=json_out, register=register, settings=settings, verbose=verbose,
+                        title=f"{spec.name}: held-out AUROC per site")
+    except FenjiError as exc:
+        _fail(exc)
+
+
+@app.command("demo")
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its clinics, stores and registry.")] = Path("fenji-demo"),
+    rounds: Annotated[int, typer.Option(min=1)] = 15,
+    encryption: Annotated[bool, typer.Option("--encryption/--no-encryption")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
+) -> None:
+    """Generate 8 synthetic community clinics, ingest them, and run an encrypted federation."""
+    from federation.synth import write_federation
+    from models.spec import load_task
+    from node_agent.ingest import ingest_file
+    from node_agent.mapping import load_mapping
+    from node_agent.store import SiteStore
+
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    settings = Settings(home=workdir / "coordinator")
+    spec = load_task("referral_risk")
+    console.rule("[bold]Fenji demo: 8 community clinics, referral risk")
+    exports = write_federation(workdir / "exports", seed=seed)
+    table = Table("clinic", "rows read", "accepted", "quarantined", "never recorded",
+                  title="1. Each clinic's node agent ingests its own export into its own DuckDB")
+    site_dirs = []
+    for name, path, mapping in exports:
+        with SiteStore(workdir / "sites" / name) as store:
+            summary = ingest_file(store, spec, path, load_mapping(mapping))
+        site_dirs.append(workdir / "sites" / name)
+        table.add_row(name, str(summary.rows_read), str(summary.accepted), str(summary.quarantined),
+                      ", ".join(summary.absent_columns) or "–")
+    console.print(table)
+    console.print("2. Federated statistics and training: sites send only CKKS ciphertexts; "
+                  "a separate key-holder process decrypts sums over ≥ 3 sites.")
+    try:
+        report = _run_and_report(
+            spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=3,
+            json_out=workdir / "demo-results.json", register=True, settings=settings, verbose=verbose,
+            title="3. Held-out AUROC per clinic",
+        )
+    except FenjiError as exc:
+        _fail(exc)
+    sites = report["sites"]
+    from federation.simulation import mean_finite
+
+    console.print(
+        f"Mean over clinics: local-only {mean_finite([s['local_only'].get('auroc', math.nan) for s in sites.values()]):.3f}, "
+        f"federated {mean_finite([s['federated'].get('auroc', math.nan) for s in sites.values()]):.3f}, "
+        f"pooled reference {mean_finite([s['pooled_reference'].get('auroc', math.nan) for s in sites.values()]):.3f}"
+    )
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,57 @@
+"""Shared fixtures: real DuckDB site stores under tmp_path, built from small synthetic clinics."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from federation.settings import configure_environment
+
+configure_environment()
+
+from federation.synth import ClinicProfile, write_federation  # noqa: E402
+from models.spec import load_task  # noqa: E402
+from node_agent.ingest import ingest_file  # noqa: E402
+from node_agent.mapping import load_mapping  # noqa: E402
+from node_agent.store import SiteStore  # noqa: E402
+
+SHARED_DATA = Path(os.environ.get("FENJI_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+SMALL_CLINICS = [
+    ClinicProfile("site_a", 260, age_mean=45),
+    ClinicProfile("site_b", 200, age_mean=70, severity_shift=0.3),
+    ClinicProfile("site_c_no_spo2", 160, never_records=["spo2"], label_offset=0.4),
+    ClinicProfile("site_d_gbk", 140, export="gbk-semicolon"),
+]
+
+
+@pytest.fixture(scope="session")
+def referral_spec():
+    return load_task("referral_risk")
+
+
+@pytest.fixture(scope="session")
+def small_federation(tmp_path_factory, referral_spec) -> list[Path]:
+    """Four small synthetic clinics, each ingested into its own DuckDB file."""
+    root = tmp_path_factory.mktemp("federation")
+    sites = []
+    for name, path, mapping in write_federation(root / "exports", clinics=SMALL_CLINICS, seed=7):
+        with SiteStore(root / "sites" / name) as store:
+            ingest_file(store, referral_spec, path, load_mapping(mapping))
+        sites.append(root / "sites" / name)
+    return sites
+
+
+@pytest.fixture()
+def site_store(tmp_path):
+    with SiteStore(tmp_path / "site") as store:
+        yield store
+
+
+def require_shared_data(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"shared data set not found at {path} (set FENJI_DATA_DIR)")
+    return path

@@ -1,0 +1,88 @@
+"""The encrypted aggregate is the weighted average; only the key holder decrypts, and only ≥ min-sites."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tenseal as ts
+
+from federation.crypto import Aggregator, KeyHolder, encrypt_vector, load_public_context, start_key_holder_process
+from models.errors import NotEnoughSitesError, PrivacyError
+
+
+@pytest.fixture(scope="module")
+def key_holder() -> KeyHolder:
+    return KeyHolder(min_sites=3)
+
+
+def _site_updates(rng: np.random.Generator, n_sites: int, n_params: int):
+    thetas = [rng.normal(0, 1, n_params) for _ in range(n_sites)]
+    counts = rng.integers(20, 2000, n_sites).astype(float)
+    return thetas, counts
+
+
+@pytest.mark.parametrize("n_params", [17, 5000])  # one ciphertext, and several chunks
+def test_encrypted_weighted_average_matches_plaintext(key_holder, n_params):
+    rng = np.random.default_rng(n_params)
+    thetas, counts = _site_updates(rng, 5, n_params)
+    context = load_public_context(key_holder.public_context)
+    blobs = [encrypt_vector(context, np.append(n * t, n)) for t, n in zip(thetas, counts)]
+    summed = Aggregator(key_holder.public_context).add(blobs)
+    values = key_holder.decrypt_aggregate(summed, length=n_params + 1)
+    encrypted_avg = values[:-1] / values[-1]
+    plain_avg = np.average(np.stack(thetas), axis=0, weights=counts)
+    assert np.max(np.abs(encrypted_avg - plain_avg)) < 1e-4
+    assert values[-1] == pytest.approx(counts.sum(), rel=1e-6)
+
+
+def test_aggregator_context_has_no_secret_key_and_cannot_decrypt(key_holder):
+    aggregator = Aggregator(key_holder.public_context)
+    assert not aggregator.context.has_secret_key()
+    assert aggregator.context.is_public()
+    blob = encrypt_vector(aggregator.context, np.arange(8.0))
+    from federation.crypto import _unpack
+
+    ciphertext = ts.ckks_vector_from(aggregator.context, _unpack(blob)[0])
+    with pytest.raises(ValueError):
+        ciphertext.decrypt()
+
+
+def test_public_context_refuses_a_secret_key():
+    secret = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 40, 60])
+    with pytest.raises(PrivacyError):
+        load_public_context(secret.serialize(save_secret_key=True))
+
+
+@pytest.mark.parametrize("n_sites", [1, 2])
+def test_key_holder_refuses_fewer_than_min_sites(key_holder, n_sites):
+    context = load_public_context(key_holder.public_context)
+    blobs = [encrypt_vector(context, np.ones(4)) for _ in range(n_sites)]
+    with pytest.raises(NotEnoughSitesError):
+        key_holder.decrypt_aggregate(Aggregator(key_holder.public_context).add(blobs), length=4)
+
+
+def test_key_holder_decrypts_exactly_min_sites(key_holder):
+    context = load_public_context(key_holder.public_context)
+    blobs = [encrypt_vector(context, np.full(4, i)) for i in range(3)]
+    values = key_holder.decrypt_aggregate(Aggregator(key_holder.public_context).add(blobs), length=4)
+    np.testing.assert_allclose(values, np.full(4, 3.0), atol=1e-5)
+
+
+def test_key_holder_in_its_own_process_keeps_the_secret():
+    manager, proxy = start_key_holder_process(min_sites=2)
+    try:
+        public = proxy.get_public_context()
+        assert not ts.context_from(public).has_secret_key()
+        context = load_public_context(public)
+        single = encrypt_vector(context, np.ones(3))
+        with pytest.raises(NotEnoughSitesError):
+            proxy.decrypt_aggregate(single, length=3)
+        pair = Aggregator(public).add([single, encrypt_vector(context, np.ones(3))])
+        np.testing.assert_allclose(proxy.decrypt_aggregate(pair, length=3), [2, 2, 2], atol=1e-5)
+    finally:
+        manager.shutdown()
+
+
+def test_malformed_ciphertext_is_refused(key_holder):
+    with pytest.raises(PrivacyError):
+        Aggregator(key_holder.public_context).add([b"not a ciphertext"])
