@@ -44,6 +44,9 @@ class SiteStatistics:
     def from_frame(cls, spec: TaskSpec, frame: pd.DataFrame) -> SiteStatistics:
         parts: list[float] = []
         for name in cls.numeric(spec):
+            if name not in frame:
+                parts += [0.0, 0.0, 0.0]
+                continue
             col = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=float)
             col = col[~np.isnan(col)]
             parts += [float(col.size), float(col.sum()), float((col**2).sum())]
@@ -123,8 +126,8 @@ class Encoder:
                 z = np.clip((values - mean) / std, -CLIP, CLIP)
                 blocks.append(np.where(missing, 0.0, z)[:, None])
             elif f.kind is FeatureKind.BOOLEAN:
-                values = raw.map(lambda v: 1.0 if v is True or v == 1 or str(v).lower() == "true" else 0.0)
-                blocks.append(np.where(missing, 0.0, values.to_numpy(dtype=float))[:, None])
+                text = raw.astype(object).where(~missing, "").astype(str).str.lower()
+                blocks.append(text.isin(["true", "1", "1.0"]).to_numpy(dtype=float)[:, None])
             else:
                 text = raw.astype(str).to_numpy()
                 onehot = np.stack([(text == v) & ~missing for v in f.values or []], axis=1)

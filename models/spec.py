@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.errors import TaskSpecError
 
@@ -48,6 +48,11 @@ class FeatureSpec(BaseModel):
     values: list[str] | None = None
     required: bool = False
 
+    @field_validator("values", mode="before")
+    @classmethod
+    def _values_as_text(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
+
     @model_validator(mode="after")
     def _check_kind(self) -> FeatureSpec:
         if self.kind is FeatureKind.CATEGORICAL and not self.values:
@@ -70,6 +75,11 @@ class LabelSpec(BaseModel):
     kind: Literal["binary", "ordinal", "multiclass"]
     classes: list[str]
     description: str | None = None
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _classes_as_text(cls, v: Any) -> Any:
+        return [str(x) for x in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _check_classes(self) -> LabelSpec:
