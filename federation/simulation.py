@@ -50,7 +50,7 @@ def run_simulated_federation(
     from node_agent.client_app import build_client_app
 
     if not verbose:
-        logging.getLogger("flwr").setLevel(logging.WARNING)
+        logging.getLogger("flwr").setLevel(logging.ERROR)
     settings = RunSettings(
         task=spec, rounds=rounds, encrypt=encrypt, min_sites=min_sites, local_epochs=local_epochs,
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed,
