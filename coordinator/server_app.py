@@ -122,7 +122,9 @@ def run_federation(
     # 2. Training rounds.
     n_inputs = Encoder(spec, encoding).width
     initial = get_flat(build_model(spec, n_inputs, seed=settings.seed))
-    train_config = ConfigRecord(dict(base) | {"encoding": json.dumps(encoding.to_dict())})
+    train_config = ConfigRecord(dict(base) | {
+        "encoding": json.dumps(encoding.to_dict()), "total-examples": float(encoding.n_rows),
+    })
     if settings.local_epochs is not None:
         train_config["epochs"] = settings.local_epochs
     if settings.learning_rate is not None:

@@ -18,9 +18,10 @@ def ciphertext_of(message: Message) -> bytes:
 
 
 class EncryptedFedAvg(FedAvg):
-    """FedAvg whose sites send ``Enc([n_i * theta_i, n_i])``; only ``aggregate_train`` differs.
+    """FedAvg whose sites send ``Enc([w_i * theta_i, w_i])``; only ``aggregate_train`` differs.
 
-    The weighted average is ``sum(n_i * theta_i) / sum(n_i)``, computed from one decryption of
+    ``w_i = n_i / N`` is site i's share of the training rows. The weighted average is
+    ``sum(w_i * theta_i) / sum(w_i)`` (exact even if some sites drop out), from one decryption of
     the encrypted sum, which the key holder grants only over at least ``min_sites`` sites.
     """
 

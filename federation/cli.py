@@ -233,6 +233,46 @@ def demo_command(
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
 
 
+BENCHMARKS = ("he-overhead",)
+
+
+@app.command("bench")
+def bench_command(
+    name: Annotated[str, typer.Argument(help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write inputs, environment and every figure here.")],
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per configuration.")] = 3,
+    sizes: Annotated[str, typer.Option(help="Model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
+    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 10,
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+) -> None:
+    """Run a benchmark, print its table and write its JSON (and plot)."""
+    from bench.common import write_json
+
+    if name not in BENCHMARKS:
+        console.print(f"[bold red]error:[/] unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
+        raise typer.Exit(2)
+    from bench import he_overhead
+
+    size_list = [int(s) for s in sizes.split(",") if s.strip()]
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("he-overhead", total=len(size_list) * repeats)
+        report = he_overhead.run(sizes=size_list, sites=sites, repeats=repeats,
+                                 progress=lambda: progress.advance(bar))
+    table = Table("parameters", "round s (plain)", "round s (CKKS)", "time ratio", "bytes/site (float32)",
+                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {sites} sites (median)")
+    for r in report["results"]:
+        table.add_row(f"{r['parameters']:,}", f"{r['round_seconds_plaintext']['median']:.3f}",
+                      f"{r['round_seconds_encrypted']['median']:.3f}", f"{r['round_time_ratio']['median']:.2f}×",
+                      f"{r['bytes_per_site_plaintext_float32']:,}", f"{r['bytes_per_site_encrypted']:,}",
+                      f"{r['bytes_ratio']:.1f}×", f"{r['max_decryption_error']['max']:.1e}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

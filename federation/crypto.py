@@ -30,10 +30,15 @@ __all__ = ["Aggregator", "CKKSParams", "KeyHolder", "encrypt_vector", "load_publ
 
 @dataclass(frozen=True)
 class CKKSParams:
-    """CKKS parameters. No multiplications happen, so one data prime between the special primes."""
+    """CKKS parameters for additions only: no rescaling, so one data prime and the special prime.
+
+    With a 60-bit data prime and scale 2^40, values up to about 2^18 in magnitude decrypt with an
+    error near 1e-8; larger values (sums of squares in federated statistics) are encrypted at a
+    smaller scale (``encrypt_vector(..., scale_bits=25)``: up to 2^34, error near 1e-3).
+    """
 
     poly_modulus_degree: int = 8192
-    coeff_mod_bit_sizes: tuple[int, ...] = (60, 40, 60)
+    coeff_mod_bit_sizes: tuple[int, ...] = (60, 60)
     scale_bits: int = 40
 
     @property
@@ -73,12 +78,16 @@ def slot_count(context: ts.Context) -> int:
     return context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
 
 
-def encrypt_vector(context: ts.Context, values: np.ndarray) -> bytes:
-    """Encrypt ``values`` plus a contributor slot of 1, chunked to whole ciphertexts."""
+def encrypt_vector(context: ts.Context, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
+    """Encrypt ``values`` plus a contributor slot of 1, chunked to whole ciphertexts.
+
+    Vectors added together must be encrypted at the same ``scale_bits`` (default: the context's).
+    """
     data = np.append(np.asarray(values, dtype=float).ravel(), 1.0)
     slots = slot_count(context)
+    scale = None if scale_bits is None else float(2**scale_bits)
     chunks = [
-        ts.ckks_vector(context, data[i : i + slots].tolist()).serialize()
+        ts.ckks_vector(context, data[i : i + slots].tolist(), scale).serialize()
         for i in range(0, len(data), slots)
     ]
     return _pack(chunks)

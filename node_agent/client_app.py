@@ -24,9 +24,9 @@ from node_agent.local import SiteData, evaluate_flat, load_site_data, local_only
 __all__ = ["app", "build_client_app"]
 
 
-def _ciphertext_record(config: ConfigRecord, values: np.ndarray) -> ArrayRecord:
+def _ciphertext_record(config: ConfigRecord, values: np.ndarray, *, scale_bits: int | None = None) -> ArrayRecord:
     context = load_public_context(bytes(config["ckks-context"]))
-    blob = encrypt_vector(context, values)
+    blob = encrypt_vector(context, values, scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
@@ -63,7 +63,9 @@ def build_client_app(
         n = MetricRecord({"num-examples": len(data.train_frame)})
         if config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n})
-        return reply(message, {"ciphertext": _ciphertext_record(config, vector), "metrics": n})
+        # Sums of squares run large: encrypted at a smaller scale that leaves room for them.
+        scale_bits = int(config.get("stats-scale-bits", 25))
+        return reply(message, {"ciphertext": _ciphertext_record(config, vector, scale_bits=scale_bits), "metrics": n})
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -74,8 +76,10 @@ def build_client_app(
         metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
         if config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics})
-        # Weighting is applied at the site: the sum of n_i * theta_i and of n_i is all that is decrypted.
-        weighted = np.append(n * flat, float(n))
+        # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
+        # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
+        weight = n / max(float(config.get("total-examples", n)), 1.0)
+        weighted = np.append(weight * flat, weight)
         return reply(message, {"ciphertext": _ciphertext_record(config, weighted), "metrics": metrics})
 
     @app.evaluate()

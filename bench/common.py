@@ -1,0 +1,34 @@
+"""Shared helpers for benchmarks: environment facts, repeat statistics, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+from collections.abc import Sequence
+from importlib.metadata import version
+from pathlib import Path
+
+__all__ = ["environment", "spread", "write_json"]
+
+
+def environment() -> dict[str, object]:
+    packages = {}
+    for name in ("flwr", "torch", "tenseal", "duckdb", "mlflow", "numpy"):
+        try:
+            packages[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing package is just not reported
+            packages[name] = None
+    return {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "packages": packages}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """min / median / max of repeated measurements."""
+    return {"min": min(values), "median": statistics.median(values), "max": max(values), "n": len(values)}
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=float))

@@ -1,0 +1,26 @@
+"""Benchmarks run on a tiny configuration and write what they promise (no timing assertions)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from federation.cli import app
+
+
+def test_he_overhead_runs_tiny(tmp_path):
+    out, png = tmp_path / "he.json", tmp_path / "he.png"
+    result = CliRunner().invoke(app, ["bench", "he-overhead", "--json", str(out), "--repeats", "1",
+                                      "--sizes", "1000", "--sites", "3", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    (row,) = report["results"]
+    assert row["parameters"] > 500 and report["inputs"]["sites"] == 3
+    assert row["bytes_per_site_encrypted"] > row["bytes_per_site_plaintext_float32"]
+    assert row["max_decryption_error"]["max"] < 1e-4
+    assert set(row["round_time_ratio"]) == {"min", "median", "max", "n"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_benchmark_is_a_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["bench", "nope", "--json", str(tmp_path / "x.json")])
+    assert result.exit_code == 2 and "available" in result.output
