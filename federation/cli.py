@@ -233,7 +233,7 @@ def demo_command(
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
 
 
-BENCHMARKS = ("he-overhead",)
+BENCHMARKS = ("heart", "he-overhead")
 
 
 @app.command("bench")
@@ -244,6 +244,8 @@ def bench_command(
     sizes: Annotated[str, typer.Option(help="Model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
     sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 10,
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
     from bench.common import write_json
@@ -251,6 +253,9 @@ def bench_command(
     if name not in BENCHMARKS:
         console.print(f"[bold red]error:[/] unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
         raise typer.Exit(2)
+    if name == "heart":
+        _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
+        return
     from bench import he_overhead
 
     size_list = [int(s) for s in sizes.split(",") if s.strip()]
@@ -270,6 +275,35 @@ def bench_command(
     write_json(json_out, report)
     if plot:
         he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
+    from bench import heart
+    from bench.common import write_json
+
+    data_dir = Settings().data_dir
+    if not (data_dir / "uci_heart_disease").is_dir():
+        console.print(f"[bold red]error:[/] UCI heart disease data not found under {data_dir} (set FENJI_DATA_DIR)")
+        raise typer.Exit(2)
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("heart: seeds", total=seeds)
+        report = heart.run(data_dir=data_dir, seeds=seeds, rounds=rounds, progress=lambda: progress.advance(bar))
+    res = report["results"]
+    table = Table("method", "mean accuracy (± sd)", "mean AUROC", *heart.HOSPITALS,
+                  title=f"Fed-Heart-Disease, FLamby split, {seeds} seed(s): accuracy per hospital")
+    flamby = heart.ANCHORS
+    for method, label in [("local_only", "local only"), ("pooled", "pooled"), ("fenji_encrypted", "Fenji FedAvg (CKKS)")]:
+        r = res[method]
+        table.add_row(label, f"{r['mean_accuracy']['mean']:.3f} ± {r['mean_accuracy']['sd']:.3f}",
+                      f"{r['mean_auroc']['mean']:.3f}", *(f"{r['per_hospital_accuracy'][h]:.3f}" for h in heart.HOSPITALS))
+    table.add_row("FLamby local only", "", "", *(f"{flamby['local'][h]:.3f}" for h in heart.HOSPITALS))
+    table.add_row("FLamby pooled / FedAvg / FedYogi", f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']}", "")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        heart.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 

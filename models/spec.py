@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.errors import TaskSpecError
+from models.yamlfile import load_yaml_model
 
 __all__ = [
     "FeatureKind",
@@ -166,15 +167,4 @@ def load_task(task: str | Path) -> TaskSpec:
                 f"unknown task {str(task)!r}: built-in tasks are {', '.join(builtin_tasks())}, "
                 "or give the path of a task YAML file"
             )
-    try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise TaskSpecError(f"task file not found: {path}") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TaskSpecError(f"task file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise TaskSpecError(f"task file {path} must hold a mapping at the top level")
-    try:
-        return TaskSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise TaskSpecError(f"task file {path} is not a valid task spec:\n{exc}") from exc
+    return load_yaml_model(path, TaskSpec, TaskSpecError, "task")

@@ -21,10 +21,10 @@ import codecs
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from models.errors import MappingError
+from models.yamlfile import load_yaml_model
 
 __all__ = ["FileFormat", "Mapping", "builtin_mappings", "load_mapping"]
 
@@ -122,17 +122,4 @@ def load_mapping(mapping: str | Path | None) -> Mapping:
     path = Path(mapping)
     if not path.exists() and not path.suffix and (MAPPINGS_DIR / f"{mapping}.yaml").exists():
         path = MAPPINGS_DIR / f"{mapping}.yaml"
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise MappingError(f"mapping file not found: {path}") from exc
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise MappingError(f"mapping file {path} is not valid YAML: {exc}") from exc
-    if raw is None:
-        return Mapping()
-    if not isinstance(raw, dict):
-        raise MappingError(f"mapping file {path} must hold a mapping at the top level")
-    try:
-        return Mapping.model_validate(raw)
-    except ValidationError as exc:
-        raise MappingError(f"mapping file {path} is not a valid mapping:\n{exc}") from exc
+    return load_yaml_model(path, Mapping, MappingError, "mapping")

@@ -102,11 +102,20 @@ class SiteStore:
              summary.accepted, summary.quarantined, datetime.now(timezone.utc).replace(tzinfo=None)],
         )
 
-    def has_task(self, spec: TaskSpec) -> bool:
+    def _has_table(self, name: str) -> bool:
         row = self.connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [f"task_{spec.name}"]
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
         ).fetchone()
         return bool(row and row[0])
+
+    def has_task(self, spec: TaskSpec) -> bool:
+        return self._has_table(f"task_{spec.name}")
+
+    def set_split(self, spec: TaskSpec, assignment: pd.DataFrame) -> None:
+        """Fix the train/test split: ``assignment`` has ``record_id`` and ``split`` (train/test/other)."""
+        table = quote_ident(f"split_{spec.name}")
+        frame = assignment[["record_id", "split"]].astype(str)  # noqa: F841 - read by DuckDB by name
+        self.connection.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT record_id, split FROM frame")
 
     def count(self, spec: TaskSpec) -> int:
         if not self.has_task(spec):
@@ -122,14 +131,18 @@ class SiteStore:
     def load(self, spec: TaskSpec, *, split: str | None = None, test_fraction: float = 0.25) -> pd.DataFrame:
         """Accepted records of a task, optionally only the ``train`` or ``test`` split.
 
-        The split is a stable hash of the record id, so a record stays on its side as data grows.
+        By default the split is a stable hash of the record id, so a record stays on its side as data
+        grows. A site may fix its own split instead (``set_split``), e.g. a published benchmark's.
         """
         if not self.has_task(spec):
             raise SiteDataError(f"site {self.site_id!r} has no data for task {spec.name!r}")
         cols = ", ".join(quote_ident(c) for c in [*spec.feature_names, spec.label.name])
         cut = int(round(test_fraction * 10_000))
         where = ""
-        if split == "test":
+        if split is not None and self._has_table(f"split_{spec.name}"):
+            where = (f"WHERE record_id IN (SELECT record_id FROM {quote_ident('split_' + spec.name)} "
+                     f"WHERE split = {sql_text(split)})")
+        elif split == "test":
             where = f"WHERE hash(record_id) % 10000 < {cut}"
         elif split == "train":
             where = f"WHERE hash(record_id) % 10000 >= {cut}"

@@ -24,3 +24,22 @@ def test_he_overhead_runs_tiny(tmp_path):
 def test_unknown_benchmark_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["bench", "nope", "--json", str(tmp_path / "x.json")])
     assert result.exit_code == 2 and "available" in result.output
+
+
+def test_heart_runs_tiny_on_flamby_split(tmp_path, monkeypatch):
+    from tests.conftest import SHARED_DATA, require_shared_data
+
+    require_shared_data("uci_heart_disease")
+    monkeypatch.setenv("FENJI_DATA_DIR", str(SHARED_DATA))
+    out, png = tmp_path / "heart.json", tmp_path / "heart.png"
+    result = CliRunner().invoke(app, ["bench", "heart", "--json", str(out), "--seeds", "1", "--rounds", "2",
+                                      "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    # FLamby's protocol: 740 complete rows, 303/261/46/130
+    assert {h: r["rows"] for h, r in report["inputs"]["rows"].items()} == {
+        "cleveland": 303, "hungarian": 261, "switzerland": 46, "va": 130}
+    for method in ("local_only", "pooled", "fenji_encrypted"):
+        accuracy = report["results"][method]["mean_accuracy"]["mean"]
+        assert 0.4 < accuracy <= 1.0
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -169,3 +169,13 @@ def test_cli_ingest_prints_summary(tmp_path):
                                       "referral_risk", "--input", str(export)])
     assert result.exit_code == 0, result.output
     assert "accepted 1" in result.output and "quarantined 1" in result.output
+
+
+def test_a_site_can_fix_its_own_split(tmp_path, site_store, referral_spec):
+    path = _write(tmp_path, HEADER + "".join(f"e{i},54,M,130,80,97,A,fever,{i % 2}\n" for i in range(10)))
+    ingest_file(site_store, referral_spec, path, Mapping())
+    split = pd.DataFrame({"record_id": [f"e{i}" for i in range(10)], "split": ["test"] * 3 + ["train"] * 6 + ["other"]})
+    site_store.set_split(referral_spec, split)
+    assert sorted(site_store.load(referral_spec, split="test").record_id) == ["e0", "e1", "e2"]
+    assert len(site_store.load(referral_spec, split="train")) == 6
+    assert len(site_store.load(referral_spec)) == 10

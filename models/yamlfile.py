@@ -1,0 +1,36 @@
+"""Read a YAML file into a pydantic model, with one kind of error for everything that can go wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from models.errors import FenjiError
+
+__all__ = ["load_yaml_model"]
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(path: Path, model: type[M], error: type[FenjiError], what: str) -> M:
+    """Parse ``path`` as ``model``; raise ``error`` naming ``what`` ("task", "mapping") if it fails.
+
+    An empty file gives the model's defaults.
+    """
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(f"{what} file not found: {path}") from exc
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise error(f"{what} file {path} is not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise error(f"{what} file {path} must hold a mapping at the top level")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise error(f"{what} file {path} is not a valid {what}:\n{exc}") from exc
