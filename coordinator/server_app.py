@@ -147,6 +147,8 @@ def run_federation(
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
             row = {"round": float(server_round), **dict(result_so_far.get(server_round, {}))}
+            if isinstance(strategy, EncryptedFedAvg) and strategy.aggregation_seconds:
+                row["aggregate-seconds"] = strategy.aggregation_seconds[-1]
             history.append(row)
             if on_round:
                 on_round(server_round, row)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -30,6 +31,7 @@ class EncryptedFedAvg(FedAvg):
         self.aggregator = aggregator
         self.key_holder = key_holder
         self.n_params = n_params
+        self.aggregation_seconds: list[float] = []
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -37,7 +39,9 @@ class EncryptedFedAvg(FedAvg):
         valid, _ = self._check_and_log_replies(replies, is_train=True)
         if not valid:
             return None, None
+        started = time.perf_counter()
         summed = self.aggregator.add([ciphertext_of(m) for m in valid])
+        self.aggregation_seconds.append(time.perf_counter() - started)
         values = self.key_holder.decrypt_aggregate(summed, length=self.n_params + 1)
         theta = np.asarray(values[: self.n_params]) / values[self.n_params]
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)

@@ -233,7 +233,7 @@ def demo_command(
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
 
 
-BENCHMARKS = ("heart", "he-overhead")
+BENCHMARKS = ("heart", "he-overhead", "scale")
 
 
 @app.command("bench")
@@ -241,8 +241,8 @@ def bench_command(
     name: Annotated[str, typer.Argument(help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")],
     json_out: Annotated[Path, typer.Option("--json", help="Write inputs, environment and every figure here.")],
     repeats: Annotated[int, typer.Option(min=1, help="Repeats per configuration.")] = 3,
-    sizes: Annotated[str, typer.Option(help="Model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
-    sites: Annotated[int, typer.Option(min=1, help="Number of sites.")] = 10,
+    sizes: Annotated[str, typer.Option(help="he-overhead: model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
+    sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
@@ -256,16 +256,20 @@ def bench_command(
     if name == "heart":
         _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
         return
+    if name == "scale":
+        _bench_scale(json_out, plot, sites=[int(s) for s in (sites or "10,50,100").split(",")])
+        return
+    n_sites = int(sites or 10)
     from bench import he_overhead
 
     size_list = [int(s) for s in sizes.split(",") if s.strip()]
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("he-overhead", total=len(size_list) * repeats)
-        report = he_overhead.run(sizes=size_list, sites=sites, repeats=repeats,
+        report = he_overhead.run(sizes=size_list, sites=n_sites, repeats=repeats,
                                  progress=lambda: progress.advance(bar))
     table = Table("parameters", "round s (plain)", "round s (CKKS)", "time ratio", "bytes/site (float32)",
-                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {sites} sites (median)")
+                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {n_sites} sites (median)")
     for r in report["results"]:
         table.add_row(f"{r['parameters']:,}", f"{r['round_seconds_plaintext']['median']:.3f}",
                       f"{r['round_seconds_encrypted']['median']:.3f}", f"{r['round_time_ratio']['median']:.2f}×",
@@ -275,6 +279,27 @@ def bench_command(
     write_json(json_out, report)
     if plot:
         he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
+    from bench import scale
+    from bench.common import write_json
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("scale: site counts", total=len(sites))
+        report = scale.run(sites=sites, progress=lambda: progress.advance(bar))
+    table = Table("sites", "parameters", "round s (median)", "aggregate s (median)", "coordinator peak RSS MB",
+                  "total s", title="Encrypted FedAvg at scale")
+    for r in report["results"]:
+        table.add_row(str(r["sites"]), f"{r['parameters']:,}", f"{r['round_seconds']['median']:.2f}",
+                      f"{r['aggregate_seconds']['median']:.3f}", f"{r['coordinator_peak_rss_mb']:.0f}",
+                      f"{r['total_seconds']:.0f}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        scale.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 
