@@ -43,3 +43,12 @@ def test_heart_runs_tiny_on_flamby_split(tmp_path, monkeypatch):
         accuracy = report["results"][method]["mean_accuracy"]["mean"]
         assert 0.4 < accuracy <= 1.0
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_scale_runs_tiny(tmp_path):
+    out = tmp_path / "scale.json"
+    result = CliRunner().invoke(app, ["bench", "scale", "--sites", "3", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["sites"] == 3 and 90_000 < row["parameters"] < 110_000
+    assert row["aggregate_seconds"]["n"] == 5 and row["coordinator_peak_rss_mb"] > 0
