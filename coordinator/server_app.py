@@ -40,6 +40,9 @@ class RunSettings:
     proximal_mu: float = 0.0
     seed: int = 0
     timeout: float = 600.0
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-3
+    dp_max_grad_norm: float = 1.0
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> RunSettings:
@@ -131,6 +134,11 @@ def run_federation(
         train_config["learning-rate"] = settings.learning_rate
     if settings.proximal_mu:
         train_config["proximal-mu"] = settings.proximal_mu
+    train_config["num-rounds"] = settings.rounds
+    if settings.dp_epsilon:
+        train_config["dp-epsilon"] = settings.dp_epsilon
+        train_config["dp-delta"] = settings.dp_delta
+        train_config["dp-max-grad-norm"] = settings.dp_max_grad_norm
     evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k != "ckks-context"})
     common = dict(
         min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,

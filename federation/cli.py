@@ -107,7 +107,7 @@ def _site_table(title: str, sites: dict[str, dict[str, float]], pooled: dict[str
 
 def _run_and_report(
     *, spec, site_dirs: list[Path], rounds: int, encrypt: bool, min_sites: int, json_out: Path | None,
-    register: bool, settings: Settings, verbose: bool, title: str,
+    register: bool, settings: Settings, verbose: bool, title: str, dp: tuple[float, float] | None = None,
 ) -> dict:
     from federation.simulation import pooled_reference, run_simulated_federation
 
@@ -116,12 +116,14 @@ def _run_and_report(
         bar = progress.add_task(f"federated rounds ({'encrypted' if encrypt else 'plaintext'})", total=rounds, auroc="")
         outcome = run_simulated_federation(
             spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
+            dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3,
             on_round=lambda r, m: progress.update(bar, completed=r, auroc=f"mean AUROC {m.get('auroc', math.nan):.3f}"),
         )
     pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
     console.print(_site_table(title, outcome.sites, pooled))
     report = {
         "task": spec.name, "rounds": rounds, "encrypted": encrypt, "min_sites": min_sites,
+        "differential_privacy": {"epsilon": dp[0], "delta": dp[1]} if dp else None,
         "seconds": round(outcome.seconds, 2),
         "sites": {
             s: {"test_rows": int(m.get("n", 0)), "local_only": {k[6:]: m[k] for k in m if k.startswith("local-")},
@@ -159,6 +161,8 @@ def sim_command(
     min_sites: Annotated[Optional[int], typer.Option(help="Fewest sites a decrypted aggregate may cover.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-site metrics here.")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model in MLflow.")] = True,
+    dp_epsilon: Annotated[Optional[float], typer.Option(help="Record-level DP-SGD at each site: epsilon for the run.")] = None,
+    dp_delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-3,
     verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
 ) -> None:
     """Run a federation on Flower's simulation engine over site folders, one SuperNode per site."""
@@ -176,6 +180,7 @@ def sim_command(
             raise FenjiError(f"{len(site_dirs)} site folder(s) in {sites_dir}, at least {needed} needed")
         _run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=needed,
                         json_out=json_out, register=register, settings=settings, verbose=verbose,
+                        dp=(dp_epsilon, dp_delta) if dp_epsilon else None,
                         title=f"{spec.name}: held-out AUROC per site")
     except FenjiError as exc:
         _fail(exc)
@@ -319,12 +324,14 @@ def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) 
     table = Table("method", "mean accuracy (± sd)", "mean AUROC", *heart.HOSPITALS,
                   title=f"Fed-Heart-Disease, FLamby split, {seeds} seed(s): accuracy per hospital")
     flamby = heart.ANCHORS
-    for method, label in [("local_only", "local only"), ("pooled", "pooled"), ("fenji_encrypted", "Fenji FedAvg (CKKS)")]:
+    for method, label in [("local_only", "local only"), ("pooled", "pooled"), ("fenji_encrypted", "Fenji FedAvg (CKKS)"),
+                          ("fenji_encrypted_dp", "Fenji + DP ε=1, δ=1e-3")]:
         r = res[method]
         table.add_row(label, f"{r['mean_accuracy']['mean']:.3f} ± {r['mean_accuracy']['sd']:.3f}",
                       f"{r['mean_auroc']['mean']:.3f}", *(f"{r['per_hospital_accuracy'][h]:.3f}" for h in heart.HOSPITALS))
     table.add_row("FLamby local only", "", "", *(f"{flamby['local'][h]:.3f}" for h in heart.HOSPITALS))
-    table.add_row("FLamby pooled / FedAvg / FedYogi", f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']}", "")
+    table.add_row("FLamby pooled / FedAvg / FedYogi / DP ε=1",
+                  f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']} / {flamby['dp_eps1']}", "")
     console.print(table)
     write_json(json_out, report)
     if plot:

@@ -38,6 +38,8 @@ def run_simulated_federation(
     learning_rate: float | None = None,
     proximal_mu: float = 0.0,
     seed: int = 0,
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-3,
     egress_log: Path | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     verbose: bool = False,
@@ -53,7 +55,7 @@ def run_simulated_federation(
         logging.getLogger("flwr").setLevel(logging.ERROR)
     settings = RunSettings(
         task=spec, rounds=rounds, encrypt=encrypt, min_sites=min_sites, local_epochs=local_epochs,
-        learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed,
+        learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
     )
     outcomes: list[FederationOutcome] = []
     manager, key_holder = start_key_holder_process(min_sites=min_sites)

@@ -17,7 +17,7 @@ from flwr.clientapp import ClientApp
 from federation.crypto import encrypt_vector, load_public_context
 from models.encoding import EncodingParams
 from models.spec import TaskSpec
-from models.training import TrainConfig
+from models.training import TrainConfig, dp_noise_multiplier
 from node_agent.egress import make_egress_guard
 from node_agent.local import SiteData, evaluate_flat, load_site_data, local_only_metrics, site_statistics, train_update
 
@@ -30,9 +30,17 @@ def _ciphertext_record(config: ConfigRecord, values: np.ndarray, *, scale_bits: 
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
-def _train_config(spec: TaskSpec, config: ConfigRecord) -> TrainConfig:
+def _train_config(spec: TaskSpec, config: ConfigRecord, n_rows: int | None = None) -> TrainConfig:
     overrides = {k.replace("-", "_"): config[k] for k in ("epochs", "learning-rate", "proximal-mu", "seed") if k in config}
-    return TrainConfig.from_spec(spec, **overrides)
+    train_config = TrainConfig.from_spec(spec, **overrides)
+    if n_rows and float(config.get("dp-epsilon", 0.0)) > 0:
+        # The site sets its own noise so that the whole run spends (epsilon, delta) on its records.
+        train_config.dp_max_grad_norm = float(config.get("dp-max-grad-norm", 1.0))
+        train_config.dp_noise_multiplier = dp_noise_multiplier(
+            epsilon=float(config["dp-epsilon"]), delta=float(config.get("dp-delta", 1e-3)), n=n_rows,
+            batch_size=train_config.batch_size, epochs=train_config.epochs * int(config["num-rounds"]),
+        )
+    return train_config
 
 
 def build_client_app(
@@ -72,7 +80,7 @@ def build_client_app(
         data, config = site_data(message, context)
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
         global_flat = message.content["arrays"].to_numpy_ndarrays()[0]
-        flat, n, loss = train_update(data, params, global_flat, _train_config(data.spec, config))
+        flat, n, loss = train_update(data, params, global_flat, _train_config(data.spec, config, len(data.train_frame)))
         metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
         if config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics})

@@ -39,7 +39,7 @@ def test_heart_runs_tiny_on_flamby_split(tmp_path, monkeypatch):
     # FLamby's protocol: 740 complete rows, 303/261/46/130
     assert {h: r["rows"] for h, r in report["inputs"]["rows"].items()} == {
         "cleveland": 303, "hungarian": 261, "switzerland": 46, "va": 130}
-    for method in ("local_only", "pooled", "fenji_encrypted"):
+    for method in ("local_only", "pooled", "fenji_encrypted", "fenji_encrypted_dp"):
         accuracy = report["results"][method]["mean_accuracy"]["mean"]
         assert 0.4 < accuracy <= 1.0
     assert png.read_bytes()[:4] == b"\x89PNG"
