@@ -137,7 +137,6 @@ class KeyHolder:
             save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
         )
         self.public_context_digest = hashlib.sha256(self.public_context).hexdigest()
-        self.decryptions: list[int] = []
 
     def get_public_context(self) -> bytes:
         """The public context (for sites and the aggregator); a method so process proxies reach it."""
@@ -163,7 +162,6 @@ class KeyHolder:
                 f"refusing to decrypt an aggregate over {contributors} site(s): "
                 f"at least {self.min_sites} are required"
             )
-        self.decryptions.append(contributors)
         return values[:-1]
 
 

@@ -96,7 +96,7 @@ def build_client_app(
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
         metrics = evaluate_flat(data, params, flat)
-        values = {"num-examples": int(metrics["n"]), **{k: v for k, v in metrics.items()}}
+        values = {"num-examples": int(metrics["n"]), **metrics}
         if config.get("final", False):
             local_config = _train_config(data.spec, config)
             local_config.epochs = int(config.get("local-only-epochs", local_config.epochs))

@@ -22,6 +22,7 @@ from node_agent.store import SiteStore, quote_ident, sql_text
 __all__ = ["IngestSummary", "ingest_file"]
 
 DUCKDB_ENCODINGS = {"utf-8": "utf-8", "iso8859-1": "latin-1", "utf-16": "utf-16"}
+FILE_KEY_LENGTH = 16
 TRUE_WORDS = ("1", "1.0", "true", "t", "yes", "y")
 FALSE_WORDS = ("0", "0.0", "false", "f", "no", "n")
 
@@ -197,7 +198,7 @@ def ingest_file(store: SiteStore, spec: TaskSpec, path: Path, mapping: Mapping) 
     with tempfile.TemporaryDirectory(prefix="fenji-ingest-") as workdir:
         con.execute("BEGIN TRANSACTION")
         try:
-            _load(con, store, spec, path, mapping, summary, Path(workdir))
+            _load(con, store, spec, path, mapping, summary, Path(workdir), file_sha)
             store.log_ingest(summary, file_sha, mapping_sha)
             con.execute("COMMIT")
         except BaseException:
@@ -217,6 +218,7 @@ def _load(
     mapping: Mapping,
     summary: IngestSummary,
     workdir: Path,
+    file_sha: str,
 ) -> None:
     columns = _read_raw(con, path, mapping, workdir)
     targets = [*spec.feature_names, spec.label.name]
@@ -236,7 +238,7 @@ def _load(
             rid = "CAST(NULL AS VARCHAR)"
     else:
         # Without an id column a record is its file and row: the same file never counts twice.
-        rid = f"{sql_text(summary_file_key(path))} || ':' || CAST(_row AS VARCHAR)"
+        rid = f"{sql_text(file_sha[:FILE_KEY_LENGTH])} || ':' || CAST(_row AS VARCHAR)"
     summary.ignored_columns = [c for c in columns if c not in used]
     con.execute(
         f"CREATE TEMP TABLE mapped AS SELECT _row, {rid} AS _record_id, {', '.join(select)} FROM raw"
@@ -285,4 +287,4 @@ def _load(
 
 def summary_file_key(path: Path) -> str:
     """Stable key of a file's content, used as the record id prefix when a task has no id column."""
-    return _sha256(path)[:16]
+    return _sha256(path)[:FILE_KEY_LENGTH]
