@@ -27,6 +27,7 @@ __all__ = [
 ]
 
 TASKS_DIR = Path(__file__).parent / "tasks"
+FEATURE_SETS_DIR = TASKS_DIR / "features"
 
 
 class FeatureKind(str, Enum):
@@ -48,6 +49,12 @@ class FeatureSpec(BaseModel):
     max: float | None = None
     values: list[str] | None = None
     required: bool = False
+    display: dict[str, str] = Field(default_factory=dict, description="language code -> display name")
+    value_display: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="categorical value -> language code -> display name")
+
+    def title(self, lang: str = "en") -> str:
+        return self.display.get(lang) or self.display.get("en") or self.name
 
     @field_validator("values", mode="before")
     @classmethod
@@ -76,6 +83,12 @@ class LabelSpec(BaseModel):
     kind: Literal["binary", "ordinal", "multiclass"]
     classes: list[str]
     description: str | None = None
+    class_display: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="class -> language code -> display name")
+
+    def class_title(self, cls: str, lang: str = "en") -> str:
+        names = self.class_display.get(cls, {})
+        return names.get(lang) or names.get("en") or cls
 
     @field_validator("classes", mode="before")
     @classmethod
@@ -118,6 +131,18 @@ class TaskSpec(BaseModel):
     features: list[FeatureSpec]
     label: LabelSpec
     model: ModelSpec = Field(default_factory=ModelSpec)
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _named_feature_set(cls, v: Any) -> Any:
+        """``features: first_visit`` reads the shared feature set ``tasks/features/first_visit.yaml``."""
+        if not isinstance(v, str):
+            return v
+        path = FEATURE_SETS_DIR / f"{v}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in FEATURE_SETS_DIR.glob("*.yaml")))
+            raise ValueError(f"unknown feature set {v!r}: give a list of features or one of: {known}")
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
 
     @model_validator(mode="after")
     def _check_names(self) -> TaskSpec:
