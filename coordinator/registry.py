@@ -7,9 +7,12 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import yaml
 
 from coordinator.server_app import FederationOutcome
+from coordinator.model_card import build_model_card
 from models.errors import RegistryError
+from models.policy import TierPolicy, load_policy
 from models.nets import build_model, set_flat
 
 __all__ = ["RegisteredModel", "register_outcome"]
@@ -32,8 +35,11 @@ def register_outcome(
     *,
     tracking_uri: str,
     extra_params: dict[str, object] | None = None,
+    sites: dict[str, dict] | None = None,
+    policy: TierPolicy | None = None,
 ) -> RegisteredModel:
-    """Log per-round and per-site metrics, the task spec and encoding, and register the model."""
+    """Log per-round and per-site metrics, the task spec, encoding, calibration, tier policy and
+    model card, and register the model. ``sites`` is the per-site report (``federation.report``)."""
     import mlflow
     import mlflow.pytorch
 
@@ -54,7 +60,11 @@ def register_outcome(
                 mlflow.log_metrics({f"site.{site}.{k}": v for k, v in metrics.items() if np.isfinite(v)})
             mlflow.log_text(spec.to_yaml(), "task.yaml")
             mlflow.log_dict(outcome.encoding.to_dict(), "encoding.json")
-            mlflow.log_dict({"sites": outcome.sites}, "site_metrics.json")
+            mlflow.log_dict({"sites": outcome.sites, "personalisation": outcome.personalisation},
+                            "site_metrics.json")
+            mlflow.log_dict(outcome.calibration.to_dict(), "calibration.json")
+            policy = policy or load_policy()
+            mlflow.log_text(yaml.safe_dump(policy.model_dump(), sort_keys=False), "tier_policy.yaml")
             model = set_flat(build_model(spec, outcome.n_inputs), outcome.flat)
             info = mlflow.pytorch.log_model(
                 model, name="model", input_example=np.zeros((1, outcome.n_inputs), dtype=np.float32),
@@ -65,6 +75,11 @@ def register_outcome(
             client.set_model_version_tag(model_name(spec.name), version, "task", spec.name)
             client.set_model_version_tag(model_name(spec.name), version, "sites", json.dumps(sorted(outcome.sites)))
             client.set_model_version_tag(model_name(spec.name), version, "encrypted", str(outcome.encrypted))
+            markdown, card = build_model_card(outcome, name=model_name(spec.name), version=version, sites=sites,
+                                              policy=policy, extra=extra_params)
+            mlflow.log_text(markdown, "model_card.md")
+            mlflow.log_dict(card, "model_card.json")
+            client.update_model_version(model_name(spec.name), version, description=markdown)
             return RegisteredModel(model_name(spec.name), version, run.info.run_id, tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(f"MLflow refused the run: {exc}") from exc

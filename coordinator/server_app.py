@@ -19,6 +19,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from coordinator.strategy import EncryptedFedAvg, ciphertext_of
 from federation.crypto import Aggregator, KeyHolder
+from models.calibration import Calibration, calibration_statistics_size, fit_calibration
 from models.encoding import Encoder, EncodingParams, SiteStatistics
 from models.errors import NotEnoughSitesError, SiteDataError
 from models.nets import build_model, get_flat
@@ -67,6 +68,9 @@ class FederationOutcome:
     rounds: list[dict[str, float]] = field(default_factory=list)
     encrypted: bool = True
     seconds: float = 0.0
+    calibration: Calibration = field(default_factory=Calibration)
+    train_rows: dict[str, int] = field(default_factory=dict)
+    personalisation: dict[str, str] = field(default_factory=dict)
 
 
 def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
@@ -93,6 +97,17 @@ def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, 
     return replies
 
 
+def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: KeyHolder, aggregator: Aggregator,
+                 length: int) -> np.ndarray:
+    """The sum of the sites' vectors: encrypted, decrypted by the key holder over >= min-sites sites."""
+    if settings.encrypt:
+        return np.asarray(key_holder.decrypt_aggregate(aggregator.add([ciphertext_of(r) for r in replies]),
+                                                      length=length))
+    if len(replies) < settings.min_sites:
+        raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {settings.min_sites} needed")
+    return np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
+
+
 def run_federation(
     grid: Grid,
     settings: RunSettings,
@@ -113,14 +128,9 @@ def run_federation(
 
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
     replies = _send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout)
-    length = SiteStatistics.size(spec)
-    if settings.encrypt:
-        totals = key_holder.decrypt_aggregate(aggregator.add([ciphertext_of(r) for r in replies]), length=length)
-    else:
-        if len(replies) < settings.min_sites:
-            raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {settings.min_sites} needed")
-        totals = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
-    encoding = SiteStatistics(spec, np.asarray(totals)).encoding_params()
+    totals = _decrypt_sum(replies, settings, key_holder, aggregator, SiteStatistics.size(spec))
+    encoding = SiteStatistics(spec, totals).encoding_params()
+    rows_by_node = {r.metadata.src_node_id: int(r.content["metrics"]["num-examples"]) for r in replies}
 
     # 2. Training rounds.
     n_inputs = Encoder(spec, encoding).width
@@ -177,9 +187,17 @@ def run_federation(
     )
     flat = result.arrays.to_numpy_ndarrays()[0] if result.arrays is not None else initial
 
-    # 3. Final evaluation, with each site's local-only baseline trained on the same budget.
+    # 3. Federated calibration: one more encrypted sum (see models.calibration).
+    replies = _send(grid, nodes, "query.calibrate",
+                    RecordDict({"arrays": ArrayRecord([flat]), "config": train_config}), settings.timeout)
+    calibration = fit_calibration(spec, _decrypt_sum(replies, settings, key_holder, aggregator,
+                                                     calibration_statistics_size(spec)))
+
+    # 4. Final evaluation: the calibrated global model, each site's personalised model, and each
+    # site's local-only baseline trained on the same budget.
     final_config = ConfigRecord(dict(evaluate_config) | {
         "final": True, "local-only-epochs": (settings.local_epochs or spec.model.local_epochs) * settings.rounds,
+        "calibration": json.dumps(calibration.to_dict()),
     })
     final = _send(grid, nodes, MessageType.EVALUATE,
                   RecordDict({"arrays": ArrayRecord([flat]), "config": final_config}), settings.timeout)
@@ -187,9 +205,13 @@ def run_federation(
         str(r.content["site"]["site-id"]): {k: float(v) for k, v in r.content["metrics"].items()}
         for r in final
     }
+    personalisation = {str(r.content["site"]["site-id"]): str(r.content["site"].get("personalisation", "global"))
+                       for r in final}
+    train_rows = {str(r.content["site"]["site-id"]): rows_by_node.get(r.metadata.src_node_id, 0) for r in final}
     return FederationOutcome(
         task=spec, encoding=encoding, flat=np.asarray(flat), n_inputs=n_inputs, sites=dict(sorted(sites.items())),
-        rounds=history, encrypted=settings.encrypt, seconds=time.monotonic() - started,
+        rounds=history, encrypted=settings.encrypt, seconds=time.monotonic() - started, calibration=calibration,
+        personalisation=dict(sorted(personalisation.items())), train_rows=dict(sorted(train_rows.items())),
     )
 
 

@@ -38,6 +38,7 @@ class Settings(BaseSettings):
     mlflow_uri: str | None = None
     data_dir: Path = Path("../shared/data")
     min_sites: int = 3
+    tier_policy: str | None = None  # FENJI_TIER_POLICY: a tier policy file or built-in name
 
     @property
     def tracking_uri(self) -> str:

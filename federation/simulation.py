@@ -10,8 +10,6 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from federation.crypto import start_key_holder_process
 from federation.settings import configure_environment
 from models.encoding import Encoder, SiteStatistics, encode_labels
@@ -103,8 +101,3 @@ def pooled_reference(
         d.site_id: evaluate(model, spec, encoder.transform(d.test_frame), encode_labels(spec, d.test_frame))
         for d in data
     }
-
-
-def mean_finite(values: Sequence[float]) -> float:
-    arr = np.asarray([v for v in values if np.isfinite(v)], dtype=float)
-    return float(arr.mean()) if arr.size else float("nan")

@@ -26,7 +26,10 @@ class SiteStatistics:
     """Sufficient statistics of one site (or of the sum over sites) for the encoding.
 
     Laid out as one flat vector so it can be encrypted and added: per numeric feature
-    ``[count, sum, sum of squares]``, then the row count, then one count per label class.
+    ``[count, sum, sum of squares]``, then the row count, then one count per label class, then
+    one count per non-numeric encoded column (each categorical value, each boolean's "true", each
+    missing indicator). The last part gives the federation's average encoded patient, the baseline
+    that explanations measure a patient against.
     """
 
     spec: TaskSpec
@@ -34,7 +37,12 @@ class SiteStatistics:
 
     @classmethod
     def size(cls, spec: TaskSpec) -> int:
-        return 3 * len(cls.numeric(spec)) + 1 + len(spec.label.classes)
+        return 3 * len(cls.numeric(spec)) + 1 + len(spec.label.classes) + len(cls.counted_columns(spec))
+
+    @staticmethod
+    def counted_columns(spec: TaskSpec) -> list[str]:
+        numeric = set(SiteStatistics.numeric(spec))
+        return [c for c in Encoder(spec).columns if c not in numeric]
 
     @staticmethod
     def numeric(spec: TaskSpec) -> list[str]:
@@ -53,6 +61,10 @@ class SiteStatistics:
         parts.append(float(len(frame)))
         labels = frame[spec.label.name].astype(str)
         parts += [float((labels == c).sum()) for c in spec.label.classes]
+        encoder = Encoder(spec)
+        encoded = encoder.transform(frame).sum(axis=0)
+        index = {c: i for i, c in enumerate(encoder.columns)}
+        parts += [float(encoded[index[c]]) for c in cls.counted_columns(spec)]
         return cls(spec, np.asarray(parts, dtype=float))
 
     def encoding_params(self) -> EncodingParams:
@@ -68,8 +80,12 @@ class SiteStatistics:
             means[name], stds[name] = float(mean), float(np.sqrt(var) or 1.0)
         offset = 3 * len(means)
         n_rows = float(self.vector[offset])
-        class_counts = [float(c) for c in self.vector[offset + 1 :]]
-        return EncodingParams(means=means, stds=stds, n_rows=n_rows, class_counts=class_counts)
+        n_classes = len(self.spec.label.classes)
+        class_counts = [float(c) for c in self.vector[offset + 1 : offset + 1 + n_classes]]
+        counts = self.vector[offset + 1 + n_classes :]
+        column_means = {c: float(v) / max(n_rows, 1.0) for c, v in zip(self.counted_columns(self.spec), counts)}
+        return EncodingParams(means=means, stds=stds, n_rows=n_rows, class_counts=class_counts,
+                              column_means=column_means)
 
 
 @dataclass
@@ -80,9 +96,11 @@ class EncodingParams:
     stds: dict[str, float] = field(default_factory=dict)
     n_rows: float = 0.0
     class_counts: list[float] = field(default_factory=list)
+    column_means: dict[str, float] = field(default_factory=dict)  # non-numeric encoded columns
 
     def to_dict(self) -> dict:
-        return {"means": self.means, "stds": self.stds, "n_rows": self.n_rows, "class_counts": self.class_counts}
+        return {"means": self.means, "stds": self.stds, "n_rows": self.n_rows, "class_counts": self.class_counts,
+                "column_means": self.column_means}
 
     @classmethod
     def from_dict(cls, raw: dict) -> EncodingParams:
@@ -91,6 +109,7 @@ class EncodingParams:
             stds={k: float(v) for k, v in raw.get("stds", {}).items()},
             n_rows=float(raw.get("n_rows", 0.0)),
             class_counts=[float(c) for c in raw.get("class_counts", [])],
+            column_means={k: float(v) for k, v in raw.get("column_means", {}).items()},
         )
 
 
@@ -112,6 +131,18 @@ class Encoder:
     @property
     def width(self) -> int:
         return len(self.columns)
+
+    def baseline(self) -> np.ndarray:
+        """The federation's average encoded patient: numeric features at their mean (0 after
+        standardisation), other columns at their federated frequency."""
+        return np.asarray([self.params.column_means.get(c, 0.0) for c in self.columns], dtype=np.float32)
+
+    def feature_slices(self) -> dict[str, list[int]]:
+        """Feature name -> the encoded columns it owns (its value columns and its missing indicator)."""
+        owned: dict[str, list[int]] = {f.name: [] for f in self.spec.features}
+        for i, column in enumerate(self.columns):
+            owned[column.split("=")[0].split(":missing")[0]].append(i)
+        return owned
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         blocks: list[np.ndarray] = []

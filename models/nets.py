@@ -1,26 +1,69 @@
-"""PyTorch models for a task spec, and their parameters as one flat vector."""
+"""PyTorch models for a task spec, and their parameters as one flat vector.
+
+- binary: one logit;
+- multiclass: one logit per class;
+- ordinal: a cumulative-link (proportional-odds) model, ``P(Y <= k | x) = sigmoid((c_k - s(x)) / T)``
+  with one score ``s(x)`` and cut points ``c_1 < ... < c_{K-1}`` kept ordered by construction
+  (first cut plus positive gaps), so the class probabilities are never negative and the cumulative
+  probabilities never decrease, whatever the parameters (also after federated averaging).
+
+Every model's ``forward`` returns class log-scores that ``softmax`` turns into probabilities (for an
+ordinal model they are log-probabilities already), so the same loss and prediction code serves all.
+"""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.spec import TaskSpec
 
-__all__ = ["build_model", "get_flat", "num_outputs", "set_flat"]
+__all__ = ["OrdinalModel", "build_model", "get_flat", "num_outputs", "set_flat"]
 
 
 def num_outputs(spec: TaskSpec) -> int:
-    return 1 if spec.label.kind == "binary" else len(spec.label.classes)
+    """Width of the model's body: 1 for binary and ordinal (one score), else one per class."""
+    return len(spec.label.classes) if spec.label.kind == "multiclass" else 1
 
 
-def build_model(spec: TaskSpec, n_inputs: int, *, seed: int = 0) -> nn.Module:
-    """The task's model family: logistic (a linear layer) or an MLP."""
-    torch.manual_seed(seed)
-    out = num_outputs(spec)
+class OrdinalModel(nn.Module):
+    """Cumulative-link model over ``n_classes`` ordered classes on top of a one-output ``body``."""
+
+    def __init__(self, body: nn.Module, n_classes: int) -> None:
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError("an ordinal model needs at least two classes")
+        self.n_classes = n_classes
+        # Cut points start evenly spaced one logit apart, centred on 0.
+        self.first_cut = nn.Parameter(torch.tensor([-(n_classes - 2) / 2.0]))
+        self.gaps = nn.Parameter(torch.full((n_classes - 2,), math.log(math.e - 1.0)))  # softplus = 1
+        self.body = body
+
+    def cutpoints(self) -> torch.Tensor:
+        return torch.cat([self.first_cut, self.first_cut + torch.cumsum(F.softplus(self.gaps), 0)])
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """The latent score, shape (n,); higher means a later class."""
+        return self.body(x)[:, 0]
+
+    def cumulative(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """``P(Y <= k)`` for k = 1 .. K-1, shape (n, K-1), non-decreasing along k."""
+        return torch.sigmoid((self.cutpoints()[None, :] - self.score(x)[:, None]) / temperature)
+
+    def forward(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        cum = self.cumulative(x, temperature)
+        zeros, ones = torch.zeros_like(cum[:, :1]), torch.ones_like(cum[:, :1])
+        probs = torch.diff(torch.cat([zeros, cum, ones], dim=1), dim=1)
+        return torch.log(probs.clamp_min(1e-12))
+
+
+def _body(spec: TaskSpec, n_inputs: int, out: int) -> nn.Module:
     if spec.model.family == "logistic":
-        model: nn.Module = nn.Linear(n_inputs, out)
+        model = nn.Linear(n_inputs, out)
         nn.init.zeros_(model.weight)
         nn.init.zeros_(model.bias)
         return model
@@ -31,6 +74,15 @@ def build_model(spec: TaskSpec, n_inputs: int, *, seed: int = 0) -> nn.Module:
         width = hidden
     layers.append(nn.Linear(width, out))
     return nn.Sequential(*layers)
+
+
+def build_model(spec: TaskSpec, n_inputs: int, *, seed: int = 0) -> nn.Module:
+    """The task's model family (logistic: a linear layer; mlp) with the head its label kind needs."""
+    torch.manual_seed(seed)
+    body = _body(spec, n_inputs, num_outputs(spec))
+    if spec.label.kind == "ordinal":
+        return OrdinalModel(body, len(spec.label.classes))
+    return body
 
 
 def get_flat(model: nn.Module) -> np.ndarray:

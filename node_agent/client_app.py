@@ -15,11 +15,22 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from federation.crypto import encrypt_vector, load_public_context
+from models.calibration import Calibration
 from models.encoding import EncodingParams
 from models.spec import TaskSpec
 from models.training import TrainConfig, dp_noise_multiplier
 from node_agent.egress import make_egress_guard
-from node_agent.local import SiteData, evaluate_flat, load_site_data, local_only_metrics, site_statistics, train_update
+from node_agent.local import (
+    SiteData,
+    calibration_update,
+    evaluate_flat,
+    load_site_data,
+    local_only_metrics,
+    personalise,
+    site_statistics,
+    train_update,
+)
+from models.training import evaluate as evaluate_model
 
 __all__ = ["app", "build_client_app"]
 
@@ -90,18 +101,37 @@ def build_client_app(
         weighted = np.append(weight * flat, weight)
         return reply(message, {"ciphertext": _ciphertext_record(config, weighted), "metrics": metrics})
 
+    @app.query("calibrate")
+    def calibrate(message: Message, context: Context) -> Message:
+        data, config = site_data(message, context)
+        params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
+        flat = message.content["arrays"].to_numpy_ndarrays()[0]
+        vector = calibration_update(data, params, flat)
+        n = MetricRecord({"num-examples": len(data.train_frame)})
+        if config.get("plaintext", False):
+            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n})
+        return reply(message, {"ciphertext": _ciphertext_record(config, vector, scale_bits=25), "metrics": n})
+
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
         data, config = site_data(message, context)
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
-        metrics = evaluate_flat(data, params, flat)
+        calibration = Calibration.from_dict(json.loads(str(config.get("calibration", "null"))))
+        metrics = evaluate_flat(data, params, flat, calibration)
         values = {"num-examples": int(metrics["n"]), **metrics}
+        site = {"site-id": data.site_id}
         if config.get("final", False):
+            train_config = _train_config(data.spec, config)
+            personal = personalise(data, params, flat, calibration, train_config)
+            _, _, x_test, y_test = data.encoded(params)
+            personal_metrics = evaluate_model(personal.model, data.spec, x_test, y_test, personal.calibration)
+            values |= {f"personal-{k}": v for k, v in personal_metrics.items()}
+            site["personalisation"] = personal.choice
             local_config = _train_config(data.spec, config)
             local_config.epochs = int(config.get("local-only-epochs", local_config.epochs))
             values |= {f"local-{k}": v for k, v in local_only_metrics(data, local_config).items()}
-        return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord({"site-id": data.site_id})})
+        return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord(site)})
 
     return app
 

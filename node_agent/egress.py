@@ -20,11 +20,12 @@ from models.errors import EgressViolation
 
 __all__ = ["DECLARED_CONFIG", "DECLARED_METRICS", "check_reply", "make_egress_guard", "reply_snapshot"]
 
-DECLARED_METRICS = {
-    "num-examples", "train-loss", "auroc", "accuracy", "log-loss", "n",
-    "local-auroc", "local-accuracy", "local-log-loss", "local-n",
+# Held-out metrics of the global model, of the site's personalised model and of a local-only model.
+EVALUATION_METRICS = {"auroc", "accuracy", "log-loss", "ece", "n", "top3-accuracy", "kappa"}
+DECLARED_METRICS = {"num-examples", "train-loss"} | {
+    prefix + name for prefix in ("", "local-", "personal-") for name in EVALUATION_METRICS
 }
-DECLARED_CONFIG = {"site-id"}
+DECLARED_CONFIG = {"site-id", "personalisation"}
 PLAINTEXT_ARRAYS_KEY = "arrays"
 
 

@@ -31,8 +31,8 @@ def test_four_hospitals_ingest_and_federate(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert sorted(report["sites"]) == sorted(HOSPITALS)
-    federated = [s["federated"]["auroc"] for s in report["sites"].values()]
-    pooled = [s["pooled_reference"]["auroc"] for s in report["sites"].values()]
+    federated = [s["global"]["auroc"] for s in report["sites"].values()]
+    pooled = [s["pooled"]["auroc"] for s in report["sites"].values()]
     assert np.mean(federated) > 0.8
     assert abs(np.mean(federated) - np.mean(pooled)) < 0.05
     assert report["registered"]["version"] == "1"

@@ -52,8 +52,8 @@ def test_every_site_reports_and_the_model_learns(encrypted_run, small_federation
 def test_egress_holds_only_ciphertexts_and_declared_numbers(encrypted_run, small_federation, referral_spec):
     outcome, egress = encrypted_run
     snapshots = [pickle.loads(p.read_bytes()) for p in egress.glob("*.pkl")]
-    # stats query + ROUNDS x (train + evaluate) + final evaluate, from each of the 4 sites
-    assert len(snapshots) == 4 * (2 + 2 * ROUNDS)
+    # stats query + ROUNDS x (train + evaluate) + calibration query + final evaluate, from each of the 4 sites
+    assert len(snapshots) == 4 * (3 + 2 * ROUNDS)
     raw_values = set()
     for site in small_federation:
         frame = load_site_data(site, referral_spec).train_frame
@@ -71,7 +71,7 @@ def test_egress_holds_only_ciphertexts_and_declared_numbers(encrypted_run, small
                 assert all(isinstance(v, (int, float)) for v in record["items"].values())
             else:
                 assert record["type"] == "ConfigRecord" and set(record["items"]) <= DECLARED_CONFIG
-    assert n_ciphertexts == 4 * (1 + ROUNDS)
+    assert n_ciphertexts == 4 * (2 + ROUNDS)  # stats, each round's update, calibration
     # a ciphertext is not a column of records: it does not contain the plain float64 values
     sample = next(s for s in snapshots if "ciphertext" in s["records"])
     blob = np.load(__import__("io").BytesIO(sample["records"]["ciphertext"]["items"]["ciphertext"]["data"]))

@@ -1,0 +1,88 @@
+"""The tier recommendation: from the triage level and the calibrated referral risk, with thresholds
+that belong to the model's governance settings (``models/policies/*.yaml`` or a commission's own
+file, named by ``FENJI_TIER_POLICY``), and a plain-language reason in Chinese and English.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from models.assessment import TIERS, TierRecommendation
+from models.errors import FenjiError
+from models.yamlfile import load_yaml_model
+
+__all__ = ["PolicyError", "TierPolicy", "TierRule", "load_policy", "recommend_tier"]
+
+POLICIES_DIR = Path(__file__).parent / "policies"
+
+
+class PolicyError(FenjiError):
+    exit_code = 2
+
+
+class TierRule(BaseModel):
+    """Send the patient to this tier if the triage level is at most ``triage_at_most`` (more urgent)
+    or the referral risk is at least ``risk_at_least``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    triage_at_most: int = Field(ge=0, le=5, description="0 disables the triage condition")
+    risk_at_least: float = Field(gt=0, le=1.0001, description="above 1 disables the risk condition")
+
+
+class TierPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "default"
+    tertiary: TierRule
+    county: TierRule
+
+    @model_validator(mode="after")
+    def _tertiary_is_stricter(self) -> TierPolicy:
+        if self.tertiary.risk_at_least < self.county.risk_at_least:
+            raise ValueError("the tertiary risk threshold must not be below the county one")
+        if self.tertiary.triage_at_most > self.county.triage_at_most:
+            raise ValueError("the tertiary triage threshold must not be less urgent than the county one")
+        return self
+
+
+def load_policy(path: str | Path | None = None) -> TierPolicy:
+    """A policy file, a built-in policy name, or (None) ``FENJI_TIER_POLICY`` / the built-in default."""
+    if path is None:
+        from federation.settings import Settings
+
+        path = Settings().tier_policy or "default"
+    candidate = Path(path)
+    if not candidate.suffix and not candidate.exists():
+        candidate = POLICIES_DIR / f"{path}.yaml"
+    return load_yaml_model(candidate, TierPolicy, PolicyError, "tier policy")
+
+
+def _pct(p: float) -> str:
+    return f"{100 * p:.0f}%"
+
+
+def recommend_tier(triage_level: int, risk: float, policy: TierPolicy) -> TierRecommendation:
+    """The tier a patient should be seen at, and why, under ``policy``."""
+    for tier in ("tertiary", "county"):
+        rule: TierRule = getattr(policy, tier)
+        zh_tier, en_tier = TIERS[tier]["zh"], TIERS[tier]["en"]
+        if triage_level <= rule.triage_at_most:
+            return TierRecommendation(tier=tier, title=TIERS[tier], reason={
+                "zh": f"分诊等级 {triage_level} 级，达到{zh_tier}标准（≤{rule.triage_at_most} 级）。",
+                "en": f"Triage level {triage_level} meets the {en_tier.lower()} threshold (level ≤ {rule.triage_at_most}).",
+            })
+        if risk >= rule.risk_at_least:
+            return TierRecommendation(tier=tier, title=TIERS[tier], reason={
+                "zh": f"上转风险 {_pct(risk)}，达到{zh_tier}阈值（≥{_pct(rule.risk_at_least)}）。",
+                "en": f"Referral risk {_pct(risk)} reaches the {en_tier.lower()} threshold (≥ {_pct(rule.risk_at_least)}).",
+            })
+    county = policy.county
+    return TierRecommendation(tier="community", title=TIERS["community"], reason={
+        "zh": (f"分诊等级 {triage_level} 级、上转风险 {_pct(risk)}，均未达到上转标准"
+               f"（≤{county.triage_at_most} 级或 ≥{_pct(county.risk_at_least)}），可在社区诊治。"),
+        "en": (f"Triage level {triage_level} and referral risk {_pct(risk)} are below the referral thresholds "
+               f"(level ≤ {county.triage_at_most} or risk ≥ {_pct(county.risk_at_least)}): can be treated here."),
+    })
