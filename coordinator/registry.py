@@ -6,16 +6,20 @@ import json
 import logging
 from dataclasses import dataclass
 
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import yaml
 
 from coordinator.server_app import FederationOutcome
 from coordinator.model_card import build_model_card
+from models.bundle import write_bundle
 from models.errors import RegistryError
 from models.policy import TierPolicy, load_policy
 from models.nets import build_model, set_flat
 
-__all__ = ["RegisteredModel", "register_outcome"]
+__all__ = ["RegisteredModel", "promote", "register_outcome"]
 
 
 @dataclass
@@ -65,6 +69,10 @@ def register_outcome(
             mlflow.log_dict(outcome.calibration.to_dict(), "calibration.json")
             policy = policy or load_policy()
             mlflow.log_text(yaml.safe_dump(policy.model_dump(), sort_keys=False), "tier_policy.yaml")
+            with tempfile.TemporaryDirectory() as tmp:
+                digest = write_bundle(Path(tmp), spec=spec, encoding=outcome.encoding,
+                                      calibration=outcome.calibration, policy=policy, flat=outcome.flat)
+                mlflow.log_artifacts(tmp, "bundle")
             model = set_flat(build_model(spec, outcome.n_inputs), outcome.flat)
             info = mlflow.pytorch.log_model(
                 model, name="model", input_example=np.zeros((1, outcome.n_inputs), dtype=np.float32),
@@ -75,6 +83,7 @@ def register_outcome(
             client.set_model_version_tag(model_name(spec.name), version, "task", spec.name)
             client.set_model_version_tag(model_name(spec.name), version, "sites", json.dumps(sorted(outcome.sites)))
             client.set_model_version_tag(model_name(spec.name), version, "encrypted", str(outcome.encrypted))
+            client.set_model_version_tag(model_name(spec.name), version, "bundle-sha256", digest)
             markdown, card = build_model_card(outcome, name=model_name(spec.name), version=version, sites=sites,
                                               policy=policy, extra=extra_params)
             mlflow.log_text(markdown, "model_card.md")
@@ -83,3 +92,18 @@ def register_outcome(
             return RegisteredModel(model_name(spec.name), version, run.info.run_id, tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(f"MLflow refused the run: {exc}") from exc
+
+
+def promote(task: str, version: str, *, tracking_uri: str, alias: str = "production") -> str:
+    """Point ``alias`` of ``fenji-<task>`` at ``version`` (a governance decision; the caller audits it).
+    Returns the version's bundle digest, which nodes verify before serving it."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    name = model_name(task)
+    try:
+        mv = client.get_model_version(name, str(version))
+        client.set_registered_model_alias(name, alias, str(version))
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"cannot promote {name} version {version}: {exc}") from exc
+    return mv.tags.get("bundle-sha256", "")

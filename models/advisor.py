@@ -34,7 +34,7 @@ from models.policy import TierPolicy, load_policy, recommend_tier
 from models.spec import FeatureKind, TaskSpec
 from models.training import predicted_level
 
-__all__ = ["Advisor", "TaskModel", "encode_records"]
+__all__ = ["Advisor", "TaskModel", "encode_records", "load_bundle_model", "load_task_model"]
 
 TASKS = ("triage", "diagnosis", "referral_risk")
 
@@ -188,14 +188,24 @@ class Advisor:
 
     @classmethod
     def from_registry(cls, tracking_uri: str, *, alias: str | None = None,
-                      versions: Mapping[str, str] | None = None, policy: TierPolicy | None = None) -> Advisor:
+                      versions: Mapping[str, str] | None = None, policy: TierPolicy | None = None,
+                      cache_dir: Path | None = None) -> Advisor:
         """Load each task's model version from MLflow: by ``versions[task]``, else by ``alias``
-        (e.g. "production"), else the newest version."""
+        (e.g. "production"), else the newest version; each bundle's digest is verified."""
         models, cards, policies = {}, {}, {}
         for task in TASKS:
-            loaded = load_task_model(tracking_uri, task, version=(versions or {}).get(task), alias=alias)
+            loaded = load_task_model(tracking_uri, task, version=(versions or {}).get(task), alias=alias,
+                                     cache_dir=cache_dir)
             models[task], cards[task], policies[task] = loaded
         return cls(models, policy or policies["referral_risk"] or load_policy(), cards=cards)
+
+    @classmethod
+    def from_folders(cls, folders: Mapping[str, tuple[Path, str]], policy: TierPolicy | None = None) -> Advisor:
+        """From version folders already on the node (``task -> (folder, version)``): works offline."""
+        models, cards, policies = {}, {}, {}
+        for task, (folder, version) in folders.items():
+            models[task], cards[task], policies[task] = load_bundle_model(folder, task, version)
+        return cls(models, policy or policies["referral_risk"], cards=cards)
 
 
 def _titles(display: Mapping[str, str] | None, fallback: str) -> dict[str, str]:
@@ -203,15 +213,17 @@ def _titles(display: Mapping[str, str] | None, fallback: str) -> dict[str, str]:
     return {"zh": display.get("zh") or display.get("en") or fallback, "en": display.get("en") or fallback}
 
 
-def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None
-                    ) -> tuple[TaskModel, str, TierPolicy | None]:
-    """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``."""
-    import mlflow
-    import mlflow.pytorch
-    import yaml
+def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None,
+                    cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy | None]:
+    """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``.
 
+    The version's bundle is downloaded (into ``cache_dir`` if given) and its digest checked against
+    the version's ``bundle-sha256`` tag before anything is loaded from it.
+    """
+    import mlflow
+
+    from models.bundle import bundle_digest
     from models.errors import RegistryError
-    from models.nets import get_flat
 
     name = f"fenji-{task}"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -222,16 +234,29 @@ def load_task_model(tracking_uri: str, task: str, *, version: str | None = None,
             mv = client.get_model_version_by_alias(name, alias)
         else:
             mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-    except (mlflow.exceptions.MlflowException, ValueError) as exc:
+        import tempfile
+
+        folder = Path(cache_dir) / task / str(mv.version) if cache_dir else Path(tempfile.mkdtemp(prefix="fenji-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        for artifact in ("bundle", "model_card.md"):  # only what serving needs
+            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=artifact, tracking_uri=tracking_uri,
+                                                dst_path=str(folder))
+    except (mlflow.exceptions.MlflowException, ValueError, OSError) as exc:
         raise RegistryError(f"no usable version of {name} in {tracking_uri} ({alias or version or 'latest'}): {exc}") from exc
-    folder = Path(mlflow.artifacts.download_artifacts(run_id=mv.run_id, tracking_uri=tracking_uri))
-    spec = TaskSpec.model_validate(yaml.safe_load((folder / "task.yaml").read_text(encoding="utf-8")))
-    encoding = EncodingParams.from_dict(json.loads((folder / "encoding.json").read_text()))
-    calibration = Calibration.from_dict(json.loads((folder / "calibration.json").read_text()))
-    mlflow.set_tracking_uri(tracking_uri)
-    torch_model = mlflow.pytorch.load_model(f"models:/{name}/{mv.version}", map_location="cpu")
-    card = (folder / "model_card.md").read_text(encoding="utf-8") if (folder / "model_card.md").exists() else ""
-    policy_file = folder / "tier_policy.yaml"
-    policy = TierPolicy.model_validate(yaml.safe_load(policy_file.read_text())) if policy_file.exists() else None
-    ref = ModelRef(name=name, version=str(mv.version), card_url=f"/api/v1/model/{task}/card")
-    return TaskModel(spec, encoding, get_flat(torch_model), calibration, ref), card, policy
+    expected = mv.tags.get("bundle-sha256")
+    actual = bundle_digest(folder / "bundle")
+    if expected != actual:
+        raise RegistryError(f"{name} version {mv.version}: bundle digest {actual[:12]}… does not match the "
+                            f"registered {str(expected)[:12]}…; refusing to serve it")
+    return load_bundle_model(folder, task, str(mv.version))
+
+
+def load_bundle_model(folder: Path, task: str, version: str) -> tuple[TaskModel, str, TierPolicy]:
+    """A downloaded version folder (``bundle/`` plus ``model_card.md``) as a ``TaskModel``."""
+    from models.bundle import read_bundle
+
+    spec, encoding, calibration, policy, flat = read_bundle(Path(folder) / "bundle")
+    card_file = Path(folder) / "model_card.md"
+    card = card_file.read_text(encoding="utf-8") if card_file.exists() else ""
+    ref = ModelRef(name=f"fenji-{task}", version=version, card_url=f"/api/v1/model/{task}/card")
+    return TaskModel(spec, encoding, flat, calibration, ref), card, policy
