@@ -232,6 +232,31 @@ def demo_command(
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
 
 
+models_app = typer.Typer(help="Governance of registered model versions.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("promote")
+def promote_command(
+    task: Annotated[str, typer.Option(help="triage, diagnosis or referral_risk.")],
+    version: Annotated[str, typer.Option(help="The registered version to serve.")],
+    actor: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
+    alias: Annotated[str, typer.Option(help="Registry alias the clinics fetch.")] = "production",
+) -> None:
+    """Approve a model version for the clinics: point the alias at it, and audit the decision."""
+    from coordinator.audit import AuditLog
+    from coordinator.registry import model_name, promote
+
+    settings = Settings()
+    try:
+        digest = promote(task, version, tracking_uri=settings.tracking_uri, alias=alias)
+    except FenjiError as exc:
+        _fail(exc)
+    AuditLog(settings.audit_path).append(actor=actor, action="promotion", task=task, model=model_name(task),
+                                         version=version, alias=alias, bundle_sha256=digest)
+    console.print(f"{model_name(task)} version {version} is now '{alias}' (bundle sha256 {digest[:16]}…).")
+
+
 BENCHMARKS = ("heart", "he-overhead", "scale")
 
 
