@@ -30,6 +30,15 @@ app = typer.Typer(help="Fenji (分级): privacy-preserving federated learning fo
                   no_args_is_help=True, pretty_exceptions_enable=False)
 node_app = typer.Typer(help="Commands run by a clinic's node agent.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
+
+
+def _token_app() -> typer.Typer:
+    from node_agent.serve.cli import token_app
+
+    return token_app
+
+
+node_app.add_typer(_token_app(), name="token")
 console = Console()
 console.width = max(console.width, 120)  # the per-site tables need room; logs are not 80 wide
 
@@ -92,6 +101,36 @@ def ingest_command(
         for reason, count in summary.reasons.items():
             table.add_row(reason, str(count))
         console.print(table)
+
+
+@node_app.command("serve")
+def serve_command(
+    site_dir: Annotated[Path, typer.Option(help="The site's folder (its DuckDB, tokens and model cache).")],
+    registry: Annotated[Optional[str], typer.Option(help="MLflow tracking URI of the coordinator's registry "
+                                                    "(default FENJI_MLFLOW_URI).")] = None,
+    alias: Annotated[str, typer.Option(help="The registry alias governance approves versions under.")] = "production",
+    host: Annotated[str, typer.Option(help="Bind address (the clinic's own network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8600,
+) -> None:
+    """Serve the workstation page and the scoring API at the clinic, with the approved models.
+
+    The approved versions are fetched and their digests verified; if the registry cannot be
+    reached, the last good versions on this node are served (scoring never leaves the clinic).
+    """
+    import uvicorn
+
+    from node_agent.distribution import ModelDistribution
+    from node_agent.serve import AdvisorHolder, create_app
+
+    distribution = ModelDistribution(site_dir, registry or Settings().tracking_uri, alias=alias)
+    try:
+        advisor = distribution.load()
+    except FenjiError as exc:
+        _fail(exc)
+    versions = ", ".join(f"{t} v{r.version}" for t, r in advisor.models.items())
+    console.print(f"Serving {versions} at http://{host}:{port}/ (tokens: `fenji node token create --site-dir {site_dir}`)")
+    app_ = create_app(AdvisorHolder(advisor), site_dir=site_dir, provider=distribution.fetch)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 def _run_and_report(
@@ -230,6 +269,26 @@ def demo_command(
         except FenjiError as exc:
             _fail(exc)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
+    _demo_login(workdir, settings, site_dirs[0], [s.name for s in specs])
+
+
+def _demo_login(workdir: Path, settings: Settings, site_dir: Path, tasks: list[str]) -> None:
+    """Approve the demo's versions for the clinics (audited) and print how a doctor logs in."""
+    from coordinator.audit import AuditLog
+    from coordinator.registry import model_name, promote
+    from node_agent.serve.cli import create_token
+
+    if sorted(tasks) != ["diagnosis", "referral_risk", "triage"]:
+        return
+    for task in tasks:
+        digest = promote(task, "1", tracking_uri=settings.tracking_uri)
+        AuditLog(settings.audit_path).append(actor="demo", action="promotion", task=task, model=model_name(task),
+                                             version="1", alias="production", bundle_sha256=digest)
+    token = create_token(site_dir, role="doctor", name="Demo doctor").token
+    console.rule("[bold]The doctor's workstation")
+    console.print(f"fenji node serve --site-dir {site_dir} --registry {settings.tracking_uri}\n"
+                  f"then open http://127.0.0.1:8600/ and log in with the doctor token:\n  [bold]{token}[/]\n"
+                  f"(more tokens: fenji node token create --site-dir {site_dir} --role site_admin --name ...)")
 
 
 models_app = typer.Typer(help="Governance of registered model versions.", no_args_is_help=True)

@@ -1,0 +1,72 @@
+"""The advisor the scoring API serves, and the holder that swaps it without dropping a request.
+
+A request reads ``holder.current`` once and uses that object until it answers, so a swap in the
+middle of a request never mixes two model versions in one answer; in-flight requests finish on the
+advisor they started with.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from models.assessment import Assessment, ModelRef
+from models.spec import TaskSpec
+from node_agent.serve.errors import IncompatibleAdvisor
+
+__all__ = ["Advisor", "AdvisorHolder", "AdvisorProvider"]
+
+
+@runtime_checkable
+class Advisor(Protocol):
+    """What the scoring API needs from a trained advisor (the real one is ``models.advisor``)."""
+
+    spec: TaskSpec
+    models: dict[str, ModelRef]
+
+    def assess(self, records: list[dict[str, object]]) -> list[Assessment]:
+        """One assessment per record; a record maps every feature name to its value, None = not recorded."""
+        ...
+
+    def model_card(self, task: str) -> str:
+        """The markdown model card of the model version that answers ``task``."""
+        ...
+
+
+AdvisorProvider = Callable[[], Advisor]
+"""Returns the newest approved advisor (called by ``POST /api/v1/admin/reload``)."""
+
+
+class AdvisorHolder:
+    """Holds the advisor in use; ``swap`` replaces it atomically for every later request."""
+
+    def __init__(self, advisor: Advisor) -> None:
+        self._advisor = advisor
+        self._lock = threading.Lock()
+
+    @property
+    def current(self) -> Advisor:
+        return self._advisor
+
+    def swap(self, new: Advisor) -> Advisor:
+        """Serve ``new`` from now on and return the advisor it replaced.
+
+        Raises
+        ------
+        IncompatibleAdvisor
+            If ``new`` reads other input features than the advisor in use: the API's input schema is
+            built from them when the app starts.
+        """
+        with self._lock:
+            old = self._advisor
+            if _feature_signature(new.spec) != _feature_signature(old.spec):
+                raise IncompatibleAdvisor(
+                    f"the new advisor reads other input features than the one in use ({old.spec.name}); "
+                    "restart the node agent to change the input schema")
+            self._advisor = new  # one reference assignment: a reader sees the old or the new, never a mix
+            return old
+
+
+def _feature_signature(spec: TaskSpec) -> list[dict]:
+    return [f.model_dump(include={"name", "kind", "min", "max", "values", "required"}) for f in spec.features]
