@@ -68,6 +68,6 @@ class ModelDistribution:
         """``fetch``, or the last good set if the registry is unreachable or refuses."""
         try:
             return self.fetch(expected_digests)
-        except RegistryError as exc:
+        except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: all mean "keep the last good"
             log.warning("model fetch failed (%s); serving the last good version", exc)
             return self.last_good()

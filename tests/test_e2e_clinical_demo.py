@@ -87,3 +87,28 @@ def test_registered_versions_carry_model_cards_and_serve_an_advisor(demo):
     assert any(c.direction == "up" for c in sick.explanation)
     assert np.isfinite([c.contribution for c in sick.explanation]).all()
     assert sick.models["referral_risk"].version == "1"
+
+
+def test_the_clinic_fetches_verifies_and_falls_back_to_the_last_good_models(demo, tmp_path):
+    from models.errors import RegistryError
+    from node_agent.distribution import ModelDistribution
+
+    workdir, output, _ = demo
+    assert "log in with the doctor token" in output
+    uri = f"sqlite:///{workdir / 'coordinator' / 'mlflow.db'}"
+    site = tmp_path / "clinic"
+    dist = ModelDistribution(site, uri)  # the demo approved version 1 of each task as "production"
+    advisor = dist.fetch()
+    assert {t: r.version for t, r in advisor.models.items()} == {t: "1" for t in TASKS}
+    state = dist.current()
+    with pytest.raises(RegistryError, match="told to expect"):
+        dist.fetch(expected_digests={"triage": "0" * 64})
+    assert dist.current() == state  # the last good set is kept
+    offline = ModelDistribution(site, "sqlite:////nonexistent/registry.db").load()  # coordinator unreachable
+    assert offline.models["referral_risk"].version == "1"
+    params = site / "models" / "referral_risk" / "1" / "bundle" / "parameters.npy"
+    params.write_bytes(params.read_bytes()[:-8] + b"\0" * 8)  # tampered on disk
+    with pytest.raises(RegistryError, match="changed on disk"):
+        dist.last_good()
+    audit = (workdir / "coordinator" / "audit.jsonl").read_text()
+    assert audit.count('"promotion"') == 3 and audit.count('"training-run"') == 3
