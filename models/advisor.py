@@ -9,7 +9,6 @@ microseconds, so a clinic's service is bound by HTTP, not by the models.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field

@@ -6,9 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-import tenseal as ts
 
-from coordinator.audit import AuditLog
 from coordinator.registry import register_outcome
 from federation.crypto import _unpack
 from federation.simulation import run_simulated_federation

@@ -20,7 +20,7 @@ from models.explain import occlusion_contributions
 from models.nets import OrdinalModel, build_model, get_flat, set_flat
 from models.policy import PolicyError, load_policy, recommend_tier
 from models.spec import load_task
-from models.training import TrainConfig, predict_proba, predicted_level, train
+from models.training import TrainConfig, predict_proba, predicted_level
 
 
 @pytest.fixture(scope="module")
