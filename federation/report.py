@@ -38,13 +38,14 @@ def site_report(outcome, pooled: dict[str, dict[str, float]] | None) -> dict[str
     """Per site: test rows, training rows, personalisation choice and the four models' metrics."""
     sites = {}
     for site, m in outcome.sites.items():
-        plain = {k: v for k, v in m.items() if "-" not in k or k in ("log-loss", "top3-accuracy")}
+        own = {k: v for k, v in m.items()
+               if not k.startswith(("local-", "personal-")) and k != "num-examples"}  # the global model's
         sites[site] = {
             "test_rows": int(m.get("n", 0)),
             "train_rows": int(outcome.train_rows.get(site, 0)),
             "personalisation": outcome.personalisation.get(site, "global"),
             "local_only": {k[6:]: v for k, v in m.items() if k.startswith("local-")},
-            "global": {k: v for k, v in plain.items() if k != "num-examples"},
+            "global": own,
             "personalised": {k[9:]: v for k, v in m.items() if k.startswith("personal-")},
             "pooled": (pooled or {}).get(site, {}),
         }

@@ -19,6 +19,7 @@ from models.calibration import Calibration
 from models.encoding import EncodingParams
 from models.spec import TaskSpec
 from models.training import TrainConfig, dp_noise_multiplier
+from models.training import evaluate as evaluate_model
 from node_agent.egress import make_egress_guard
 from node_agent.local import (
     SiteData,
@@ -30,7 +31,6 @@ from node_agent.local import (
     site_statistics,
     train_update,
 )
-from models.training import evaluate as evaluate_model
 
 __all__ = ["app", "build_client_app"]
 
