@@ -16,18 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 
 from models.assessment import (
     Assessment,
-    Contribution,
-    DiagnosisSuggestion,
     ModelRef,
-    ReferralRisk,
-    Triage,
 )
 from models.calibration import Calibration
 from models.encoding import CLIP, Encoder, EncodingParams
-from models.explain import occlusion_contributions, top_contributions
+from models.explain import occlusion_contributions
 from models.nets import OrdinalModel, build_model, set_flat
 from models.policy import TierPolicy, load_policy, recommend_tier
 from models.spec import FeatureKind, TaskSpec
@@ -36,37 +33,104 @@ from models.training import predicted_level
 __all__ = ["Advisor", "TaskModel", "encode_records", "load_bundle_model", "load_task_model"]
 
 TASKS = ("triage", "diagnosis", "referral_risk")
+_ASSESSMENTS = TypeAdapter(list[Assessment])
+
+
+class RecordEncoder:
+    """``Encoder.transform``'s layout for plain dicts, without pandas, vectorised over rows and features
+    (the serving fast path: a handful of NumPy operations whatever the number of patients).
+
+    Values must already be valid (the API validates them); ``None``, NaN or an absent key is "not
+    recorded". A test checks the result equals ``Encoder.transform``. Encoders of tasks that read the
+    same features share the parsing of the records (``parsed``), and differ only in arithmetic.
+    """
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.width = encoder.width
+        params = encoder.params
+        values: list[str] = []  # numeric, then boolean features: one float matrix, NaN = not recorded
+        booleans: list[str] = []
+        categorical: list[tuple[str, dict[str, int]]] = []
+        value_cols, cat_offsets, means, stds = {}, [], {}, {}
+        missing: dict[str, int] = {}  # feature -> its "not recorded" indicator column
+        col = 0
+        for f in encoder.spec.features:
+            if f.kind is FeatureKind.CATEGORICAL:
+                categorical.append((f.name, {v: i for i, v in enumerate(f.values or [])}))
+                cat_offsets.append(col)
+                col += len(f.values or [])
+            else:
+                (values if f.kind is FeatureKind.NUMERIC else booleans).append(f.name)
+                value_cols[f.name] = col
+                numeric = f.kind is FeatureKind.NUMERIC
+                means[f.name] = params.means.get(f.name, 0.0) if numeric else 0.0
+                stds[f.name] = (params.stds.get(f.name, 1.0) or 1.0) if numeric else 1.0
+                col += 1
+            if not f.required:
+                missing[f.name] = col
+                col += 1
+        self.numeric, self.booleans, self.categorical = values, booleans, categorical
+        names = values + booleans
+        self._value_cols = np.asarray([value_cols[n] for n in names], int)
+        self._means = np.asarray([means[n] for n in names], float)
+        self._stds = np.asarray([stds[n] for n in names], float)
+        self._cat_offsets = np.asarray(cat_offsets, int)
+        order = names + [name for name, _ in categorical]  # the columns of the "absent" matrix
+        self._flag_src = np.asarray([order.index(n) for n in missing], int)
+        self._flag_cols = np.asarray(list(missing.values()), int)
+        self.layout = (tuple(values), tuple(booleans), tuple((n, tuple(lk)) for n, lk in categorical))
+
+    def parse(self, records: Sequence[Mapping[str, object]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(values (n, numeric+boolean) with NaN, category codes (n, categorical), absent (n, all))``."""
+        n = len(records)
+        numeric, booleans, categorical = self.numeric, self.booleans, self.categorical
+        values = np.array([[r.get(name) for name in numeric] + [_flag_value(r.get(name)) for name in booleans]
+                           for r in records], dtype=float).reshape(n, len(numeric) + len(booleans))
+        raw = [[r.get(name) for name, _ in categorical] for r in records]
+        codes = np.array([[lookup.get(v if v.__class__ is str else str(v), -1) if not _absent(v) else -2
+                           for v, (_, lookup) in zip(row, categorical)] for row in raw], int).reshape(n, -1)
+        absent = np.concatenate([np.isnan(values), codes == -2], axis=1)
+        return values, codes, absent
+
+    def encode(self, records: Sequence[Mapping[str, object]], parsed: dict | None = None) -> np.ndarray:
+        """The encoded rows; ``parsed`` (a dict kept for one batch) shares parsing between encoders."""
+        if parsed is None:
+            values, codes, absent = self.parse(records)
+        else:
+            if self.layout not in parsed:
+                parsed[self.layout] = self.parse(records)
+            values, codes, absent = parsed[self.layout]
+        out = np.zeros((len(records), self.width), dtype=np.float32)
+        if values.shape[1]:
+            z = np.minimum(np.maximum((values - self._means) / self._stds, -CLIP), CLIP)
+            out[:, self._value_cols] = np.where(absent[:, : values.shape[1]], 0.0, z)
+        if codes.shape[1]:
+            rows, feats = np.nonzero(codes >= 0)
+            out[rows, self._cat_offsets[feats] + codes[rows, feats]] = 1.0
+        if len(self._flag_cols):
+            out[:, self._flag_cols] = absent[:, self._flag_src]
+        return out
+
+
+_FLAGS = {True: 1.0, False: 0.0, None: math.nan}
+
+
+def _absent(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _flag_value(value: object) -> float:
+    """A boolean feature's value: 1.0, 0.0, or NaN when not recorded."""
+    if value is None or value.__class__ is bool:
+        return _FLAGS[value]
+    if _absent(value):
+        return math.nan
+    return float(str(value).lower() in ("true", "1", "1.0"))
 
 
 def encode_records(encoder: Encoder, records: Sequence[Mapping[str, object]]) -> np.ndarray:
-    """``Encoder.transform`` for plain dicts, without pandas (the same layout, checked by a test).
-
-    Values must already be valid (the API validates them); ``None`` or an absent key is "not recorded".
-    """
-    spec, params = encoder.spec, encoder.params
-    out = np.zeros((len(records), encoder.width), dtype=np.float32)
-    for r, record in enumerate(records):
-        col = 0
-        for f in spec.features:
-            value = record.get(f.name)
-            missing = value is None or (isinstance(value, float) and math.isnan(value))
-            if f.kind is FeatureKind.NUMERIC:
-                if not missing:
-                    z = (float(value) - params.means.get(f.name, 0.0)) / (params.stds.get(f.name, 1.0) or 1.0)
-                    out[r, col] = min(max(z, -CLIP), CLIP)
-                col += 1
-            elif f.kind is FeatureKind.BOOLEAN:
-                out[r, col] = 0.0 if missing else float(str(value).lower() in ("true", "1", "1.0"))
-                col += 1
-            else:
-                values = f.values or []
-                if not missing and str(value) in values:
-                    out[r, col + values.index(str(value))] = 1.0
-                col += len(values)
-            if not f.required:
-                out[r, col] = float(missing)
-                col += 1
-    return out
+    """``Encoder.transform`` for plain dicts (see ``RecordEncoder``; a ``TaskModel`` keeps its own)."""
+    return RecordEncoder(encoder).encode(records)
 
 
 @dataclass
@@ -90,6 +154,17 @@ class TaskModel:
             self._b = body.bias.detach().numpy().astype(np.float64)
         if isinstance(self.model, OrdinalModel):
             self._cuts = self.model.cutpoints().detach().numpy().astype(np.float64)
+        self.records = RecordEncoder(self.encoder)
+        self.baseline = self.encoder.baseline()
+        slices = self.encoder.feature_slices()
+        self.feature_names = [name for name, cols in slices.items() if cols]
+        self._owner = np.zeros((self.encoder.width, len(self.feature_names)))  # column -> the feature owning it
+        for f, name in enumerate(self.feature_names):
+            self._owner[slices[name], f] = 1.0
+        self._slices = slices
+
+    def encode(self, records: Sequence[Mapping[str, object]], parsed: dict | None = None) -> np.ndarray:
+        return self.records.encode(records, parsed)
 
     def raw(self, x: np.ndarray) -> np.ndarray:
         """The body's output: (n, 1) score/logit or (n, K) logits."""
@@ -104,6 +179,18 @@ class TaskModel:
         cal = self.calibration
         z = self.raw(x)[:, 0]
         return cal.slope * z + cal.intercept if cal.kind == "platt" else z
+
+    def explain(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Binary tasks: ``(log-odds (n,), contributions (n, n_features), feature names)``, each
+        contribution measured against ``baseline`` (see ``models.explain``). For the logistic model
+        this is the exact closed form ``slope · w · (x - baseline)`` summed over each feature's
+        columns, the same as the occlusion (a test checks); otherwise one occlusion per feature."""
+        if not self._linear:
+            return occlusion_contributions(self.log_odds, x, self.baseline, self._slices)
+        cal = self.calibration
+        slope = cal.slope if cal.kind == "platt" else 1.0
+        contributions = ((x - self.baseline) * (slope * self._w[:, 0])) @ self._owner
+        return self.log_odds(x), contributions, self.feature_names
 
     def proba(self, x: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, shape (n, K)."""
@@ -137,6 +224,10 @@ class Advisor:
         self.spec = self.tasks["referral_risk"].spec  # the input features (the same for all three)
         self.cards = dict(cards or {})
         self.models = {t: m.ref or ModelRef(name=f"fenji-{t}", version="unregistered") for t, m in self.tasks.items()}
+        t_label, d_label = self.tasks["triage"].spec.label, self.tasks["diagnosis"].spec.label
+        self._triage_titles = {c: _titles(t_label.class_display.get(c), c) for c in t_label.classes}
+        self._diagnosis_titles = {c: _titles(d_label.class_display.get(c), c) for c in d_label.classes}
+        self._feature_titles = {f.name: _titles(f.display, f.name) for f in self.spec.features}
 
     def model_card(self, task: str) -> str:
         if task not in self.tasks:
@@ -148,40 +239,44 @@ class Advisor:
         if not records:
             return []
         triage, diagnosis, referral = self.tasks["triage"], self.tasks["diagnosis"], self.tasks["referral_risk"]
-        p_triage = triage.proba(encode_records(triage.encoder, records))
+        parsed: dict = {}  # the three models read the same features: parse the records once
+        p_triage = triage.proba(triage.encode(records, parsed))
         levels = predicted_level(p_triage)
-        p_diag = diagnosis.proba(encode_records(diagnosis.encoder, records))
-        x_ref = encode_records(referral.encoder, records)
-        log_odds, contributions, names = occlusion_contributions(
-            referral.log_odds, x_ref, referral.encoder.baseline(), referral.encoder.feature_slices())
+        p_diag = diagnosis.proba(diagnosis.encode(records, parsed))
+        top_diag = np.argsort(-p_diag, axis=1)[:, : self.top_k]
+        log_odds, contributions, names = referral.explain(referral.encode(records, parsed))
         risk = 1.0 / (1.0 + np.exp(-log_odds))
+        order = np.argsort(-np.abs(contributions), axis=1)[:, : self.explain_k]
         t_classes, d_classes = triage.spec.label.classes, diagnosis.spec.label.classes
-        t_label, d_label = triage.spec.label, diagnosis.spec.label
+        calibrated = referral.calibration.kind != "none"
         answers = []
         for i, record in enumerate(records):
             level = t_classes[int(levels[i])]
-            top = np.argsort(-p_diag[i])[: self.top_k]
-            answers.append(Assessment(
-                triage=Triage(level=level, title=_titles(t_label.class_display.get(level), level),
-                              probabilities={c: float(p) for c, p in zip(t_classes, p_triage[i])}),
-                referral_risk=ReferralRisk(probability=float(risk[i]), calibrated=referral.calibration.kind != "none"),
-                tier=recommend_tier(int(level), float(risk[i]), self.policy),
-                diagnoses=[DiagnosisSuggestion(code=d_classes[j], title=_titles(d_label.class_display.get(d_classes[j]),
-                                                                                d_classes[j]),
-                                               probability=float(p_diag[i, j])) for j in top],
-                explanation=[self._contribution(name, value, record)
-                             for name, value in top_contributions(contributions[i], names, self.explain_k)],
-                models=self.models,
-            ))
-        return answers
+            answers.append({
+                "triage": {"level": level, "title": self._triage_titles[level],
+                           "probabilities": dict(zip(t_classes, p_triage[i].tolist()))},
+                "referral_risk": {"probability": float(risk[i]), "calibrated": calibrated},
+                "tier": recommend_tier(int(level), float(risk[i]), self.policy),
+                "diagnoses": [{"code": d_classes[j], "title": self._diagnosis_titles[d_classes[j]],
+                               "probability": float(p_diag[i, j])} for j in top_diag[i]],
+                "explanation": [self._contribution(names[j], float(contributions[i, j]), record)
+                                for j in order[i] if contributions[i, j] != 0],
+                "models": self.models,
+            })
+        return _ASSESSMENTS.validate_python(answers)  # one validation of the whole batch
 
-    def _contribution(self, name: str, value: float, record: Mapping[str, object]) -> Contribution:
-        feature = self.spec.feature(name)
+    def _contribution(self, name: str, value: float, record: Mapping[str, object]) -> dict[str, object]:
         raw = record.get(name)
-        shown: str | float | None = raw if isinstance(raw, (str, float, int)) and not isinstance(raw, bool) else (
-            None if raw is None else str(raw).lower())
-        return Contribution(feature=name, title=_titles(feature.display, name), value=shown, contribution=value,
-                            direction="up" if value > 0 else "down")
+        if raw is None or isinstance(raw, str):
+            shown: str | float | None = raw
+        elif isinstance(raw, (bool, np.bool_)):
+            shown = str(bool(raw)).lower()
+        elif isinstance(raw, (int, float, np.number)):
+            shown = float(raw)
+        else:
+            shown = str(raw).lower()
+        return {"feature": name, "title": self._feature_titles[name], "value": shown, "contribution": value,
+                "direction": "up" if value > 0 else "down"}
 
     # -- loading ------------------------------------------------------------------------------
 

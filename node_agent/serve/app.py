@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -69,12 +72,13 @@ def create_app(
     spec = holder.current.spec
     inputs = build_inputs(spec, _outcome_labels(holder), max_batch=max_batch)
     app = FastAPI(title="Fenji node agent: scoring API", version="1", description=DESCRIPTION,
-                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None)  # the docs pages need a CDN
+                  openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None,  # the docs pages need a CDN
+                  lifespan=_lifespan)
     app.state.holder, app.state.provider = holder, provider
     app.state.tokens = tokens or TokenStore.for_site(site_dir)
     app.state.records = DecisionLog(site_dir, task=spec.name, busy_timeout=busy_timeout)
 
-    routers = [meta.public, meta.router, score.router(inputs, max_batch=max_batch),
+    routers = [score.router(inputs, max_batch=max_batch), meta.public, meta.router,  # the busiest first
                decisions.router(inputs, example_patient(spec)), model.router, admin.router]
     api_routes = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
     check_access_table(api_routes, authorize)
@@ -91,6 +95,23 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=64 * 1024 + 4 * 1024 * max_batch)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Once the models are loaded, move everything alive to the collector's permanent generation.
+
+    The process holds millions of long-lived objects (PyTorch, pandas, the models); a full garbage
+    collection walks all of them and paused the server for 100-200 ms under load (seen as the p99 of
+    the serving benchmark). Frozen, they are never walked again; objects of requests are collected
+    as before. (Instagram's ``gc.freeze``, Python >= 3.7.)
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def _document_roles(routes: list[APIRoute]) -> None:

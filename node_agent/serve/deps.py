@@ -19,10 +19,13 @@ _bearer = HTTPBearer(auto_error=False,
                      description="A site token: `fenji node token create` or POST /api/v1/admin/tokens")
 
 
-def authorize(
+async def authorize(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> TokenInfo | None:
-    """Enforce ``ACCESS`` for the endpoint being called: 401 without a valid token, 403 for a wrong role."""
+    """Enforce ``ACCESS`` for the endpoint being called: 401 without a valid token, 403 for a wrong role.
+
+    The dependencies here are ``async`` because they only read memory (the token file is reread only
+    when it changes, and it is tiny): a thread-pool hop would cost more than the work."""
     roles = allowed_roles(request.method, request.scope["route"].path)
     if roles is PUBLIC:
         return None
@@ -37,19 +40,19 @@ def authorize(
     return caller
 
 
-def _advisor(request: Request) -> Advisor:
+async def _advisor(request: Request) -> Advisor:
     return request.app.state.holder.current  # read once: the whole request uses this advisor
 
 
-def _holder(request: Request) -> AdvisorHolder:
+async def _holder(request: Request) -> AdvisorHolder:
     return request.app.state.holder
 
 
-def _records(request: Request) -> DecisionLog:
+async def _records(request: Request) -> DecisionLog:
     return request.app.state.records
 
 
-def _tokens(request: Request) -> TokenStore:
+async def _tokens(request: Request) -> TokenStore:
     return request.app.state.tokens
 
 

@@ -16,8 +16,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 class BodyLimit:
     """Answer 413 to a request body over ``max_bytes`` without handing any of it to the app.
 
-    The body is read here (it is small: JSON of at most ``max_batch`` patients) and replayed to the app,
-    so a chunked upload without Content-Length is bounded too.
+    A request that declares its length (``Content-Length``, which the HTTP server holds the body to)
+    passes straight through when the length is within the limit. A chunked upload without one is read
+    here (it is small: JSON of at most ``max_batch`` patients), counted, and replayed to the app.
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -27,9 +28,12 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(scope, receive, send)
+        declared = next((value for name, value in scope["headers"] if name == b"content-length"), None)
+        if declared is not None and declared.isdigit():
+            if int(declared) > self.max_bytes:
+                await self._refuse(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         chunks, size, more = [], 0, True
         while more:

@@ -65,7 +65,7 @@ class TokenStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        self._cache: tuple[tuple[int, int, int], list[_Stored]] | None = None
+        self._cache: tuple[tuple[int, int, int], list[tuple[_Stored, TokenInfo]]] | None = None
 
     @classmethod
     def for_site(cls, site_dir: Path | str) -> TokenStore:
@@ -97,12 +97,16 @@ class TokenStore:
     def authenticate(self, token: str) -> TokenInfo | None:
         """The token's holder, or None. Compares every stored digest in constant time."""
         digest, match = _digest(token), None
-        for stored in self._read():
+        for stored, info in self._cached():
             if hmac.compare_digest(stored.sha256, digest):
-                match = stored
-        return TokenInfo(**match.model_dump(exclude={"sha256"})) if match else None
+                match = info
+        return match
 
     def _read(self) -> list[_Stored]:
+        return [stored for stored, _ in self._cached()]
+
+    def _cached(self) -> list[tuple[_Stored, TokenInfo]]:
+        """The file's tokens, reread only when the file changed (a token created or revoked elsewhere)."""
         try:
             stat = self.path.stat()
         except FileNotFoundError:
@@ -111,9 +115,10 @@ class TokenStore:
         cache = self._cache
         if cache is None or cache[0] != key:
             data = json.loads(self.path.read_text(encoding="utf-8"))
-            cache = (key, [_Stored.model_validate(t) for t in data.get("tokens", [])])
+            stored = [_Stored.model_validate(t) for t in data.get("tokens", [])]
+            cache = (key, [(s, TokenInfo(**s.model_dump(exclude={"sha256"}))) for s in stored])
             self._cache = cache
-        return list(cache[1])
+        return cache[1]
 
     @contextlib.contextmanager
     def _editing(self) -> Iterator[list[_Stored]]:

@@ -1,13 +1,15 @@
 """POST /score and /score/batch: the advisor's assessment of one or many patients."""
 
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Depends, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from models.assessment import Assessment
+from models.assessment import Assessment, ModelRef
 from node_agent.serve.advisor import Advisor
+from node_agent.serve.batching import MicroBatcher
 from node_agent.serve.deps import CurrentAdvisor, api_router
 from node_agent.serve.errors import ERROR_RESPONSES, AdvisorFailed, ErrorBody, PayloadTooLarge
 from node_agent.serve.inputs import Inputs
@@ -18,29 +20,38 @@ def card_url(task: str, version: str) -> str:
     return f"/api/v1/model/{quote(task, safe='')}/card?version={quote(version, safe='')}"
 
 
-def assess(advisor: Advisor, patients: list[BaseModel]) -> list[ScoreResult]:
-    """Score validated patients; a feature absent or null goes to the advisor as None (not recorded)."""
-    records: list[dict[str, Any]] = [p.model_dump() for p in patients]
+def score_records(advisor: Advisor, records: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
+    """Score validated records (feature -> value, None = not recorded) with ``advisor``."""
     try:
-        answers = advisor.assess(records)
+        answers = advisor.assess(list(records))
     except Exception as exc:  # the advisor's own failure, whatever it is, is not the caller's fault
         raise AdvisorFailed("the advisor could not score this request; the node agent's log has the cause") from exc
     if len(answers) != len(records):
         raise AdvisorFailed(f"the advisor answered {len(answers)} times for {len(records)} patients")
+    models: dict[tuple, dict[str, ModelRef]] = {}  # the answers' model versions, with their cards' links
     results = []
     for record, answer in zip(records, answers):
         try:
-            data = Assessment.model_validate(answer, from_attributes=True).model_dump()
+            # An Assessment was validated when it was built; anything else is validated here.
+            assessment = answer if isinstance(answer, Assessment) else Assessment.model_validate(
+                answer, from_attributes=True)
+            key = tuple((task, ref.name, ref.version) for task, ref in assessment.models.items())
+            refs = models.get(key)
+            if refs is None:
+                refs = models[key] = {
+                    task: ModelRef(name=ref.name, version=ref.version, card_url=card_url(task, ref.version))
+                    for task, ref in assessment.models.items()}
+            results.append(ScoreResult.model_validate({
+                **dict(assessment), "models": refs,
+                "not_recorded": [name for name, value in record.items() if value is None]}))
         except ValidationError as exc:
             raise AdvisorFailed("the advisor gave a malformed assessment") from exc
-        data["models"] = {task: {**ref, "card_url": card_url(task, ref["version"])}
-                          for task, ref in data["models"].items()}
-        results.append(ScoreResult(**data, not_recorded=[name for name, value in record.items() if value is None]))
     return results
 
 
 def router(inputs: Inputs, *, max_batch: int) -> APIRouter:
     api = api_router(tags=["score"], responses=ERROR_RESPONSES)
+    batcher: MicroBatcher[ScoreResult] = MicroBatcher(score_records)
     spec_examples = inputs.patient.model_config["json_schema_extra"]["examples"]  # type: ignore[index]
     Patient, Batch = inputs.patient, inputs.batch
 
@@ -61,13 +72,13 @@ def router(inputs: Inputs, *, max_batch: int) -> APIRouter:
         "pushed the risk, for one first visit. Features left out or null are **not recorded** and are "
         "scored as missing (listed in `not_recorded`), never filled with a typical value.",
     )
-    def score(
+    async def score(
         patient: Annotated[Patient, Body(openapi_examples={  # type: ignore[valid-type]
             "complete": {"summary": "all features recorded", "value": spec_examples[0]},
             "minimal": {"summary": "only the required features", "value": spec_examples[1]}})],
         advisor: CurrentAdvisor,
     ) -> ScoreResult:
-        return assess(advisor, [patient])[0]
+        return await batcher.submit(advisor, patient.model_dump())
 
     @api.post(
         "/score/batch", response_model=list[ScoreResult], summary="Score several patients",
@@ -82,6 +93,6 @@ def router(inputs: Inputs, *, max_batch: int) -> APIRouter:
             "two": {"summary": "two patients", "value": {"patients": spec_examples}}})],
         advisor: CurrentAdvisor,
     ) -> list[ScoreResult]:
-        return assess(advisor, batch.patients)  # type: ignore[attr-defined]
+        return score_records(advisor, [p.model_dump() for p in batch.patients])  # type: ignore[attr-defined]
 
     return api

@@ -1,0 +1,493 @@
+"""Serving: the clinic's scoring API under load, beside the framework's own ceiling.
+
+Everything runs in one go on this machine, load generator included:
+
+- **single**: ``POST /api/v1/score`` (one patient, a doctor's token) at 1, 8 and 32 concurrent
+  connections, and a bare FastAPI endpoint that returns a constant under the same uvicorn settings
+  (the framework's ceiling here). Throughput and p50/p99 latency come from ``wrk``.
+- **batch**: ``POST /api/v1/score/batch`` with 256 patients, rows per second, beside the same
+  assessment called in-process (``Advisor.assess`` on the same 256 records), and the bare forward
+  passes of the three models for reference.
+- **switch**: 32 connections scoring while a site admin calls ``POST /api/v1/admin/reload`` every
+  ``reload_every`` seconds; the provider alternates between two trained versions read and verified
+  from disk. Reported: failed requests (non-2xx or socket errors), answers by model version, and
+  answers mixing two versions.
+
+The server is the real app (``node_agent.serve.create_app``) with three really trained models (one
+synthetic clinic, logistic triage/diagnosis/referral models with federated-style encodings and
+calibration), in its own process, run by ``uvicorn`` as ``fenji node serve`` runs it. The load
+generator is Debian's ``wrk`` (one thread), in another process; on a 2-core machine the two share
+the cores, as they would on a clinic's small server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from bench.common import environment
+
+__all__ = ["GOALS", "TASKS", "plot", "run", "train_models"]
+
+TASKS = ("triage", "diagnosis", "referral_risk")
+GOALS = {"single_throughput_ratio_at_32": 0.70, "single_p99_ms_at_32": 25.0, "batch_rows_ratio": 0.50,
+         "failed_requests_during_switch": 0}
+BATCH = 256
+WRK_MARK = "FENJI-WRK "
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run (no load generator, a server that does not start, ...)."""
+
+
+# -- the models ---------------------------------------------------------------------------------
+
+def train_models(*, rows: int = 900, seed: int = 5) -> dict:
+    """The three clinical models trained locally on one synthetic clinic (``task -> TaskModel``):
+    real encodings, weights and calibration, as a site would train them (seconds, not a federation)."""
+    from federation.synth import ClinicProfile, generate_clinic
+    from models.advisor import TaskModel
+    from models.calibration import calibration_statistics, fit_calibration
+    from models.encoding import Encoder, SiteStatistics, encode_labels
+    from models.nets import build_model, get_flat
+    from models.spec import load_task
+    from models.training import TrainConfig, train
+
+    frame = generate_clinic(ClinicProfile(f"bench_clinic_{seed}", rows), np.random.default_rng(seed))
+    models = {}
+    for task in TASKS:
+        spec = load_task(task)
+        params = SiteStatistics.from_frame(spec, frame).encoding_params()
+        encoder = Encoder(spec, params)
+        x, y = encoder.transform(frame), encode_labels(spec, frame)
+        model = build_model(spec, encoder.width)
+        train(model, spec, x, y, TrainConfig.from_spec(spec, epochs=20))
+        calibration = fit_calibration(spec, calibration_statistics(model, spec, x, y))
+        models[task] = TaskModel(spec, params, get_flat(model), calibration)
+    return models
+
+
+def _write_version(root: Path, version: str, seed: int) -> dict[str, tuple[Path, str]]:
+    """Train one version of the three models and write it as a node keeps it (bundle + card)."""
+    from models.bundle import write_bundle
+    from models.policy import load_policy
+
+    folders = {}
+    for task, m in train_models(seed=seed).items():
+        folder = root / task / version
+        write_bundle(folder / "bundle", spec=m.spec, encoding=m.encoding, calibration=m.calibration,
+                     policy=load_policy("default"), flat=m.flat)
+        (folder / "model_card.md").write_text(f"# fenji-{task} version {version}\n\nBenchmark model.\n")
+        folders[task] = (folder, version)
+    return folders
+
+
+def _patients(n: int, seed: int = 11) -> list[dict]:
+    """``n`` realistic first visits, as the API takes them (not-recorded values left out)."""
+    import pandas as pd
+
+    from federation.synth import ClinicProfile, generate_clinic
+    from models.spec import FeatureKind, load_task
+
+    spec = load_task("referral_risk")
+    frame = generate_clinic(ClinicProfile("bench_patients", max(n, 50)), np.random.default_rng(seed))
+    patients = []
+    for _, row in frame.head(n).iterrows():
+        patient = {}
+        for f in spec.features:
+            value = row.get(f.name)
+            if value is None or pd.isna(value):
+                continue
+            if f.kind is FeatureKind.NUMERIC:
+                patient[f.name] = float(value)
+            elif f.kind is FeatureKind.BOOLEAN:
+                patient[f.name] = bool(value)
+            else:
+                patient[f.name] = str(value)
+        patients.append(patient)
+    return patients
+
+
+# -- the servers --------------------------------------------------------------------------------
+
+def _bare_app():
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/bare")
+    async def bare() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _fenji_app(config: Mapping) -> object:
+    from models.advisor import Advisor
+    from node_agent.serve import AdvisorHolder, create_app
+
+    versions = [{task: (Path(folder), version) for task, (folder, version) in v.items()} for v in config["versions"]]
+    turn = iter(range(1, 1 << 30))
+
+    def provider() -> Advisor:  # alternates between the versions, read and verified from disk each time
+        return Advisor.from_folders(versions[next(turn) % len(versions)])
+
+    return create_app(AdvisorHolder(Advisor.from_folders(versions[0])), site_dir=Path(config["site_dir"]),
+                      max_batch=BATCH, provider=provider)
+
+
+def serve(config_file: str) -> None:  # pragma: no cover - runs in the server's own process
+    """The server process: ``python -m bench.serving CONFIG.json``."""
+    import uvicorn
+
+    config = json.loads(Path(config_file).read_text())
+    app = _bare_app() if config["kind"] == "bare" else _fenji_app(config)
+    uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")  # as `fenji node serve`
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _server(config: dict, workdir: Path) -> Iterator[str]:
+    config = {**config, "port": _free_port()}
+    config_file = workdir / f"server-{config['kind']}.json"
+    config_file.write_text(json.dumps(config))
+    log = open(workdir / f"server-{config['kind']}.log", "w")  # noqa: SIM115 - closed below
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bench.serving", str(config_file)], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
+    base = f"http://127.0.0.1:{config['port']}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise BenchError(f"the {config['kind']} server exited: {(workdir / log.name).read_text()[-2000:]}")
+            try:
+                httpx.get(base + "/api/v1/health", timeout=1.0)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"the {config['kind']} server did not start within 120 s") from None
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+# -- the load generator -------------------------------------------------------------------------
+
+_LUA = r"""
+wrk.method = "POST"
+wrk.body = __BODY__
+wrk.headers["Content-Type"] = "application/json"
+__AUTH__
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+__RESPONSE__
+done = function(summary, latency, requests)
+  local counts = ""
+  for _, t in ipairs(threads) do
+    local c = t:get("counts")
+    if c then counts = counts .. c end
+  end
+  io.write(string.format(
+    '__MARK__{"requests":%d,"duration_us":%d,"bytes":%d,' ..
+    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
+    '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"counts":"%s"}\n',
+    summary.requests, summary.duration, summary.bytes,
+    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean, counts))
+end
+"""
+
+# Counts answers by the model versions they name (one thread: its own counters, read in done()).
+_COUNT_VERSIONS = r"""
+local seen = {}
+function response(status, headers, body)
+  local key = "s" .. status
+  if status == 200 then
+    local versions = {}
+    local n = 0
+    for v in string.gmatch(body, '"version":"([^"]*)"') do
+      if not versions[v] then versions[v] = true; n = n + 1 end
+    end
+    if n == 1 then for v, _ in pairs(versions) do key = "v" .. v end else key = "mixed" end
+  end
+  seen[key] = (seen[key] or 0) + 1
+  local parts = {}
+  for k, c in pairs(seen) do table.insert(parts, k .. "=" .. c) end
+  wrk.thread:set("counts", table.concat(parts, ","))
+end
+"""
+
+
+def _lua(body: str, token: str | None, *, count_versions: bool = False) -> str:
+    def lua_string(text: str) -> str:
+        return "[==[" + text + "]==]"
+
+    auth = f'wrk.headers["Authorization"] = {lua_string("Bearer " + token)}' if token else ""
+    return (_LUA.replace("__BODY__", lua_string(body)).replace("__AUTH__", auth).replace("__MARK__", WRK_MARK)
+            .replace("__RESPONSE__", _COUNT_VERSIONS if count_versions else ""))
+
+
+def wrk(url: str, *, body: str, token: str | None, connections: int, duration: float, workdir: Path,
+        count_versions: bool = False) -> dict:
+    """One ``wrk`` run (one thread): requests/s, latency percentiles in ms, errors."""
+    exe = shutil.which("wrk")
+    if exe is None:
+        raise BenchError("the load generator `wrk` is not installed (Debian: apt-get install wrk)")
+    script = workdir / f"load-{connections}.lua"
+    script.write_text(_lua(body, token, count_versions=count_versions))
+    out = subprocess.run([exe, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60, check=False)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith(WRK_MARK)), None)
+    if out.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
+    raw = json.loads(line[len(WRK_MARK):])
+    seconds = raw["duration_us"] / 1e6
+    latency = {k: v / 1000 for k, v in raw["latency_us"].items()}
+    result = {"connections": connections, "seconds": seconds, "requests": raw["requests"],
+              "requests_per_second": raw["requests"] / seconds, "latency_ms": latency,
+              "failed": sum(raw["errors"].values()), "errors": raw["errors"]}
+    if count_versions:
+        result["answers"] = {k: int(v) for k, v in (p.split("=") for p in raw["counts"].split(",") if p)}
+    return result
+
+
+# -- in-process reference -----------------------------------------------------------------------
+
+def _rate(call: Callable[[], object], rows: int, seconds: float) -> dict:
+    """Rows per second of ``call`` (``rows`` per call), repeated for about ``seconds``."""
+    call()  # warm
+    times = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(times) < 3:
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    per_call = statistics.median(times)
+    return {"rows_per_call": rows, "calls": len(times), "median_call_ms": per_call * 1000,
+            "rows_per_second": rows / per_call}
+
+
+def _in_process(folders: Mapping[str, tuple[Path, str]], patients: list[dict], seconds: float) -> dict:
+    from models.advisor import Advisor, encode_records
+
+    advisor = Advisor.from_folders(folders)
+    records = [{f.name: p.get(f.name) for f in advisor.spec.features} for p in patients]  # as the API passes them
+
+    def forward() -> None:
+        for m in advisor.tasks.values():
+            m.proba(encode_records(m.encoder, records))
+
+    return {"assess": _rate(lambda: advisor.assess(records), len(records), seconds),
+            "assess_one": _rate(lambda: advisor.assess(records[:1]), 1, seconds),
+            "forward_only": _rate(forward, len(records), seconds)}
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class _Site:
+    site_dir: Path
+    versions: list[dict[str, tuple[Path, str]]]
+    doctor: str
+    admin: str
+
+
+def _prepare(workdir: Path) -> _Site:
+    from node_agent.serve.cli import create_token
+
+    site_dir = workdir / "site"
+    site_dir.mkdir(parents=True)
+    versions = [_write_version(workdir / "models", "1", seed=5), _write_version(workdir / "models", "2", seed=6)]
+    doctor = create_token(site_dir, role="doctor", name="bench doctor").token
+    admin = create_token(site_dir, role="site_admin", name="bench admin").token
+    return _Site(site_dir, versions, doctor, admin)
+
+
+def _reloader(base: str, token: str, every: float, stop: threading.Event, log: list[dict]) -> None:
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        while not stop.wait(every):
+            start = time.perf_counter()
+            try:
+                r = client.post("/api/v1/admin/reload")
+                log.append({"status": r.status_code, "ms": (time.perf_counter() - start) * 1000,
+                            "version": r.json().get("current", {}).get("referral_risk", {}).get("version")
+                            if r.status_code == 200 else None})
+            except httpx.HTTPError as exc:
+                log.append({"status": None, "ms": (time.perf_counter() - start) * 1000, "error": str(exc)})
+
+
+def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, reload_every: float = 0.25,
+        progress: Callable[[str], None] | None = None) -> dict:
+    """Run every phase; ``progress`` is called with each phase's name as it starts."""
+    step = progress or (lambda name: None)
+    with tempfile.TemporaryDirectory(prefix="fenji-serving-") as tmp:
+        workdir = Path(tmp)
+        step("training two model versions")
+        site = _prepare(workdir)
+        patients = _patients(BATCH)
+        one = json.dumps(patients[0])
+        batch_body = json.dumps({"patients": patients})
+        config = {"site_dir": str(site.site_dir),
+                  "versions": [{t: [str(f), v] for t, (f, v) in ver.items()} for ver in site.versions]}
+        single: dict[str, list[dict]] = {"bare": [], "fenji": []}
+
+        with _server({"kind": "bare"}, workdir) as base:
+            for c in connections:
+                step(f"bare endpoint, {c} connection(s)")
+                single["bare"].append(wrk(base + "/bare", body=one, token=None, connections=c, duration=duration,
+                                          workdir=workdir))
+        with _server({"kind": "fenji", **config}, workdir) as base:
+            for c in connections:
+                step(f"POST /score, {c} connection(s)")
+                single["fenji"].append(wrk(base + "/api/v1/score", body=one, token=site.doctor, connections=c,
+                                           duration=duration, workdir=workdir))
+            step("POST /score/batch (256 patients)")
+            batch_http = wrk(base + "/api/v1/score/batch", body=batch_body, token=site.doctor, connections=1,
+                             duration=duration, workdir=workdir)
+            step("model switch under load")
+            stop, reloads = threading.Event(), []
+            thread = threading.Thread(target=_reloader, args=(base, site.admin, reload_every, stop, reloads))
+            thread.start()
+            try:
+                switch = wrk(base + "/api/v1/score", body=one, token=site.doctor, connections=max(connections),
+                             duration=duration, workdir=workdir, count_versions=True)
+            finally:
+                stop.set()
+                thread.join()
+        step("in-process reference")
+        raw = _in_process(site.versions[0], patients, seconds=min(duration, 5.0))
+
+    return _report(single, batch_http, raw, switch, reloads, connections=connections, duration=duration,
+                   reload_every=reload_every, batch_rows=len(patients))
+
+
+def _report(single: dict, batch_http: dict, raw: dict, switch: dict, reloads: list[dict], **inputs) -> dict:
+    import fastapi
+    import uvicorn
+
+    by_c = {name: {r["connections"]: r for r in rows} for name, rows in single.items()}
+    top = max(by_c["fenji"])
+    comparison = [{"connections": c, "throughput_ratio": by_c["fenji"][c]["requests_per_second"] /
+                   by_c["bare"][c]["requests_per_second"]} for c in sorted(by_c["fenji"])]
+    batch_rows = inputs["batch_rows"]
+    batch = {"http": {**batch_http, "rows_per_second": batch_http["requests_per_second"] * batch_rows},
+             "in_process": raw}
+    batch["rows_ratio"] = batch["http"]["rows_per_second"] / raw["assess"]["rows_per_second"]
+    answers = switch.get("answers", {})
+    reload_ok = [r for r in reloads if r["status"] == 200]
+    switch_report = {
+        **switch, "reloads": len(reloads), "reloads_ok": len(reload_ok),
+        "reload_ms_median": statistics.median(r["ms"] for r in reload_ok) if reload_ok else None,
+        "versions_served": sorted(k[1:] for k in answers if k.startswith("v")),
+        "mixed_answers": answers.get("mixed", 0),
+    }
+    ratio_top = next(r["throughput_ratio"] for r in comparison if r["connections"] == top)
+    p99_top = by_c["fenji"][top]["latency_ms"]["p99"]
+    goals = {
+        "single_throughput_ratio_at_32": {"goal": GOALS["single_throughput_ratio_at_32"], "measured": ratio_top,
+                                          "met": ratio_top >= GOALS["single_throughput_ratio_at_32"]},
+        "single_p99_ms_at_32": {"goal": GOALS["single_p99_ms_at_32"], "measured": p99_top,
+                                "met": p99_top <= GOALS["single_p99_ms_at_32"]},
+        "batch_rows_ratio": {"goal": GOALS["batch_rows_ratio"], "measured": batch["rows_ratio"],
+                             "met": batch["rows_ratio"] >= GOALS["batch_rows_ratio"]},
+        "failed_requests_during_switch": {
+            "goal": 0, "measured": switch["failed"] + switch_report["mixed_answers"],
+            "met": switch["failed"] == 0 and switch_report["mixed_answers"] == 0
+            and len(switch_report["versions_served"]) > 1 and len(reload_ok) == len(reloads) > 0},
+    }
+    env = environment()
+    env["packages"].update({"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__})
+    env["server"] = {"uvicorn_loop": _impl("uvloop"), "uvicorn_http": _impl("httptools"), "workers": 1}
+    env["load_generator"] = _wrk_version()
+    return {"benchmark": "serving", "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in inputs.items()},
+            "environment": env, "results": {"single": single, "comparison": comparison, "batch": batch,
+                                            "switch": switch_report},
+            "goals": goals}
+
+
+def _impl(module: str) -> str:
+    try:
+        __import__(module)
+        return module
+    except ImportError:
+        return "asyncio" if module == "uvloop" else "h11"
+
+
+def _wrk_version() -> str:
+    exe = shutil.which("wrk")
+    if exe is None:
+        return "wrk (not installed)"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
+    match = re.search(r"wrk\s+(\S+)", out.stdout + out.stderr)
+    return f"wrk {match.group(1) if match else '?'} (1 thread)"
+
+
+def plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    single = report["results"]["single"]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    width = 0.38
+    for k, (name, label) in enumerate([("bare", "bare FastAPI (constant)"), ("fenji", "POST /api/v1/score")]):
+        rows = single[name]
+        xs = np.arange(len(rows)) + (k - 0.5) * width
+        ax1.bar(xs, [r["requests_per_second"] for r in rows], width, label=label)
+        ax2.bar(xs, [r["latency_ms"]["p99"] for r in rows], width, label=f"{label}, p99")
+        ax2.scatter(xs, [r["latency_ms"]["p50"] for r in rows], color="black", marker="_", s=200, zorder=3,
+                    label="p50" if k else None)
+    labels = [str(r["connections"]) for r in single["fenji"]]
+    for ax, title, unit in [(ax1, "single-patient throughput", "requests / s"), (ax2, "latency", "ms")]:
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_xlabel("concurrent connections")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    ax2.axhline(report["goals"]["single_p99_ms_at_32"]["goal"], color="red", linestyle="--", linewidth=1)
+    batch = report["results"]["batch"]
+    names = ["HTTP /score/batch", "Advisor.assess\n(in-process)", "forward passes only\n(in-process)"]
+    values = [batch["http"]["rows_per_second"], batch["in_process"]["assess"]["rows_per_second"],
+              batch["in_process"]["forward_only"]["rows_per_second"]]
+    ax3.bar(names, values, color=["tab:orange", "tab:blue", "tab:gray"])
+    ax3.set_yscale("log")
+    ax3.set_ylabel("patients / s (log)")
+    ax3.set_title(f"batch scoring, {report['inputs']['batch_rows']} patients per call")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # pragma: no cover - the server process
+    serve(sys.argv[1])
