@@ -316,7 +316,7 @@ def promote_command(
     console.print(f"{model_name(task)} version {version} is now '{alias}' (bundle sha256 {digest[:16]}…).")
 
 
-BENCHMARKS = ("heart", "he-overhead", "scale")
+BENCHMARKS = ("heart", "he-overhead", "scale", "serving")
 
 
 @app.command("bench")
@@ -329,6 +329,8 @@ def bench_command(
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
     seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
+    duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
+    connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
     from bench.common import write_json
@@ -341,6 +343,10 @@ def bench_command(
         return
     if name == "scale":
         _bench_scale(json_out, plot, sites=[int(s) for s in (sites or "10,50,100").split(",")])
+        return
+    if name == "serving":
+        _bench_serving(json_out, plot, repeats=repeats, duration=duration,
+                       connections=tuple(int(c) for c in connections.split(",") if c.strip()))
         return
     n_sites = int(sites or 10)
     from bench import he_overhead
@@ -383,6 +389,49 @@ def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None
     write_json(json_out, report)
     if plot:
         scale.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration: float,
+                   connections: tuple[int, ...]) -> None:
+    from bench import serving
+    from bench.common import write_json
+
+    runs = repeats * (2 * len(connections) + 2) + 2  # + training, + the switch
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("serving", total=runs)
+
+        def step(name: str) -> None:
+            progress.update(bar, description=f"serving: {name}", advance=0 if name.startswith("training") else 1)
+
+        try:
+            report = serving.run(connections=connections, duration=duration, repeats=repeats, progress=step)
+        except serving.BenchError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        progress.update(bar, completed=runs)
+    res = report["results"]
+    table = Table("connections", "bare req/s", "/score req/s", "ratio", "bare p50 / p99 ms", "/score p50 / p99 ms",
+                  title=f"Single-patient scoring vs a bare FastAPI endpoint (median of {repeats})")
+    for bare, fenji, cmp in zip(res["single"]["bare"], res["single"]["fenji"], res["comparison"]):
+        table.add_row(str(bare["connections"]), f"{bare['requests_per_second']:,.0f}",
+                      f"{fenji['requests_per_second']:,.0f}", f"{cmp['throughput_ratio']:.0%}",
+                      f"{bare['latency_ms']['p50']:.1f} / {bare['latency_ms']['p99']:.1f}",
+                      f"{fenji['latency_ms']['p50']:.1f} / {fenji['latency_ms']['p99']:.1f}")
+    console.print(table)
+    batch, switch = res["batch"], res["switch"]
+    console.print(f"Batch of {report['inputs']['batch_rows']}: {batch['http_rows_per_second']:,.0f} patients/s over HTTP, "
+                  f"{batch['in_process_rows_per_second']['assess']:,.0f}/s in-process ({batch['rows_ratio']:.0%}).")
+    console.print(f"Model switch under load: {switch['requests']:,} requests, {switch['failed']} failed, "
+                  f"{switch['reloads_ok']}/{switch['reloads']} reloads, versions served {switch['versions_served']}, "
+                  f"{switch['mixed_answers']} mixed answers.")
+    for goal, g in report["goals"].items():
+        console.print(f"  {goal}: goal {g['goal']}, measured {g['measured']:.3g}: "
+                      + ("[green]met[/]" if g["met"] else "[yellow]not met[/]"))
+    write_json(json_out, report)
+    if plot:
+        serving.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Assessment",
@@ -49,6 +49,8 @@ class ReferralRisk(BaseModel):
 
 
 class TierRecommendation(BaseModel):
+    model_config = ConfigDict(frozen=True)  # shared between answers (``recommend_tier`` caches them)
+
     tier: Tier
     title: Text
     reason: Text = Field(description="plain-language reason, naming the thresholds that decided it")

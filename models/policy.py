@@ -5,6 +5,7 @@ file, named by ``FENJI_TIER_POLICY``), and a plain-language reason in Chinese an
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -26,14 +27,14 @@ class TierRule(BaseModel):
     """Send the patient to this tier if the triage level is at most ``triage_at_most`` (more urgent)
     or the referral risk is at least ``risk_at_least``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     triage_at_most: int = Field(ge=0, le=5, description="0 disables the triage condition")
     risk_at_least: float = Field(gt=0, le=1.0001, description="above 1 disables the risk condition")
 
 
 class TierPolicy(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "default"
     tertiary: TierRule
@@ -65,8 +66,17 @@ def _pct(p: float) -> str:
 
 
 def recommend_tier(triage_level: int, risk: float, policy: TierPolicy) -> TierRecommendation:
-    """The tier a patient should be seen at, and why, under ``policy``."""
-    for tier in ("tertiary", "county"):
+    """The tier a patient should be seen at, and why, under ``policy``.
+
+    The answer depends on the risk only through the thresholds it reaches and its rounded percentage
+    (quoted in the reason), so answers are cached on those: scoring many patients builds few."""
+    reaches = (risk >= policy.tertiary.risk_at_least, risk >= policy.county.risk_at_least)
+    return _recommend(int(triage_level), _pct(risk), reaches, policy)
+
+
+@functools.lru_cache(maxsize=4096)
+def _recommend(triage_level: int, risk: str, reaches: tuple[bool, bool], policy: TierPolicy) -> TierRecommendation:
+    for tier, reached in zip(("tertiary", "county"), reaches):
         rule: TierRule = getattr(policy, tier)
         zh_tier, en_tier = TIERS[tier]["zh"], TIERS[tier]["en"]
         if triage_level <= rule.triage_at_most:
@@ -74,15 +84,15 @@ def recommend_tier(triage_level: int, risk: float, policy: TierPolicy) -> TierRe
                 "zh": f"分诊等级 {triage_level} 级，达到{zh_tier}标准（≤{rule.triage_at_most} 级）。",
                 "en": f"Triage level {triage_level} meets the {en_tier.lower()} threshold (level ≤ {rule.triage_at_most}).",
             })
-        if risk >= rule.risk_at_least:
+        if reached:
             return TierRecommendation(tier=tier, title=TIERS[tier], reason={
-                "zh": f"上转风险 {_pct(risk)}，达到{zh_tier}阈值（≥{_pct(rule.risk_at_least)}）。",
-                "en": f"Referral risk {_pct(risk)} reaches the {en_tier.lower()} threshold (≥ {_pct(rule.risk_at_least)}).",
+                "zh": f"上转风险 {risk}，达到{zh_tier}阈值（≥{_pct(rule.risk_at_least)}）。",
+                "en": f"Referral risk {risk} reaches the {en_tier.lower()} threshold (≥ {_pct(rule.risk_at_least)}).",
             })
     county = policy.county
     return TierRecommendation(tier="community", title=TIERS["community"], reason={
-        "zh": (f"分诊等级 {triage_level} 级、上转风险 {_pct(risk)}，均未达到上转标准"
+        "zh": (f"分诊等级 {triage_level} 级、上转风险 {risk}，均未达到上转标准"
                f"（≤{county.triage_at_most} 级或 ≥{_pct(county.risk_at_least)}），可在社区诊治。"),
-        "en": (f"Triage level {triage_level} and referral risk {_pct(risk)} are below the referral thresholds "
+        "en": (f"Triage level {triage_level} and referral risk {risk} are below the referral thresholds "
                f"(level ≤ {county.triage_at_most} or risk ≥ {_pct(county.risk_at_least)}): can be treated here."),
     })

@@ -52,3 +52,28 @@ def test_scale_runs_tiny(tmp_path):
     (row,) = json.loads(out.read_text())["results"]
     assert row["sites"] == 3 and 90_000 < row["parameters"] < 110_000
     assert row["aggregate_seconds"]["n"] == 5 and row["coordinator_peak_rss_mb"] > 0
+
+
+def test_serving_runs_tiny_against_real_servers(tmp_path):
+    """Both servers really started, wrk really loaded them, the switch really happened."""
+    out, png = tmp_path / "serving.json", tmp_path / "serving.png"
+    result = CliRunner().invoke(app, ["bench", "serving", "--json", str(out), "--repeats", "1", "--duration", "1",
+                                      "--connections", "1,4", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    res = report["results"]
+    for kind in ("bare", "fenji"):
+        assert [r["connections"] for r in res["single"][kind]] == [1, 4]
+        for row in res["single"][kind]:
+            assert row["requests_per_second"] > 0 and row["failed"] == 0
+            assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+    assert res["batch"]["http_rows_per_second"] > 0 and res["batch"]["in_process_rows_per_second"]["assess"] > 0
+    switch = res["switch"]
+    assert switch["connections"] == 4 and switch["failed"] == 0 and switch["mixed_answers"] == 0
+    assert switch["reloads"] > 0 and switch["reloads_ok"] == switch["reloads"]
+    # the answers came from both model versions: the reloads swapped models under load
+    assert switch["versions_served"] == ["1", "2"], switch["answers"]
+    assert sum(switch["answers"].values()) == switch["requests"]
+    assert set(report["goals"]) == {"single_throughput_ratio_at_32", "single_p99_ms_at_32", "batch_rows_ratio",
+                                    "failed_requests_during_switch"}
+    assert png.read_bytes()[:4] == b"\x89PNG"
