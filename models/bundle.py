@@ -20,6 +20,7 @@ from models.encoding import EncodingParams
 from models.errors import RegistryError
 from models.policy import TierPolicy
 from models.spec import TaskSpec
+from models.yamlfile import safe_load
 
 __all__ = ["BUNDLE_FILES", "bundle_digest", "read_bundle", "write_bundle"]
 
@@ -53,9 +54,9 @@ def bundle_digest(folder: Path) -> str:
 
 def read_bundle(folder: Path) -> tuple[TaskSpec, EncodingParams, Calibration, TierPolicy, np.ndarray]:
     folder = Path(folder)
-    spec = TaskSpec.model_validate(yaml.safe_load((folder / "task.yaml").read_text(encoding="utf-8")))
+    spec = TaskSpec.model_validate(safe_load((folder / "task.yaml").read_text(encoding="utf-8")))
     encoding = EncodingParams.from_dict(json.loads((folder / "encoding.json").read_text()))
     calibration = Calibration.from_dict(json.loads((folder / "calibration.json").read_text()))
-    policy = TierPolicy.model_validate(yaml.safe_load((folder / "tier_policy.yaml").read_text()))
+    policy = TierPolicy.model_validate(safe_load((folder / "tier_policy.yaml").read_text()))
     flat = np.load(folder / "parameters.npy", allow_pickle=False)
     return spec, encoding, calibration, policy, flat

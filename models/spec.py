@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.errors import TaskSpecError
-from models.yamlfile import load_yaml_model
+from models.yamlfile import load_yaml_model, safe_load
 
 __all__ = [
     "FeatureKind",
@@ -142,7 +142,7 @@ class TaskSpec(BaseModel):
         if not path.exists():
             known = ", ".join(sorted(p.stem for p in FEATURE_SETS_DIR.glob("*.yaml")))
             raise ValueError(f"unknown feature set {v!r}: give a list of features or one of: {known}")
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return safe_load(path.read_text(encoding="utf-8"))
 
     @model_validator(mode="after")
     def _check_names(self) -> TaskSpec:

@@ -10,9 +10,18 @@ from pydantic import BaseModel, ValidationError
 
 from models.errors import FenjiError
 
-__all__ = ["load_yaml_model"]
+__all__ = ["load_yaml_model", "safe_load"]
 
 M = TypeVar("M", bound=BaseModel)
+
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's parser: ~10x faster where it is built in
+
+
+def safe_load(text: str) -> object:
+    """``yaml.safe_load`` with libyaml's C parser when PyYAML has it (loading a model version parses
+    three task specs; with the pure-Python parser that paused a serving node for ~80 ms)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 def load_yaml_model(path: Path, model: type[M], error: type[FenjiError], what: str) -> M:
@@ -21,7 +30,7 @@ def load_yaml_model(path: Path, model: type[M], error: type[FenjiError], what: s
     An empty file gives the model's defaults.
     """
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise error(f"{what} file not found: {path}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
