@@ -1,12 +1,16 @@
 """Single-patient requests that arrive together are scored together.
 
 A clinic's doctors score one patient at a time, but under load many of those requests are in the
-server at once. Scoring them in one ``Advisor.assess`` call costs about what scoring one costs (the
-models are a few NumPy operations whatever the number of rows), so ``MicroBatcher`` collects the
+server at once. Scoring them in one ``Advisor.assess`` call costs far less than one by one (the
+built-in models score one patient in about 0.4 ms and 32 together in about 2 ms: their NumPy
+operations cost the same for one row as for many), so ``MicroBatcher`` collects the
 requests whose handlers ran in the same turn of the event loop and scores them in one call, in
 the loop's next turn. There is no waiting window: a lone request is scored at once, so batching
 adds no latency when the clinic is quiet (the approach of Ray Serve's ``@serve.batch`` and
 Triton's dynamic batcher, with a zero wait).
+
+Scoring runs in the event loop, between requests: at these costs a hop to a worker thread costs more
+than it saves under the GIL. (``/score/batch``, whose calls are larger, runs in the thread pool.)
 
 Each request keeps the advisor it started with: requests are grouped by advisor, so a model switch
 in the middle never mixes two versions in one answer. If the advisor fails on a group, each patient

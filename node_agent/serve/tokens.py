@@ -29,7 +29,7 @@ try:
 except ImportError:  # Windows: the thread lock still serialises the server's own writes
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["IssuedToken", "TOKEN_FILE", "TokenInfo", "TokenStore"]
+__all__ = ["TOKEN_FILE", "IssuedToken", "TokenInfo", "TokenStore"]
 
 TOKEN_FILE = "access_tokens.json"
 TOKEN_PREFIX = "fj_"

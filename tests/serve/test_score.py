@@ -63,7 +63,7 @@ def test_scores_one_patient(served):
 def test_answers_follow_the_inputs():
     """The fake's risk rises with heart rate and falls with SpO2 (so tests can tell answers apart)."""
     fake, base = FakeAdvisor(), dict(PATIENT)
-    risk = lambda **kw: fake.assess([{**base, **kw}])[0].referral_risk.probability  # noqa: E731
+    risk = lambda **kw: fake.assess([{**base, **kw}])[0].referral_risk.probability
     assert risk(heart_rate=140) > risk(heart_rate=90)
     assert risk(spo2=85) > risk(spo2=99)
 

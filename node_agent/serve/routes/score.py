@@ -11,10 +11,14 @@ from models.assessment import Assessment, ModelRef
 from node_agent.serve.advisor import Advisor
 from node_agent.serve.batching import MicroBatcher
 from node_agent.serve.deps import CurrentAdvisor, api_router
-from node_agent.serve.errors import ERROR_RESPONSES, AdvisorFailed, ErrorBody, PayloadTooLarge
+from node_agent.serve.errors import (
+    ERROR_RESPONSES,
+    AdvisorFailed,
+    ErrorBody,
+    PayloadTooLarge,
+)
 from node_agent.serve.inputs import Inputs
 from node_agent.serve.schemas import ScoreResult
-
 
 _RESULTS = TypeAdapter(list[ScoreResult])
 
