@@ -91,9 +91,10 @@ def _write_version(root: Path, version: str, seed: int) -> dict[str, tuple[Path,
     folders = {}
     for task, m in train_models(seed=seed).items():
         folder = root / task / version
-        write_bundle(folder / "bundle", spec=m.spec, encoding=m.encoding, calibration=m.calibration,
-                     policy=load_policy("default"), flat=m.flat)
+        digest = write_bundle(folder / "bundle", spec=m.spec, encoding=m.encoding, calibration=m.calibration,
+                              policy=load_policy("default"), flat=m.flat)
         (folder / "model_card.md").write_text(f"# fenji-{task} version {version}\n\nBenchmark model.\n")
+        (folder / "bundle-sha256").write_text(digest)  # what the registry's tag says, for the provider to check
         folders[task] = (folder, version)
     return folders
 
@@ -140,13 +141,21 @@ def _bare_app():
 
 def _fenji_app(config: Mapping) -> object:
     from models.advisor import Advisor
+    from models.bundle import bundle_digest
+    from models.errors import RegistryError
     from node_agent.serve import AdvisorHolder, create_app
 
     versions = [{task: (Path(folder), version) for task, (folder, version) in v.items()} for v in config["versions"]]
     turn = iter(range(1, 1 << 30))
 
-    def provider() -> Advisor:  # alternates between the versions, read and verified from disk each time
-        return Advisor.from_folders(versions[next(turn) % len(versions)])
+    def provider() -> Advisor:
+        """Alternates between the versions, each read from disk and its digest checked, as a node's
+        ``ModelDistribution`` does with the versions it has cached."""
+        folders = versions[next(turn) % len(versions)]
+        for task, (folder, version) in folders.items():
+            if bundle_digest(folder / "bundle") != (folder / "bundle-sha256").read_text():
+                raise RegistryError(f"{task} version {version}: bundle digest mismatch")
+        return Advisor.from_folders(folders)
 
     return create_app(AdvisorHolder(Advisor.from_folders(versions[0])), site_dir=Path(config["site_dir"]),
                       max_batch=BATCH, provider=provider)
@@ -181,7 +190,7 @@ def _server(config: dict, workdir: Path) -> Iterator[str]:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise BenchError(f"the {config['kind']} server exited: {(workdir / log.name).read_text()[-2000:]}")
+                raise BenchError(f"the {config['kind']} server exited: {Path(log.name).read_text()[-2000:]}")
             try:
                 httpx.get(base + "/api/v1/health", timeout=1.0)
                 break
