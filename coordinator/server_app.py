@@ -241,11 +241,24 @@ app = ServerApp()
 
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
+    """``flwr run`` on the deployment engine: the run, then the model registered and the run audited
+    (in the coordinator's ``FENJI_HOME``, as ``fenji sim --register`` does)."""
+    from coordinator.audit import AuditLog
+    from coordinator.registry import register_outcome
     from federation.crypto import start_key_holder_process
+    from federation.settings import Settings
 
     settings = RunSettings.from_run_config(dict(context.run_config))
     manager, key_holder = start_key_holder_process(min_sites=settings.min_sites)
     try:
-        run_federation(grid, settings, key_holder)
+        outcome = run_federation(grid, settings, key_holder)
     finally:
         manager.shutdown()
+    fenji = Settings()
+    registered = register_outcome(outcome, tracking_uri=fenji.tracking_uri,
+                                  extra_params={"engine": "deployment", "flower-run-id": context.run_id})
+    AuditLog(fenji.audit_path).append(
+        actor="coordinator", action="training-run", task=settings.task.name, rounds=settings.rounds,
+        encrypted=settings.encrypt, sites=sorted(outcome.sites), model=registered.name, version=registered.version,
+        run_id=registered.run_id, engine="deployment", flower_run_id=context.run_id,
+    )
