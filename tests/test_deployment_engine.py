@@ -312,18 +312,24 @@ def test_run_completes_over_tls_with_node_auth(federation):
     assert model.ref.version == str(entry["version"]) and model.flat.size > 0
 
 
+def _until_exit(fed, argvs: dict[str, list[str]]) -> list[tuple[subprocess.Popen, str]]:
+    """Start SuperNodes that should be refused; wait (90 s at most) for each to exit; their logs."""
+    procs = [fed.procs.start(name, argv, cwd=fed.work) for name, argv in argvs.items()]
+    for proc in procs:
+        try:
+            proc.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            fed.procs.stop(proc)  # still running after 90 s: not refused; the log checks below fail
+    return [(proc, Processes.log(proc)) for proc in procs]
+
+
 def test_unregistered_supernodes_are_refused(federation):
     fed = federation
     # A key the SuperLink was never told about, and no key at all (the SuperNode would register
     # itself, which the Fleet API allows unless --enable-supernode-auth).
-    rogue = fed.procs.start("supernode-rogue", fed.supernode_argv(key="rogue", retries=1), cwd=fed.work)
-    keyless = fed.procs.start("supernode-keyless", fed.supernode_argv(key=None, retries=1), cwd=fed.work)
-    for proc in (rogue, keyless):
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            fed.procs.stop(proc)
-    rogue_out, keyless_out = Processes.log(rogue), Processes.log(keyless)
+    (rogue, rogue_out), (keyless, keyless_out) = _until_exit(fed, {
+        "supernode-rogue": fed.supernode_argv(key="rogue", retries=1),
+        "supernode-keyless": fed.supernode_argv(key=None, retries=1)})
     assert rogue.returncode not in (None, 0) and "[code: 2004] Failed to activate SuperNode" in rogue_out, rogue_out
     assert keyless.returncode not in (None, 0) and "[code: 2001] SuperNode authentication is enabled" in keyless_out, \
         keyless_out
@@ -333,15 +339,9 @@ def test_unregistered_supernodes_are_refused(federation):
 def test_supernodes_without_tls_trust_cannot_connect(federation):
     fed = federation
     # The registered spare key, so that only the missing CA (or TLS) stands in the way.
-    no_ca = fed.procs.start("supernode-no-ca", fed.supernode_argv(key="spare", ca=False, retries=1), cwd=fed.work)
-    plain = fed.procs.start("supernode-plain-http", fed.supernode_argv(key=None, ca=False, insecure=True, retries=1),
-                            cwd=fed.work)
-    for proc in (no_ca, plain):
-        try:
-            proc.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            fed.procs.stop(proc)
-    no_ca_out, plain_out = Processes.log(no_ca), Processes.log(plain)
+    (no_ca, no_ca_out), (plain, plain_out) = _until_exit(fed, {
+        "supernode-no-ca": fed.supernode_argv(key="spare", ca=False, retries=1),
+        "supernode-plain-http": fed.supernode_argv(key=None, ca=False, insecure=True, retries=1)})
     assert no_ca.returncode not in (None, 0) and "CERTIFICATE_VERIFY_FAILED" in no_ca_out, no_ca_out
     assert plain.returncode not in (None, 0) and "Failed to initialize the connection to the SuperLink" in plain_out, \
         plain_out
