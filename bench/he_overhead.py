@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.common import environment, spread
+from bench.common import environment, save_figure, spread, subplots
 from federation.crypto import Aggregator, CKKSParams, KeyHolder, encrypt_vector, load_public_context
 
 __all__ = ["run"]
@@ -122,14 +122,9 @@ def run(
 
 
 def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["results"]
     x = [r["parameters"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(x, [r["round_time_ratio"]["median"] for r in rows], "o-", label="round wall time (encrypted / plaintext)")
     ax.plot(x, [r["bytes_ratio"] for r in rows], "s-", label="bytes per site (encrypted / float32)")
     ax.axhline(1.2, color="tab:blue", ls=":", lw=1, label="goal: time ≤ 1.2×")
@@ -140,6 +135,4 @@ def plot(report: dict, path) -> None:
     ax.set_ylabel("overhead ratio")
     ax.set_title(f"CKKS overhead, {report['inputs']['sites']} sites")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from bench.common import environment, spread
+from bench.common import environment, save_figure, spread, subplots
 from federation.simulation import pooled_reference, run_simulated_federation
 from models.spec import load_task
 from models.training import TrainConfig
@@ -113,14 +113,9 @@ def run(*, data_dir: Path, seeds: int = 5, rounds: int = 60, local_epochs: int =
 
 
 def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     res = report["results"]
     x = np.arange(len(HOSPITALS))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     for i, (method, label) in enumerate([("local_only", "local only"), ("pooled", "pooled"),
                                          ("fenji_encrypted", "Fenji FedAvg (CKKS)"),
                                          ("fenji_encrypted_dp", "Fenji + DP ε=1")]):
@@ -135,6 +130,4 @@ def plot(report: dict, path) -> None:
     ax.set_ylabel(f"test accuracy (mean of {report['inputs']['seeds']} seeds)")
     ax.set_title("Fed-Heart-Disease, FLamby split")
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

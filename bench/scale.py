@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import environment, spread
+from bench.common import environment, save_figure, spread, subplots
 
 __all__ = ["run", "run_one"]
 
@@ -78,14 +78,9 @@ def run(*, sites: list[int] = (10, 50, 100), rounds: int = 5, rows: int = 120, p
 
 
 def plot(report: dict, path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["results"]
     x = [r["sites"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ax.plot(x, [r["round_seconds"]["median"] for r in rows], "o-", label="round wall time (s)")
     ax.plot(x, [r["aggregate_seconds"]["median"] for r in rows], "s-", label="aggregator: add ciphertexts (s)")
     ax.set_xlabel("sites")
@@ -95,9 +90,7 @@ def plot(report: dict, path) -> None:
     ax2.set_ylabel("MB")
     fig.legend(fontsize=7, loc="upper left")
     ax.set_title(f"Encrypted FedAvg, ~{rows[0]['parameters']:,} parameters")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-__all__ = ["occlusion_contributions", "top_contributions"]
+__all__ = ["occlusion_contributions"]
 
 
 def occlusion_contributions(
@@ -34,9 +34,3 @@ def occlusion_contributions(
     full = np.asarray(score(x), dtype=float)
     occluded = np.asarray(score(stacked.reshape(len(names) * n, -1)), dtype=float).reshape(len(names), n)
     return full, (full[None, :] - occluded).T, names
-
-
-def top_contributions(contributions: np.ndarray, names: list[str], k: int = 6) -> list[tuple[str, float]]:
-    """The ``k`` features of one row that moved its score most, largest magnitude first."""
-    order = np.argsort(-np.abs(contributions))[:k]
-    return [(names[i], float(contributions[i])) for i in order if contributions[i] != 0]
