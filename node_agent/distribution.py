@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from models.advisor import Advisor
@@ -21,12 +24,34 @@ __all__ = ["ModelDistribution"]
 
 log = logging.getLogger(__name__)
 
+# How long the node waits for the registry before it serves its last good set. MLflow's own default
+# (7 retries with exponential back-off, 120 s per request) kept a clinic without models for minutes.
+REGISTRY_TIMEOUT_SECONDS = 5
+REGISTRY_RETRIES = 0
+
+
+@contextmanager
+def bounded_registry_calls(timeout: float = REGISTRY_TIMEOUT_SECONDS, retries: int = REGISTRY_RETRIES) -> Iterator[None]:
+    """MLflow HTTP calls within this block give up after ``timeout`` seconds and ``retries`` retries."""
+    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
 
 class ModelDistribution:
     def __init__(self, site_dir: Path, tracking_uri: str | None, *, alias: str = "production") -> None:
         self.cache = Path(site_dir) / "models"
         self.tracking_uri = tracking_uri
         self.alias = alias
+        self.status = "nothing loaded yet"  # one line for the operator: where the served models came from
 
     @property
     def state_file(self) -> Path:
@@ -39,7 +64,8 @@ class ModelDistribution:
         """The production versions from the registry, verified; they become the last good set."""
         if not self.tracking_uri:
             raise RegistryError("no model registry configured for this node")
-        advisor = Advisor.from_registry(self.tracking_uri, alias=self.alias, cache_dir=self.cache)
+        with bounded_registry_calls():
+            advisor = Advisor.from_registry(self.tracking_uri, alias=self.alias, cache_dir=self.cache)
         state = {}
         for task, ref in advisor.models.items():
             digest = bundle_digest(self.cache / task / ref.version / "bundle")
@@ -52,6 +78,7 @@ class ModelDistribution:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
+        self.status = f"fetched from {self.tracking_uri} ({self.alias}): {_versions(state)}"
         return advisor
 
     def last_good(self) -> Advisor:
@@ -62,12 +89,24 @@ class ModelDistribution:
         for task, entry in state.items():
             if bundle_digest(self.cache / task / entry["version"] / "bundle") != entry["digest"]:
                 raise RegistryError(f"the cached {task} version {entry['version']} changed on disk; refusing it")
-        return Advisor.from_folders({t: (self.cache / t / e["version"], e["version"]) for t, e in state.items()})
+        advisor = Advisor.from_folders({t: (self.cache / t / e["version"], e["version"]) for t, e in state.items()})
+        fetched = time.strftime("%Y-%m-%d %H:%M", time.localtime(self.state_file.stat().st_mtime))
+        self.status = f"the last good set on this node (verified {fetched}): {_versions(state)}"
+        return advisor
 
     def load(self, expected_digests: Mapping[str, str] | None = None) -> Advisor:
         """``fetch``, or the last good set if the registry is unreachable or refuses."""
+        started = time.monotonic()
         try:
             return self.fetch(expected_digests)
         except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: all mean "keep the last good"
-            log.warning("model fetch failed (%s); serving the last good version", exc)
-            return self.last_good()
+            reason = str(exc).splitlines()[0][:200]
+            log.warning("model fetch failed (%s); serving the last good version", reason)
+            advisor = self.last_good()
+            self.status = (f"registry {self.tracking_uri} not usable after {time.monotonic() - started:.0f} s "
+                           f"({reason}); serving {self.status}")
+            return advisor
+
+
+def _versions(state: Mapping[str, Mapping[str, str]]) -> str:
+    return ", ".join(f"{task} v{entry['version']}" for task, entry in sorted(state.items()))

@@ -1,0 +1,72 @@
+"""A clinic whose registry is unreachable serves its last good models at once, and says so."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from models.bundle import write_bundle
+from models.errors import RegistryError
+from models.policy import load_policy
+from node_agent.distribution import ModelDistribution
+from tests.serve.trained_advisor import _models
+
+
+class RefusingRegistry:
+    """A TCP port on loopback that accepts each connection and drops it at once, counting them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture()
+def registry():
+    server = RefusingRegistry()
+    yield server
+    server.close()
+
+
+def _cache_last_good(site, models) -> dict:
+    state = {}
+    for task, model in models.items():
+        digest = write_bundle(site / "models" / task / "3" / "bundle", spec=model.spec, encoding=model.encoding,
+                              calibration=model.calibration, policy=load_policy(), flat=model.flat)
+        state[task] = {"version": "3", "digest": digest}
+    (site / "models" / "current.json").write_text(json.dumps(state))
+    return state
+
+
+def test_unreachable_registry_falls_back_after_one_attempt_and_says_so(tmp_path, registry):
+    site = tmp_path / "clinic"
+    _cache_last_good(site, _models())
+    dist = ModelDistribution(site, f"http://127.0.0.1:{registry.port}")
+    advisor = dist.load()
+    # MLflow's defaults retry 7 times with back-off (minutes of silence); the node tries once.
+    assert registry.connections == 1
+    assert {t: m.version for t, m in advisor.models.items()} == {t: "3" for t in advisor.models}
+    assert "not usable" in dist.status and "last good set" in dist.status and "referral_risk v3" in dist.status
+
+
+def test_unreachable_registry_and_no_cache_is_a_clear_error(tmp_path, registry):
+    dist = ModelDistribution(tmp_path / "clinic", f"http://127.0.0.1:{registry.port}")
+    with pytest.raises(RegistryError, match="no model has been fetched"):
+        dist.load()
+    assert registry.connections == 1
