@@ -20,7 +20,7 @@ from bench.common import environment, save_figure, spread, subplots
 from federation.simulation import pooled_reference, run_simulated_federation
 from models.spec import load_task
 from models.training import TrainConfig
-from node_agent.ingest import ingest_file, summary_file_key
+from node_agent.ingest import ingest_file
 from node_agent.local import load_site_data, local_only_metrics
 from node_agent.mapping import load_mapping
 from node_agent.store import SiteStore
@@ -44,19 +44,21 @@ def prepare_sites(data_dir: Path, sites_dir: Path) -> dict[str, dict[str, int]]:
     for hospital in HOSPITALS:
         path = data_dir / "uci_heart_disease" / f"processed.{hospital}.data"
         raw = pd.read_csv(path, header=None, names=COLUMNS, na_values="?")
-        raw["record_id"] = [f"{summary_file_key(path)}:{i + 1}" for i in range(len(raw))]
+        raw["row"] = np.arange(1, len(raw) + 1)  # the record's number in the file, as the ingest counts it
         complete = raw.dropna(subset=FLAMBY_FEATURES).reset_index(drop=True)
         y = (complete["num"] > 0).astype(int)
         # Switzerland keeps a single negative case among its complete rows: no stratifying there.
         stratify = y if y.value_counts().min() >= 2 else None
         train_idx, test_idx = train_test_split(np.arange(len(complete)), test_size=0.34, random_state=43,
                                                stratify=stratify)
-        split = pd.Series("other", index=raw["record_id"])
-        split[complete.loc[train_idx, "record_id"]] = "train"
-        split[complete.loc[test_idx, "record_id"]] = "test"
+        split = pd.Series("other", index=raw["row"])
+        split[complete.loc[train_idx, "row"]] = "train"
+        split[complete.loc[test_idx, "row"]] = "test"
         with SiteStore(sites_dir / hospital) as store:
-            ingest_file(store, spec, path, mapping)
-            store.set_split(spec, split.rename("split").reset_index())
+            summary = ingest_file(store, spec, path, mapping)
+            # The file has no record id: the ingest derives one from each record's values.
+            ids = store.record_rows(spec, summary.ingest_id)
+            store.set_split(spec, ids.assign(split=split.loc[ids["row"]].to_numpy()))
         counts[hospital] = {"rows": len(complete), "train": len(train_idx), "test": len(test_idx)}
     return counts
 

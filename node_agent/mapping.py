@@ -6,27 +6,35 @@ A mapping YAML may hold::
       separator: ";"             # default ","
       decimal: ","               # decimal mark, default "."
       encoding: gbk              # any Python codec, default utf-8
-      header: true               # false: give the names in `columns`
-      columns: [age, sex, ...]   # names for a file without a header row
+      header: true               # false: the file has no header row; name its columns in `columns`
+      columns: [age, sex, ...]   # the names of a header-less file's columns, in file order
     rename: {Alter: age}         # source column -> task column
     values:                      # per task column: source value -> task value
       sex: {"0": F, "1": M}
     missing: ["?", "NA", ""]     # markers of a missing value in every column
     missing_by_column: {chol: ["0"]}
+    record_id:                   # how to identify a record when the task's id column is not there
+      columns: [dept, visit_no]  # ... joined with `separator` (default ":") into one id
+    # or: record_id: {content_hash: true}   the id is a hash of the record's values (see ingest.py)
+
+With ``header: true`` (the default) the first line must name the task's label, its required
+features and (unless ``record_id`` says otherwise) its record id column, after ``rename``;
+otherwise the ingest stops and says what it expected. ``header: false`` needs ``columns``.
 """
 
 from __future__ import annotations
 
 import codecs
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from models.errors import MappingError
 from models.yamlfile import load_yaml_model
 
-__all__ = ["FileFormat", "Mapping", "builtin_mappings", "load_mapping"]
+__all__ = ["FileFormat", "Mapping", "RecordIdRule", "builtin_mappings", "load_mapping"]
 
 MAPPINGS_DIR = Path(__file__).parent / "mappings"
 
@@ -63,6 +71,30 @@ class FileFormat(BaseModel):
         except LookupError as exc:
             raise ValueError(f"unknown text encoding {v!r}") from exc
 
+    @model_validator(mode="after")
+    def _headerless_needs_names(self) -> FileFormat:
+        if not self.header and not self.columns:
+            raise ValueError("a file without a header row (header: false) needs its column names in `columns`")
+        if self.columns and len(set(self.columns)) != len(self.columns):
+            raise ValueError("the names in `columns` must be distinct")
+        return self
+
+
+class RecordIdRule(BaseModel):
+    """How to identify a record when the export has no single id column for the task."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    columns: list[str] | None = None
+    separator: str = ":"
+    content_hash: bool = False
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> RecordIdRule:
+        if bool(self.columns) == self.content_hash:
+            raise ValueError("record_id takes either `columns: [...]` or `content_hash: true`")
+        return self
+
 
 class Mapping(BaseModel):
     """How to read one export and map it onto a task's columns and values."""
@@ -74,6 +106,8 @@ class Mapping(BaseModel):
     values: dict[str, dict[str, str]] = Field(default_factory=dict)
     missing: list[str] = Field(default_factory=lambda: ["", "NA", "N/A", "null", "NULL"])
     missing_by_column: dict[str, list[str]] = Field(default_factory=dict)
+    # Last, and left out of `digest` when unset, so mappings written before it keep their digest.
+    record_id: RecordIdRule | None = None
 
     @field_validator("values", mode="before")
     @classmethod
@@ -103,6 +137,11 @@ class Mapping(BaseModel):
 
     def missing_markers(self, target: str) -> list[str]:
         return [*self.missing, *self.missing_by_column.get(target, [])]
+
+    def digest(self) -> str:
+        """SHA-256 of the mapping's settings: the ingest log's key, with the file's own hash."""
+        exclude = {"record_id"} if self.record_id is None else None
+        return hashlib.sha256(self.model_dump_json(exclude=exclude).encode()).hexdigest()
 
 
 def builtin_mappings() -> list[str]:

@@ -122,6 +122,13 @@ class SiteStore:
             return 0
         return int(self.connection.execute(f"SELECT count(*) FROM {self.table_name(spec)}").fetchone()[0])
 
+    def record_rows(self, spec: TaskSpec, ingest_id: int) -> pd.DataFrame:
+        """``record_id`` and ``row`` (the record's number in its file) of the records one ingest added."""
+        return self.connection.execute(
+            f"SELECT record_id, _row AS row FROM {self.table_name(spec)} WHERE _ingest_id = ? ORDER BY _row",
+            [ingest_id],
+        ).df()
+
     def quarantine(self, task: str | None = None) -> pd.DataFrame:
         where, params = ("WHERE task = ?", [task]) if task else ("", [])
         return self.connection.execute(

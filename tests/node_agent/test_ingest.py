@@ -28,7 +28,7 @@ def _reasons(store) -> dict[int, str]:
 
 
 def _assert_nothing_lost(store, spec, summary):
-    assert summary.accepted + summary.quarantined == summary.rows_read
+    assert summary.accepted + summary.quarantined + summary.already_stored == summary.rows_read
     assert store.count(spec) >= summary.accepted
     assert len(store.quarantine(spec.name)) >= summary.quarantined
 
@@ -68,13 +68,17 @@ def test_reingesting_the_same_file_adds_nothing(tmp_path, site_store, referral_s
     assert len(site_store.quarantine()) == 1
 
 
-def test_same_records_in_a_new_file_are_duplicates(tmp_path, site_store, referral_spec):
-    ingest_file(site_store, referral_spec, _write(tmp_path, HEADER + "e1,54,M,130,80,97,A,fever,0\n"), Mapping())
-    again = _write(tmp_path, HEADER + "e1,54,M,130,80,97,A,fever,0\ne9,54,M,130,80,97,A,fever,1\n", "second.csv")
+def test_same_records_in_a_new_file_are_recognised_and_changed_ones_quarantined(tmp_path, site_store, referral_spec):
+    ingest_file(site_store, referral_spec, _write(tmp_path, HEADER + "e1,54,M,130,80,97,A,fever,0\n"
+                                                                     "e2,60,F,120,80,97,A,fever,1\n"), Mapping())
+    again = _write(tmp_path, HEADER + "e1,54.0,M,130,80,97,A,fever,0\n"   # the same record, re-exported
+                                      "e2,61,F,120,80,97,A,fever,1\n"     # the same id, another age
+                                      "e9,54,M,130,80,97,A,fever,1\n", "second.csv")
     summary = ingest_file(site_store, referral_spec, again, Mapping())
-    assert (summary.accepted, summary.quarantined) == (1, 1)
-    assert "already in the site store" in _reasons(site_store)[1]
-    assert site_store.count(referral_spec) == 2
+    assert (summary.rows_read, summary.accepted, summary.quarantined, summary.already_stored) == (3, 1, 1, 1)
+    assert _reasons(site_store) == {2: "duplicate record id e2 (already in the site store with other values)"}
+    assert site_store.count(referral_spec) == 3
+    assert site_store.load(referral_spec).set_index("record_id").loc["e2", "age"] == 60
 
 
 def test_missing_optional_column_is_recorded_as_missing_not_invented(tmp_path, site_store, referral_spec):
@@ -85,12 +89,11 @@ def test_missing_optional_column_is_recorded_as_missing_not_invented(tmp_path, s
     assert pd.isna(row["spo2"]) and pd.isna(row["heart_rate"])
 
 
-def test_missing_required_column_quarantines_every_row(tmp_path, site_store, referral_spec):
+def test_missing_required_column_stops_the_ingest_and_says_what_is_missing(tmp_path, site_store, referral_spec):
     path = _write(tmp_path, "encounter_id,sex,complaint,referred_up\ne1,M,fever,0\ne2,F,fever,1\n")
-    summary = ingest_file(site_store, referral_spec, path, Mapping())
-    assert (summary.rows_read, summary.accepted, summary.quarantined) == (2, 0, 2)
-    assert "age" in summary.absent_columns
-    assert all("missing required field age" in r for r in _reasons(site_store).values())
+    with pytest.raises(IngestError, match="names no column for the task's required feature age"):
+        ingest_file(site_store, referral_spec, path, Mapping())
+    assert site_store.count(referral_spec) == 0 and len(site_store.quarantine()) == 0
 
 
 def test_gbk_semicolons_and_decimal_commas(tmp_path, site_store, referral_spec):
