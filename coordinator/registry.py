@@ -1,25 +1,33 @@
-"""The model registry: every federated run is an MLflow run, its global model a registered version."""
+"""The model registry: every federated run is an MLflow run, its global model a registered version.
+
+Artifacts live with the registry, not in the working folder: a database-backed store (the default
+sqlite file in ``FENJI_HOME``) gets its experiments created with an absolute artifact location
+(``artifacts/`` beside the sqlite file), so a node or a later command finds the bundles from any
+folder. MLflow's own default for such stores is ``./mlruns`` of whatever folder a command runs in.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
-
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from coordinator.server_app import FederationOutcome
+from coordinator.audit import AuditLog
 from coordinator.model_card import build_model_card
+from coordinator.server_app import FederationOutcome
 from models.bundle import write_bundle
 from models.errors import RegistryError
 from models.policy import TierPolicy, load_policy
 from models.nets import build_model, set_flat
 
-__all__ = ["RegisteredModel", "promote", "register_outcome"]
+__all__ = ["RegisteredModel", "artifact_root_for", "model_name", "promote", "register_outcome"]
+
+_DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
 @dataclass
@@ -34,6 +42,39 @@ def model_name(task: str) -> str:
     return f"fenji-{task}"
 
 
+def artifact_root_for(tracking_uri: str) -> str | None:
+    """Where a new experiment in ``tracking_uri`` keeps its artifacts, as a ``file://`` URI.
+
+    Beside the sqlite file for a sqlite store (``FENJI_HOME/artifacts`` for the default one),
+    ``FENJI_HOME/artifacts`` for another database; ``None`` for a file store or a tracking server,
+    which place artifacts themselves.
+    """
+    scheme = tracking_uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme not in _DATABASE_SCHEMES:
+        return None
+    db_path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else ""
+    if scheme == "sqlite" and db_path and db_path != ":memory:":
+        return (Path(db_path).resolve().parent / "artifacts").as_uri()
+    from federation.settings import Settings
+
+    return Settings().artifact_root.as_uri()
+
+
+def _use_experiment(client: object, name: str, artifact_location: str | None) -> str:
+    """The id of experiment ``name``, created with ``artifact_location`` if it does not exist yet."""
+    import mlflow
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, artifact_location=artifact_location)
+        except mlflow.exceptions.MlflowException:
+            experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
+            if experiment is None:
+                raise
+    return experiment.experiment_id
+
+
 def register_outcome(
     outcome: FederationOutcome,
     *,
@@ -41,9 +82,14 @@ def register_outcome(
     extra_params: dict[str, object] | None = None,
     sites: dict[str, dict] | None = None,
     policy: TierPolicy | None = None,
+    artifact_location: str | None = None,
 ) -> RegisteredModel:
     """Log per-round and per-site metrics, the task spec, encoding, calibration, tier policy and
-    model card, and register the model. ``sites`` is the per-site report (``federation.report``)."""
+    model card, and register the model. ``sites`` is the per-site report (``federation.report``).
+
+    A new experiment keeps its artifacts under ``artifact_location`` (default: ``artifact_root_for``),
+    in a folder named after it.
+    """
     import mlflow
     import mlflow.pytorch
 
@@ -51,7 +97,11 @@ def register_outcome(
     spec = outcome.task
     try:
         mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_experiment(f"fenji-{spec.name}")
+        root = artifact_location or artifact_root_for(tracking_uri)
+        experiment = f"fenji-{spec.name}"
+        experiment_id = _use_experiment(mlflow.MlflowClient(tracking_uri=tracking_uri), experiment,
+                                        f"{root.rstrip('/')}/{experiment}" if root else None)
+        mlflow.set_experiment(experiment_id=experiment_id)
         with mlflow.start_run(run_name=f"federated-{spec.name}") as run:
             mlflow.log_params({
                 "task": spec.name, "rounds": len(outcome.rounds), "encrypted": outcome.encrypted,
@@ -94,16 +144,53 @@ def register_outcome(
         raise RegistryError(f"MLflow refused the run: {exc}") from exc
 
 
-def promote(task: str, version: str, *, tracking_uri: str, alias: str = "production") -> str:
-    """Point ``alias`` of ``fenji-<task>`` at ``version`` (a governance decision; the caller audits it).
-    Returns the version's bundle digest, which nodes verify before serving it."""
+def promote(task: str, version: str, *, tracking_uri: str, alias: str = "production",
+            audit: AuditLog | None = None, actor: str = "") -> str:
+    """Point ``alias`` of ``fenji-<task>`` at ``version``, a governance decision; return the version's
+    bundle digest, which nodes verify before serving it.
+
+    With ``audit``, the decision (by ``actor``) is appended to the audit log *before* the alias moves,
+    and a ``promotion-failed`` entry follows if moving it fails: no promotion takes effect unaudited,
+    and a log that cannot be appended to stops the promotion.
+
+    Raises
+    ------
+    RegistryError
+        If the version does not exist or the registry refuses.
+    AuditTamperedError
+        If the audit log cannot be appended to (the alias is not moved then).
+    """
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    name = model_name(task)
+    name, version = model_name(task), str(version)
     try:
-        mv = client.get_model_version(name, str(version))
-        client.set_registered_model_alias(name, alias, str(version))
+        mv = client.get_model_version(name, version)
     except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(_missing_version(client, name, version, tracking_uri, exc)) from exc
+    digest = mv.tags.get("bundle-sha256", "")
+    details = {"task": task, "model": name, "version": version, "alias": alias}
+    decision = audit.append(actor=actor, action="promotion", **details, bundle_sha256=digest) if audit else None
+    try:
+        client.set_registered_model_alias(name, alias, version)
+    except Exception as exc:
+        if audit and decision:
+            audit.append(actor=actor, action="promotion-failed", **details, decision_seq=decision["seq"],
+                         error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise RegistryError(f"cannot promote {name} version {version}: {exc}") from exc
-    return mv.tags.get("bundle-sha256", "")
+    return digest
+
+
+def _missing_version(client: object, name: str, version: str, tracking_uri: str, exc: Exception) -> str:
+    import mlflow
+
+    if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+        return f"cannot read {name} version {version} from {tracking_uri}: {exc}"
+    try:
+        known = sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int)
+    except mlflow.exceptions.MlflowException:
+        known = []
+    if known:
+        return f"{name} has no version {version} in {tracking_uri} (its versions: {', '.join(known)})"
+    return (f"no model {name} is registered in {tracking_uri}: train it first (`fenji sim` or `fenji demo`) "
+            "with the same FENJI_HOME / FENJI_MLFLOW_URI")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import shutil
 import sys
 import warnings
@@ -13,11 +14,15 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from federation.settings import Settings, configure_environment
-from models.errors import FenjiError
+from federation.cli_guard import (FenjiGroup, input_file, output_file, removed_if_new, set_verbose, site_folder,
+                                  store_errors)
+from federation.cli_bench import bench_command
+from federation.settings import Settings, configure_environment, load_settings
+from models.errors import FenjiError, IngestError, RegistryError, SiteDataError, TaskSpecError
 
 configure_environment()
 if "--verbose" not in sys.argv:
@@ -27,7 +32,18 @@ if "--verbose" not in sys.argv:
     logging.getLogger("torch.export").setLevel(logging.ERROR)
 
 app = typer.Typer(help="Fenji (分级): privacy-preserving federated learning for tiered diagnosis.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=FenjiGroup)
+
+
+@app.callback()
+def _root(verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and third-party logs.")] = False) -> None:
+    """Fenji (分级): privacy-preserving federated learning for tiered diagnosis.
+
+    Every error ends in one line on stderr and a non-zero exit code (federation.cli_guard).
+    """
+    set_verbose(verbose)
+
+
 node_app = typer.Typer(help="Commands run by a clinic's node agent.", no_args_is_help=True)
 app.add_typer(node_app, name="node")
 
@@ -41,11 +57,6 @@ def _token_app() -> typer.Typer:
 node_app.add_typer(_token_app(), name="token")
 console = Console()
 console.width = max(console.width, 120)  # the per-site tables need room; logs are not 80 wide
-
-
-def _fail(exc: FenjiError) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(exc.exit_code)
 
 
 def _fmt(value: float) -> str:
@@ -77,23 +88,25 @@ def ingest_command(
     from node_agent.mapping import load_mapping
     from node_agent.store import SiteStore
 
-    try:
-        spec, mapping_ = load_task(task), load_mapping(mapping)
-        with SiteStore(site_dir) as store:
-            summary = ingest_file(store, spec, input, mapping_)
-            total = store.count(spec)
-    except FenjiError as exc:
-        _fail(exc)
+    spec, mapping_ = load_task(task), load_mapping(mapping)
+    # Every input is checked before the site folder is created: a typo must not leave an empty site.
+    input_file(input, "input file", IngestError)
+    site_folder(site_dir, SiteDataError)
+    with removed_if_new(site_dir), store_errors(site_dir), SiteStore(site_dir) as store:
+        summary = ingest_file(store, spec, input, mapping_)
+        total = store.count(spec)
     if summary.already_ingested:
         console.print(f"{input} was already ingested for task {spec.name} with this mapping: nothing added.")
         return
     console.print(
         f"[bold]{input.name}[/] → {site_dir} ({spec.name}): read {summary.rows_read}, "
-        f"[green]accepted {summary.accepted}[/], [yellow]quarantined {summary.quarantined}[/]; "
-        f"{total} records in the store."
+        f"[green]accepted {summary.accepted}[/], [yellow]quarantined {summary.quarantined}[/], "
+        f"already stored {summary.already_stored}; {total} records in the store."
     )
     if summary.absent_columns:
         console.print(f"  columns not in the file (recorded as missing): {', '.join(summary.absent_columns)}")
+    if summary.empty_columns:
+        console.print(f"  columns empty on every row (recorded as missing): {', '.join(summary.empty_columns)}")
     if summary.ignored_columns:
         console.print(f"  columns ignored: {', '.join(summary.ignored_columns)}")
     if summary.reasons:
@@ -107,10 +120,10 @@ def ingest_command(
 def serve_command(
     site_dir: Annotated[Path, typer.Option(help="The site's folder (its DuckDB, tokens and model cache).")],
     registry: Annotated[Optional[str], typer.Option(help="MLflow tracking URI of the coordinator's registry "
-                                                    "(default FENJI_MLFLOW_URI).")] = None,
+                                                    "(default: the one in FENJI_HOME, or FENJI_MLFLOW_URI).")] = None,
     alias: Annotated[str, typer.Option(help="The registry alias governance approves versions under.")] = "production",
     host: Annotated[str, typer.Option(help="Bind address (the clinic's own network).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8600,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8600,
 ) -> None:
     """Serve the workstation page and the scoring API at the clinic, with the approved models.
 
@@ -122,15 +135,43 @@ def serve_command(
     from node_agent.distribution import ModelDistribution
     from node_agent.serve import AdvisorHolder, create_app
 
-    distribution = ModelDistribution(site_dir, registry or Settings().tracking_uri, alias=alias)
+    site_folder(site_dir, SiteDataError, must_exist=True)
+    settings = load_settings()
+    uri = registry or _registry_uri(settings, must_exist=False)
+    console.print(f"Model registry: {escape(uri or _no_registry(settings))}", soft_wrap=True)
+    distribution = ModelDistribution(site_dir, uri, alias=alias)
     try:
-        advisor = distribution.load()
-    except FenjiError as exc:
-        _fail(exc)
+        advisor = distribution.fetch()
+    except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: the last good set, as load() does
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        try:
+            advisor = distribution.last_good()
+        except RegistryError as none:
+            raise RegistryError(f"{none}, and the registry gave none ({reason})") from exc
+        console.print(f"[yellow]The registry gave no approved models ({escape(reason)}); serving the last good ones "
+                      "this node fetched.[/]", soft_wrap=True)
     versions = ", ".join(f"{t} v{r.version}" for t, r in advisor.models.items())
-    console.print(f"Serving {versions} at http://{host}:{port}/ (tokens: `fenji node token create --site-dir {site_dir}`)")
+    console.print(f"Serving {versions} at http://{host}:{port}/ (tokens: `fenji node token create --site-dir {site_dir}`)",
+                  soft_wrap=True)
     app_ = create_app(AdvisorHolder(advisor), site_dir=site_dir, provider=distribution.fetch)
     uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
+def _no_registry(settings: Settings) -> str:
+    return (f"none at {settings.registry_file} (FENJI_HOME={settings.home}); serving the last good models "
+            "this node fetched")
+
+
+def _registry_uri(settings: Settings, *, must_exist: bool) -> str | None:
+    """The registry every command uses (``FENJI_HOME``'s sqlite store unless ``FENJI_MLFLOW_URI`` is
+    set); ``None`` or ``RegistryError`` if the default store does not exist yet (it is not created)."""
+    file = settings.registry_file
+    if file is not None and not file.is_file():
+        if must_exist:
+            raise RegistryError(f"no model registry at {file} (FENJI_HOME={settings.home}): train and register a "
+                                "model first (`fenji demo` or `fenji sim`), or set FENJI_HOME to the coordinator's folder")
+        return None
+    return settings.tracking_uri
 
 
 def _run_and_report(
@@ -169,17 +210,17 @@ def _run_and_report(
         "sites": sites, "summary": summary, "rounds_history": outcome.rounds,
     }
     if register:
-        from coordinator.audit import AuditLog
         from coordinator.registry import register_outcome
 
         registered = register_outcome(outcome, tracking_uri=settings.tracking_uri, sites=sites)
-        AuditLog(settings.audit_path).append(
+        _audit_log(settings).append(
             actor="coordinator", action="training-run", task=spec.name, rounds=rounds, encrypted=encrypt,
             sites=sorted(outcome.sites), model=registered.name, version=registered.version, run_id=registered.run_id,
         )
         report["registered"] = {"name": registered.name, "version": registered.version, "run_id": registered.run_id,
                                 "tracking_uri": registered.tracking_uri}
-        console.print(f"Registered [bold]{registered.name}[/] version {registered.version} in {registered.tracking_uri}")
+        console.print(f"Registered [bold]{registered.name}[/] version {registered.version} in {registered.tracking_uri}",
+                      soft_wrap=True)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(report, indent=2, default=float))
@@ -193,7 +234,7 @@ def sim_command(
     sites_dir: Annotated[Path, typer.Option(help="Folder of site folders made by `fenji node ingest`.")],
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 20,
     encryption: Annotated[bool, typer.Option("--encryption/--no-encryption", help="CKKS-encrypt updates.")] = True,
-    min_sites: Annotated[Optional[int], typer.Option(help="Fewest sites a decrypted aggregate may cover.")] = None,
+    min_sites: Annotated[Optional[int], typer.Option(min=1, help="Fewest sites a decrypted aggregate may cover.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-site metrics here.")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model in MLflow.")] = True,
     dp_epsilon: Annotated[Optional[float], typer.Option(help="Record-level DP-SGD at each site: epsilon for the run.")] = None,
@@ -201,29 +242,63 @@ def sim_command(
     verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
 ) -> None:
     """Run a federation on Flower's simulation engine over site folders, one SuperNode per site."""
-    from federation.simulation import site_dirs_of
     from models.spec import load_task
 
-    settings = Settings()
-    try:
-        spec = load_task(task)
-        if not sites_dir.is_dir():
-            raise FenjiError(f"no such folder: {sites_dir}")
-        site_dirs = site_dirs_of(sites_dir)
-        needed = min_sites if min_sites is not None else min(settings.min_sites, max(len(site_dirs), 1))
-        if len(site_dirs) < needed:
-            raise FenjiError(f"{len(site_dirs)} site folder(s) in {sites_dir}, at least {needed} needed")
-        _run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=needed,
-                        json_out=json_out, register=register, settings=settings, verbose=verbose,
-                        dp=(dp_epsilon, dp_delta) if dp_epsilon else None,
-                        title=f"{spec.name}: held-out AUROC per site")
-    except FenjiError as exc:
-        _fail(exc)
+    verbose = set_verbose(verbose)
+    settings = load_settings()
+    spec = load_task(task)
+    if dp_epsilon is not None and not dp_epsilon > 0:
+        raise FenjiError(f"--dp-epsilon must be positive, not {dp_epsilon}")
+    if not 0 < dp_delta < 1:
+        raise FenjiError(f"--dp-delta must be between 0 and 1, not {dp_delta}")
+    if json_out:
+        output_file(json_out, "--json file")
+    site_dirs = _site_dirs(sites_dir, spec)
+    needed = min_sites if min_sites is not None else min(settings.min_sites, len(site_dirs))
+    if len(site_dirs) < needed:
+        raise FenjiError(f"{len(site_dirs)} site folder(s) in {sites_dir}, at least {needed} needed")
+    if register:
+        _audit_log(settings).check_appendable()  # before the run, not after it
+    _run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=needed,
+                    json_out=json_out, register=register, settings=settings, verbose=verbose,
+                    dp=(dp_epsilon, dp_delta) if dp_epsilon else None,
+                    title=f"{spec.name}: held-out AUROC per site")
+
+
+def _site_dirs(sites_dir: Path, spec) -> list[Path]:
+    """The site folders under ``sites_dir``, each checked to hold training rows for ``spec`` (a corrupt
+    store fails here, with its name, rather than inside a simulated node)."""
+    from federation.simulation import site_dirs_of
+    from node_agent.local import load_site_data
+
+    if not sites_dir.exists():
+        raise FenjiError(f"no such folder: {sites_dir}")
+    if not sites_dir.is_dir():
+        raise FenjiError(f"--sites-dir {sites_dir} is a file: give the folder that holds the site folders")
+    site_dirs = site_dirs_of(sites_dir)
+    if not site_dirs:
+        raise SiteDataError(f"no site folders in {sites_dir}: it should hold one folder per site, each with the "
+                            "site.duckdb that `fenji node ingest` makes")
+    for site_dir in site_dirs:
+        with store_errors(site_dir):
+            load_site_data(site_dir, spec)
+    return site_dirs
+
+
+def _audit_log(settings: Settings):
+    from coordinator.audit import AuditLog
+
+    return AuditLog(settings.audit_path)
+
+
+DEMO_MARKER = ".fenji-demo"  # written into the folder a demo made: only such a folder is ever cleared
+DEMO_OUTPUTS = ("exports", "sites")
 
 
 @app.command("demo")
 def demo_command(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes its clinics, stores and registry.")] = Path("fenji-demo"),
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its clinics' exports, site stores and reports "
+                                               "(the registry and audit log are FENJI_HOME's).")] = Path("fenji-demo"),
     rounds: Annotated[int, typer.Option(min=1)] = 15,
     encryption: Annotated[bool, typer.Option("--encryption/--no-encryption")] = True,
     seed: Annotated[int, typer.Option()] = 0,
@@ -238,10 +313,16 @@ def demo_command(
     from node_agent.mapping import load_mapping
     from node_agent.store import SiteStore
 
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    settings = Settings(home=workdir / "coordinator")
-    specs = [load_task(name) for name in tasks.split(",")]
+    verbose = set_verbose(verbose)
+    # Every option is checked before anything is deleted or created.
+    settings = load_settings()
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise TaskSpecError("--tasks names no task")
+    specs = [load_task(name) for name in names]
+    _claim_workdir(workdir, settings)
+    _audit_log(settings).check_appendable()
+    _clear_demo_outputs(workdir)
     exports = write_federation(workdir / "exports", seed=seed)
     console.rule(f"[bold]Fenji demo: {len(exports)} community clinics, {', '.join(s.name for s in specs)}")
     table = Table("clinic", "rows read", "accepted", "quarantined", "never recorded",
@@ -253,40 +334,65 @@ def demo_command(
                 summary = ingest_file(store, spec, path, load_mapping(mapping))
         site_dirs.append(workdir / "sites" / name)
         table.add_row(name, str(summary.rows_read), str(summary.accepted), str(summary.quarantined),
-                      ", ".join(summary.absent_columns) or "–")
+                      ", ".join(summary.never_recorded) or "–")
     console.print(table)
     console.print("2. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
                   "a separate key-holder process decrypts sums over ≥ 3 sites.")
     results = {}
     for step, spec in enumerate(specs, start=3):
         console.rule(f"[bold]{step}. {spec.name} ({spec.label.kind})")
-        try:
-            results[spec.name] = _run_and_report(
-                spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=3,
-                json_out=workdir / f"demo-{spec.name}.json", register=True, settings=settings, verbose=verbose,
-                title=f"{spec.name}, held-out",
-            )
-        except FenjiError as exc:
-            _fail(exc)
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}")
-    _demo_login(workdir, settings, site_dirs[0], [s.name for s in specs])
+        results[spec.name] = _run_and_report(
+            spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=3,
+            json_out=workdir / f"demo-{spec.name}.json", register=True, settings=settings, verbose=verbose,
+            title=f"{spec.name}, held-out",
+        )
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}", soft_wrap=True)
+    _demo_login(settings, site_dirs[0], {t: r["registered"]["version"] for t, r in results.items()})
 
 
-def _demo_login(workdir: Path, settings: Settings, site_dir: Path, tasks: list[str]) -> None:
-    """Approve the demo's versions for the clinics (audited) and print how a doctor logs in."""
-    from coordinator.audit import AuditLog
-    from coordinator.registry import model_name, promote
+def _claim_workdir(workdir: Path, settings: Settings) -> None:
+    """Refuse a ``--workdir`` the demo may not use: a file, a folder some earlier demo did not make
+    (the demo never deletes what it did not make), or one whose outputs hold ``FENJI_HOME``."""
+    if workdir.exists() and not workdir.is_dir():
+        raise FenjiError(f"--workdir {workdir} is a file: give a new folder, or one an earlier demo made")
+    if workdir.is_dir() and not (workdir / DEMO_MARKER).is_file() and any(workdir.iterdir()):
+        raise FenjiError(f"--workdir {workdir} exists, is not empty and was not made by `fenji demo` (it has no "
+                         f"{DEMO_MARKER} file); the demo only replaces its own folders: give a new --workdir, or "
+                         "remove this one yourself (a folder from a Fenji version before the marker has none)")
+    home = settings.home.resolve()
+    for name in DEMO_OUTPUTS:
+        if home.is_relative_to((workdir / name).resolve()):
+            raise FenjiError(f"FENJI_HOME ({settings.home}) is inside {workdir / name}, which the demo replaces: "
+                             "put the registry elsewhere")
+
+
+def _clear_demo_outputs(workdir: Path) -> None:
+    """Remove what an earlier demo wrote here (its marker says it made the folder); keep anything else."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_OUTPUTS:
+        if (workdir / name).is_dir():
+            shutil.rmtree(workdir / name)
+    for report in workdir.glob("demo-*.json"):
+        report.unlink()
+    (workdir / DEMO_MARKER).write_text("Made by `fenji demo`: a later demo replaces exports/, sites/ and "
+                                       "demo-*.json here, and nothing else.\n", encoding="utf-8")
+
+
+def _demo_login(settings: Settings, site_dir: Path, versions: dict[str, str]) -> None:
+    """Approve the versions the demo just registered (audited) and print how a doctor logs in."""
+    from coordinator.registry import promote
     from node_agent.serve.cli import create_token
 
-    if sorted(tasks) != ["diagnosis", "referral_risk", "triage"]:
-        return
-    for task in tasks:
-        digest = promote(task, "1", tracking_uri=settings.tracking_uri)
-        AuditLog(settings.audit_path).append(actor="demo", action="promotion", task=task, model=model_name(task),
-                                             version="1", alias="production", bundle_sha256=digest)
+    if sorted(versions) != ["diagnosis", "referral_risk", "triage"]:
+        return  # the workstation needs all three models
+    for task, version in versions.items():
+        promote(task, version, tracking_uri=settings.tracking_uri, audit=_audit_log(settings), actor="demo")
     token = create_token(site_dir, role="doctor", name="Demo doctor").token
     console.rule("[bold]The doctor's workstation")
-    console.print(f"fenji node serve --site-dir {site_dir} --registry {settings.tracking_uri}\n"
+    approved = ", ".join(f"{t} v{v}" for t, v in versions.items())
+    console.print(f"Approved for the clinics ('production'): {approved}, in the registry {settings.tracking_uri}",
+                  soft_wrap=True)
+    console.print(f"fenji node serve --site-dir {site_dir}\n"
                   f"then open http://127.0.0.1:8600/ and log in with the doctor token:\n  [bold]{token}[/]\n"
                   f"(more tokens: fenji node token create --site-dir {site_dir} --role site_admin --name ...)")
 
@@ -302,168 +408,27 @@ def promote_command(
     actor: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
     alias: Annotated[str, typer.Option(help="Registry alias the clinics fetch.")] = "production",
 ) -> None:
-    """Approve a model version for the clinics: point the alias at it, and audit the decision."""
-    from coordinator.audit import AuditLog
+    """Approve a model version for the clinics: audit the decision, then point the alias at it."""
     from coordinator.registry import model_name, promote
 
-    settings = Settings()
-    try:
-        digest = promote(task, version, tracking_uri=settings.tracking_uri, alias=alias)
-    except FenjiError as exc:
-        _fail(exc)
-    AuditLog(settings.audit_path).append(actor=actor, action="promotion", task=task, model=model_name(task),
-                                         version=version, alias=alias, bundle_sha256=digest)
-    console.print(f"{model_name(task)} version {version} is now '{alias}' (bundle sha256 {digest[:16]}…).")
+    settings = load_settings()
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", task):
+        raise TaskSpecError(f"{task!r} is not a task name (e.g. triage, diagnosis, referral_risk)")
+    if not version.isdigit():
+        raise RegistryError(f"--version takes a registered version number, not {version!r}")
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_-]*", alias) or re.fullmatch(r"[vV]\d+|latest", alias):
+        raise RegistryError(f"{alias!r} cannot be a registry alias (letters, digits, _ and -; not 'latest' or v<n>)")
+    if not actor.strip():
+        raise FenjiError("--actor must name who approves")
+    uri = _registry_uri(settings, must_exist=True)
+    console.print(f"Model registry: {escape(uri)}", soft_wrap=True)
+    digest = promote(task, version, tracking_uri=uri, alias=alias, audit=_audit_log(settings), actor=actor)
+    console.print(f"{model_name(task)} version {version} is now '{alias}' (bundle sha256 {digest[:16]}…; "
+                  f"audited in {settings.audit_path}).", soft_wrap=True)
 
 
-BENCHMARKS = ("heart", "he-overhead", "scale", "serving")
-
-
-@app.command("bench")
-def bench_command(
-    name: Annotated[str, typer.Argument(help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")],
-    json_out: Annotated[Path, typer.Option("--json", help="Write inputs, environment and every figure here.")],
-    repeats: Annotated[int, typer.Option(min=1, help="Repeats per configuration.")] = 3,
-    sizes: Annotated[str, typer.Option(help="he-overhead: model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
-    sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
-    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
-    rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
-    duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
-    connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
-) -> None:
-    """Run a benchmark, print its table and write its JSON (and plot)."""
-    from bench.common import write_json
-
-    if name not in BENCHMARKS:
-        console.print(f"[bold red]error:[/] unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
-        raise typer.Exit(2)
-    if name == "heart":
-        _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
-        return
-    if name == "scale":
-        _bench_scale(json_out, plot, sites=[int(s) for s in (sites or "10,50,100").split(",")])
-        return
-    if name == "serving":
-        _bench_serving(json_out, plot, repeats=repeats, duration=duration,
-                       connections=tuple(int(c) for c in connections.split(",") if c.strip()))
-        return
-    n_sites = int(sites or 10)
-    from bench import he_overhead
-
-    size_list = [int(s) for s in sizes.split(",") if s.strip()]
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("he-overhead", total=len(size_list) * repeats)
-        report = he_overhead.run(sizes=size_list, sites=n_sites, repeats=repeats,
-                                 progress=lambda: progress.advance(bar))
-    table = Table("parameters", "round s (plain)", "round s (CKKS)", "time ratio", "bytes/site (float32)",
-                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {n_sites} sites (median)")
-    for r in report["results"]:
-        table.add_row(f"{r['parameters']:,}", f"{r['round_seconds_plaintext']['median']:.3f}",
-                      f"{r['round_seconds_encrypted']['median']:.3f}", f"{r['round_time_ratio']['median']:.2f}×",
-                      f"{r['bytes_per_site_plaintext_float32']:,}", f"{r['bytes_per_site_encrypted']:,}",
-                      f"{r['bytes_ratio']:.1f}×", f"{r['max_decryption_error']['max']:.1e}")
-    console.print(table)
-    write_json(json_out, report)
-    if plot:
-        he_overhead.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
-
-
-def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
-    from bench import scale
-    from bench.common import write_json
-
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("scale: site counts", total=len(sites))
-        report = scale.run(sites=sites, progress=lambda: progress.advance(bar))
-    table = Table("sites", "parameters", "round s (median)", "aggregate s (median)", "coordinator peak RSS MB",
-                  "total s", title="Encrypted FedAvg at scale")
-    for r in report["results"]:
-        table.add_row(str(r["sites"]), f"{r['parameters']:,}", f"{r['round_seconds']['median']:.2f}",
-                      f"{r['aggregate_seconds']['median']:.3f}", f"{r['coordinator_peak_rss_mb']:.0f}",
-                      f"{r['total_seconds']:.0f}")
-    console.print(table)
-    write_json(json_out, report)
-    if plot:
-        scale.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
-
-
-def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration: float,
-                   connections: tuple[int, ...]) -> None:
-    from bench import serving
-    from bench.common import write_json
-
-    runs = repeats * (2 * len(connections) + 2) + 2  # + training, + the switch
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("serving", total=runs)
-
-        def step(name: str) -> None:
-            progress.update(bar, description=f"serving: {name}", advance=0 if name.startswith("training") else 1)
-
-        try:
-            report = serving.run(connections=connections, duration=duration, repeats=repeats, progress=step)
-        except serving.BenchError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
-            raise typer.Exit(2) from None
-        progress.update(bar, completed=runs)
-    res = report["results"]
-    table = Table("connections", "bare req/s", "/score req/s", "ratio", "bare p50 / p99 ms", "/score p50 / p99 ms",
-                  title=f"Single-patient scoring vs a bare FastAPI endpoint (median of {repeats})")
-    for bare, fenji, cmp in zip(res["single"]["bare"], res["single"]["fenji"], res["comparison"]):
-        table.add_row(str(bare["connections"]), f"{bare['requests_per_second']:,.0f}",
-                      f"{fenji['requests_per_second']:,.0f}", f"{cmp['throughput_ratio']:.0%}",
-                      f"{bare['latency_ms']['p50']:.1f} / {bare['latency_ms']['p99']:.1f}",
-                      f"{fenji['latency_ms']['p50']:.1f} / {fenji['latency_ms']['p99']:.1f}")
-    console.print(table)
-    batch, switch = res["batch"], res["switch"]
-    console.print(f"Batch of {report['inputs']['batch_rows']}: {batch['http_rows_per_second']:,.0f} patients/s over HTTP, "
-                  f"{batch['in_process_rows_per_second']['assess']:,.0f}/s in-process ({batch['rows_ratio']:.0%}).")
-    console.print(f"Model switch under load: {switch['requests']:,} requests, {switch['failed']} failed, "
-                  f"{switch['reloads_ok']}/{switch['reloads']} reloads, versions served {switch['versions_served']}, "
-                  f"{switch['mixed_answers']} mixed answers.")
-    for goal, g in report["goals"].items():
-        console.print(f"  {goal}: goal {g['goal']}, measured {g['measured']:.3g}: "
-                      + ("[green]met[/]" if g["met"] else "[yellow]not met[/]"))
-    write_json(json_out, report)
-    if plot:
-        serving.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
-
-
-def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
-    from bench import heart
-    from bench.common import write_json
-
-    data_dir = Settings().data_dir
-    if not (data_dir / "uci_heart_disease").is_dir():
-        console.print(f"[bold red]error:[/] UCI heart disease data not found under {data_dir} (set FENJI_DATA_DIR)")
-        raise typer.Exit(2)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("heart: seeds", total=seeds)
-        report = heart.run(data_dir=data_dir, seeds=seeds, rounds=rounds, progress=lambda: progress.advance(bar))
-    res = report["results"]
-    table = Table("method", "mean accuracy (± sd)", "mean AUROC", *heart.HOSPITALS,
-                  title=f"Fed-Heart-Disease, FLamby split, {seeds} seed(s): accuracy per hospital")
-    flamby = heart.ANCHORS
-    for method, label in [("local_only", "local only"), ("pooled", "pooled"), ("fenji_encrypted", "Fenji FedAvg (CKKS)"),
-                          ("fenji_encrypted_dp", "Fenji + DP ε=1, δ=1e-3")]:
-        r = res[method]
-        table.add_row(label, f"{r['mean_accuracy']['mean']:.3f} ± {r['mean_accuracy']['sd']:.3f}",
-                      f"{r['mean_auroc']['mean']:.3f}", *(f"{r['per_hospital_accuracy'][h]:.3f}" for h in heart.HOSPITALS))
-    table.add_row("FLamby local only", "", "", *(f"{flamby['local'][h]:.3f}" for h in heart.HOSPITALS))
-    table.add_row("FLamby pooled / FedAvg / FedYogi / DP ε=1",
-                  f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']} / {flamby['dp_eps1']}", "")
-    console.print(table)
-    write_json(json_out, report)
-    if plot:
-        heart.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+# `fenji bench` lives in its own module (this one would pass ~500 lines); registered here, in order.
+app.command("bench")(bench_command)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["QUIET_ENV", "Settings", "configure_environment"]
+from models.errors import FenjiError
+
+__all__ = ["QUIET_ENV", "Settings", "SettingsError", "configure_environment", "load_settings"]
 
 # Everything Fenji starts runs without telemetry, update checks, or runtime dependency installs
 # (Flower's `uv sync` could swap the CPU build of torch for a CUDA one).
@@ -29,8 +32,17 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
+class SettingsError(FenjiError):
+    """An environment variable ``FENJI_*`` holds a value Fenji cannot use."""
+
+
 class Settings(BaseSettings):
-    """``FENJI_HOME`` (work folder), ``FENJI_MLFLOW_URI``, ``FENJI_DATA_DIR``, ``FENJI_MIN_SITES``."""
+    """``FENJI_HOME`` (work folder), ``FENJI_MLFLOW_URI``, ``FENJI_DATA_DIR``, ``FENJI_MIN_SITES``.
+
+    ``FENJI_HOME`` is the coordinator's one place: the registry (``mlflow.db``), the registry's
+    artifacts (``artifacts/``) and the audit log (``audit.jsonl``). Every command uses it, the demo
+    included, so what one command registers the next one finds.
+    """
 
     model_config = SettingsConfigDict(env_prefix="FENJI_")
 
@@ -41,12 +53,33 @@ class Settings(BaseSettings):
     tier_policy: str | None = None  # FENJI_TIER_POLICY: a tier policy file or built-in name
 
     @property
+    def registry_file(self) -> Path | None:
+        """The default registry's sqlite file (``None`` when ``FENJI_MLFLOW_URI`` names another store)."""
+        return None if self.mlflow_uri else (self.home / "mlflow.db").resolve()
+
+    @property
     def tracking_uri(self) -> str:
+        """The registry's MLflow URI; creates ``FENJI_HOME`` for the default sqlite store."""
         if self.mlflow_uri:
             return self.mlflow_uri
         self.home.mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+        return f"sqlite:///{self.registry_file}"
+
+    @property
+    def artifact_root(self) -> Path:
+        """Where new experiments keep their artifacts when the store is a database (MLflow would
+        otherwise use ``./mlruns`` of whatever folder a command happens to run in)."""
+        return (self.home / "artifacts").resolve()
 
     @property
     def audit_path(self) -> Path:
         return self.home / "audit.jsonl"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """``Settings()``, with a bad ``FENJI_*`` value reported as a ``SettingsError`` naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"FENJI_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        raise SettingsError(f"invalid setting {problems}") from exc

@@ -182,14 +182,25 @@ def load_task(task: str | Path) -> TaskSpec:
     Raises
     ------
     TaskSpecError
-        If the file does not exist, is not YAML, or does not describe a valid task.
+        If the name is unknown, or the file does not exist, is a folder or unreadable, is not YAML,
+        or does not describe a valid task.
     """
     path = Path(task)
-    if not path.suffix and not path.exists():
-        path = TASKS_DIR / f"{task}.yaml"
-        if not path.exists():
+    if not path.suffix and not path.is_file():
+        if (TASKS_DIR / f"{task}.yaml").exists():  # a built-in name wins over a folder of that name
+            path = TASKS_DIR / f"{task}.yaml"
+        elif path.is_dir():
+            raise _folder_error(task)
+        else:
             raise TaskSpecError(
                 f"unknown task {str(task)!r}: built-in tasks are {', '.join(builtin_tasks())}, "
                 "or give the path of a task YAML file"
             )
+    elif path.is_dir():
+        raise _folder_error(task)
     return load_yaml_model(path, TaskSpec, TaskSpecError, "task")
+
+
+def _folder_error(task: str | Path) -> TaskSpecError:
+    return TaskSpecError(f"task {str(task)!r} is a folder: give a built-in task name "
+                         f"({', '.join(builtin_tasks())}) or the path of a task YAML file")

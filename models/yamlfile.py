@@ -25,7 +25,8 @@ def safe_load(text: str) -> object:
 
 
 def load_yaml_model(path: Path, model: type[M], error: type[FenjiError], what: str) -> M:
-    """Parse ``path`` as ``model``; raise ``error`` naming ``what`` ("task", "mapping") if it fails.
+    """Parse ``path`` as ``model``; raise ``error`` naming ``what`` ("task", "mapping") if it fails
+    (missing, a folder, unreadable, not YAML, not valid).
 
     An empty file gives the model's defaults.
     """
@@ -33,6 +34,12 @@ def load_yaml_model(path: Path, model: type[M], error: type[FenjiError], what: s
         raw = safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise error(f"{what} file not found: {path}") from exc
+    except IsADirectoryError as exc:
+        raise error(f"{what} {path} is a folder: give the path of a {what} YAML file") from exc
+    except PermissionError as exc:
+        raise error(f"cannot read the {what} file {path}: permission denied") from exc
+    except OSError as exc:  # e.g. a path through a file (NotADirectoryError), an I/O error
+        raise error(f"cannot read the {what} file {path}: {exc.strerror or exc}") from exc
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise error(f"{what} file {path} is not valid YAML: {exc}") from exc
     if raw is None:

@@ -21,7 +21,8 @@ TASKS = ("triage", "diagnosis", "referral_risk")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir)])
+    # The registry and audit log are FENJI_HOME's (one place for every command); here, the demo's folder.
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(workdir)], env={"FENJI_HOME": str(workdir / "coordinator")})
     assert result.exit_code == 0, result.output
     return workdir, result.output, {t: json.loads((workdir / f"demo-{t}.json").read_text()) for t in TASKS}
 

@@ -6,21 +6,25 @@ thin wrapper over ``TokenStore``, which works while the server runs (it rereads 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from models.errors import FenjiError
 from node_agent.serve.access import Role
-from node_agent.serve.errors import ServeError
-from node_agent.serve.tokens import IssuedToken, TokenInfo, TokenStore
+from node_agent.serve.tokens import TOKEN_FILE, IssuedToken, TokenInfo, TokenStore
 
 __all__ = ["create_token", "list_tokens", "revoke_token", "token_app"]
 
 token_app = typer.Typer(help="Access tokens for the scoring API and the workstation page.", no_args_is_help=True)
 console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 SiteDir = Annotated[Path, typer.Option(help="The site's folder (tokens are kept hashed in access_tokens.json there).")]
 
 
@@ -36,6 +40,30 @@ def revoke_token(site_dir: Path, token_id: str, *, force: bool = False) -> Token
     return TokenStore.for_site(site_dir).revoke(token_id, keep_last_admin=not force)
 
 
+@contextlib.contextmanager
+def _one_line_errors(site_dir: Path, *, must_exist: bool = False) -> Iterator[None]:
+    """Each failure as one ``error:`` line and a non-zero exit: a site folder that is a file (or, with
+    ``must_exist``, missing), a token file that is not JSON (edited by hand, cut off), a refused revocation."""
+    def fail(message: str, code: int) -> None:
+        err_console.print(f"[bold red]error:[/] {escape(message)}")
+        raise typer.Exit(code)
+
+    if site_dir.exists() and not site_dir.is_dir():
+        fail(f"the site folder {site_dir} is a file, not a folder", 5)
+    if must_exist and not site_dir.is_dir():
+        fail(f"no site folder {site_dir}", 5)
+    try:
+        yield
+    except FenjiError as exc:
+        fail(str(exc), exc.exit_code)
+    except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError both are
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        fail(f"the token file {site_dir / TOKEN_FILE} is not readable ({reason}): restore it from a backup, "
+             "or move it aside and create new tokens", 1)
+    except OSError as exc:
+        fail(f"cannot use the token file in {site_dir}: {exc.strerror or exc}", 74)
+
+
 @token_app.command("create")
 def create_command(
     site_dir: SiteDir,
@@ -43,7 +71,8 @@ def create_command(
     name: Annotated[str, typer.Option(help="Who holds it, e.g. 'Dr Wang'.")],
 ) -> None:
     """Create a token and print it once: only its hash is stored."""
-    issued = create_token(site_dir, role=role, name=name)
+    with _one_line_errors(site_dir):
+        issued = create_token(site_dir, role=role, name=name)
     console.print(f"token for {issued.info.name} ({issued.info.role.value}), id {issued.info.token_id}:")
     typer.echo(issued.token)
     console.print("[dim]Shown this once; hand it over now. Revoke with `fenji node token revoke`.[/]")
@@ -53,7 +82,9 @@ def create_command(
 def list_command(site_dir: SiteDir) -> None:
     """List the site's tokens (holders and roles; never the tokens)."""
     table = Table("id", "name", "role", "created (UTC)")
-    for info in list_tokens(site_dir):
+    with _one_line_errors(site_dir, must_exist=True):
+        infos = list_tokens(site_dir)
+    for info in infos:
         table.add_row(info.token_id, info.name, info.role.value, f"{info.created_at:%Y-%m-%d %H:%M}")
     console.print(table)
 
@@ -65,9 +96,6 @@ def revoke_command(
     force: Annotated[bool, typer.Option(help="Revoke even the last site-admin token.")] = False,
 ) -> None:
     """Revoke a token: it stops working at once, also in a running server."""
-    try:
+    with _one_line_errors(site_dir, must_exist=True):
         info = revoke_token(site_dir, token_id, force=force)
-    except ServeError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from None
     console.print(f"revoked {info.token_id} ({info.name}, {info.role.value})")
