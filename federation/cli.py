@@ -140,16 +140,9 @@ def serve_command(
     uri = registry or _registry_uri(settings, must_exist=False)
     console.print(f"Model registry: {escape(uri or _no_registry(settings))}", soft_wrap=True)
     distribution = ModelDistribution(site_dir, uri, alias=alias)
-    try:
-        advisor = distribution.fetch()
-    except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: the last good set, as load() does
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        try:
-            advisor = distribution.last_good()
-        except RegistryError as none:
-            raise RegistryError(f"{none}, and the registry gave none ({reason})") from exc
-        console.print(f"[yellow]The registry gave no approved models ({escape(reason)}); serving the last good ones "
-                      "this node fetched.[/]", soft_wrap=True)
+    advisor = distribution.load()
+    colour = "green" if distribution.status.startswith("fetched") else "yellow"
+    console.print(f"[{colour}]Models: {escape(distribution.status)}[/]", soft_wrap=True)
     versions = ", ".join(f"{t} v{r.version}" for t, r in advisor.models.items())
     console.print(f"Serving {versions} at http://{host}:{port}/ (tokens: `fenji node token create --site-dir {site_dir}`)",
                   soft_wrap=True)
@@ -184,12 +177,19 @@ def _run_and_report(
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[auroc]}"), TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task(f"federated rounds ({'encrypted' if encrypt else 'plaintext'})", total=rounds, auroc="")
+
+        def on_round(server_round: int, metrics: dict[str, float]) -> None:
+            progress.update(bar, completed=server_round, auroc=f"mean AUROC {metrics.get('auroc', math.nan):.3f}")
+            if server_round == rounds:  # what follows takes a while: say what it is
+                progress.update(bar, description="encrypted calibration round, then each site's final evaluation "
+                                "(its personalised and local-only models)")
+
         outcome = run_simulated_federation(
             spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
-            dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3,
-            on_round=lambda r, m: progress.update(bar, completed=r, auroc=f"mean AUROC {m.get('auroc', math.nan):.3f}"),
+            dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3, on_round=on_round,
         )
-    pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
+    with console.status("pooled reference: one model on all sites' training rows (only a simulation can do this)"):
+        pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
     sites = site_report(outcome, pooled)
     summary = summarise(spec, sites)
     for table in render(spec, sites, summary, title):
@@ -346,6 +346,12 @@ def demo_command(
             json_out=workdir / f"demo-{spec.name}.json", register=True, settings=settings, verbose=verbose,
             title=f"{spec.name}, held-out",
         )
+    from federation.report import demo_summary_markdown
+
+    summary_md = demo_summary_markdown(results)
+    (workdir / "demo-summary.md").write_text(summary_md, encoding="utf-8")
+    console.rule("[bold]Summary: means over the clinics (also in demo-summary.md; the README quotes it)")
+    console.print(summary_md, markup=False, highlight=False, soft_wrap=True)
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}", soft_wrap=True)
     _demo_login(settings, site_dirs[0], {t: r["registered"]["version"] for t, r in results.items()})
 
@@ -372,10 +378,10 @@ def _clear_demo_outputs(workdir: Path) -> None:
     for name in DEMO_OUTPUTS:
         if (workdir / name).is_dir():
             shutil.rmtree(workdir / name)
-    for report in workdir.glob("demo-*.json"):
+    for report in [*workdir.glob("demo-*.json"), *workdir.glob("demo-summary.md")]:
         report.unlink()
-    (workdir / DEMO_MARKER).write_text("Made by `fenji demo`: a later demo replaces exports/, sites/ and "
-                                       "demo-*.json here, and nothing else.\n", encoding="utf-8")
+    (workdir / DEMO_MARKER).write_text("Made by `fenji demo`: a later demo replaces exports/, sites/, "
+                                       "demo-*.json and demo-summary.md here, and nothing else.\n", encoding="utf-8")
 
 
 def _demo_login(settings: Settings, site_dir: Path, versions: dict[str, str]) -> None:

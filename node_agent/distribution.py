@@ -102,7 +102,10 @@ class ModelDistribution:
         except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: all mean "keep the last good"
             reason = str(exc).splitlines()[0][:200]
             log.warning("model fetch failed (%s); serving the last good version", reason)
-            advisor = self.last_good()
+            try:
+                advisor = self.last_good()
+            except RegistryError as none:
+                raise RegistryError(f"{none}, and the registry gave none ({reason})") from exc
             self.status = (f"registry {self.tracking_uri} not usable after {time.monotonic() - started:.0f} s "
                            f"({reason}); serving {self.status}")
             return advisor

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -113,3 +115,23 @@ def test_the_clinic_fetches_verifies_and_falls_back_to_the_last_good_models(demo
         dist.last_good()
     audit = (workdir / "coordinator" / "audit.jsonl").read_text()
     assert audit.count('"promotion"') == 3 and audit.count('"training-run"') == 3
+
+
+def _numbers_and_text(markdown: str) -> tuple[list[str], str]:
+    pattern = re.compile(r"-?\d+\.\d+")
+    return pattern.findall(markdown), pattern.sub("#", markdown)
+
+
+def test_the_readme_quotes_what_the_demo_prints(demo):
+    """The README's results block is the demo's own summary (same text, counts and clinic names;
+    metrics within 0.002, the width of CKKS noise on a 3-decimal figure)."""
+    workdir, output, _ = demo
+    printed = (workdir / "demo-summary.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    quoted = re.search(r"<!-- demo-summary:begin -->\n(.*?)<!-- demo-summary:end -->", readme, re.S)
+    assert quoted, "README.md has no demo-summary block"
+    ours, ours_text = _numbers_and_text(printed)
+    theirs, theirs_text = _numbers_and_text(quoted.group(1))
+    assert ours_text == theirs_text, f"README:\n{quoted.group(1)}\ndemo:\n{printed}"
+    assert all(abs(float(a) - float(b)) <= 0.002 for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
+    assert "beats its local-only model (AUROC) at" in output
