@@ -1,7 +1,9 @@
 """The coordinator's Flower ServerApp: federated statistics, then encrypted FedAvg rounds.
 
 ``run_federation`` is the whole protocol as a plain function of a ``Grid``; the ServerApp only
-builds its settings and hands it the grid.
+builds its settings and hands it the grid. In every phase a site's bad reply is left out and named
+(``FederationOutcome.excluded``) while ``min-sites`` good ones remain; a decrypted aggregate that
+contradicts the sites' declared row counts fails the run instead of becoming the model.
 """
 
 from __future__ import annotations
@@ -14,14 +16,21 @@ from dataclasses import dataclass, field
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
-from coordinator.strategy import EncryptedFedAvg, ciphertext_of
-from federation.crypto import Aggregator, KeyHolder
+from coordinator.strategy import (
+    EncryptedFedAvg,
+    ExcludedReply,
+    ReplyScreen,
+    ScreenedFedAvg,
+    check_total,
+    ciphertext_of,
+    declared_rows,
+)
+from federation.crypto import WIDE_SCALE_BITS, Aggregator, KeyHolder
 from models.calibration import Calibration, calibration_statistics_size, fit_calibration
 from models.encoding import Encoder, EncodingParams, SiteStatistics
-from models.errors import NotEnoughSitesError, SiteDataError
+from models.errors import NotEnoughSitesError
 from models.nets import build_model, get_flat
 from models.spec import TaskSpec, load_task
 
@@ -71,6 +80,7 @@ class FederationOutcome:
     calibration: Calibration = field(default_factory=Calibration)
     train_rows: dict[str, int] = field(default_factory=dict)
     personalisation: dict[str, str] = field(default_factory=dict)
+    excluded: list[ExcludedReply] = field(default_factory=list)  # replies left out, phase by phase
 
 
 def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
@@ -90,22 +100,25 @@ def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -
 
 def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, timeout: float) -> list[Message]:
     messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    errors = [r.error.reason for r in replies if r.has_error()]
-    if errors:
-        raise SiteDataError("site(s) failed: " + "; ".join(errors))
-    return replies
+    return list(grid.send_and_receive(messages, timeout=timeout))
 
 
 def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: KeyHolder, aggregator: Aggregator,
                  length: int) -> np.ndarray:
-    """The sum of the sites' vectors: encrypted, decrypted by the key holder over >= min-sites sites."""
+    """The sum of the sites' (screened) vectors: encrypted, decrypted by the key holder over >= min-sites
+    sites and only if its contributor slot counts exactly the replies summed."""
     if settings.encrypt:
-        return np.asarray(key_holder.decrypt_aggregate(aggregator.add([ciphertext_of(r) for r in replies]),
-                                                      length=length))
+        summed = aggregator.add([ciphertext_of(r) for r in replies], length=length, scale_bits=WIDE_SCALE_BITS)
+        return np.asarray(key_holder.decrypt_aggregate(summed, length=length, contributors=len(replies)))
     if len(replies) < settings.min_sites:
         raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {settings.min_sites} needed")
     return np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
+
+
+def _calibration_rows(spec: TaskSpec, summed: np.ndarray) -> float:
+    """The row count inside summed calibration statistics (layout: models.calibration): every row
+    falls in one logit bin (binary), or is counted in the last slot (temperature scaling)."""
+    return float(np.sum(summed)) if spec.label.kind == "binary" else float(summed[-1])
 
 
 def run_federation(
@@ -116,7 +129,15 @@ def run_federation(
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FederationOutcome:
-    """Federated statistics, ``settings.rounds`` rounds of (encrypted) FedAvg, final evaluation."""
+    """Federated statistics, ``settings.rounds`` rounds of (encrypted) FedAvg, final evaluation.
+
+    Raises
+    ------
+    NotEnoughSitesError
+        If a phase has fewer than ``min-sites`` usable replies (the message names those left out).
+    AggregateCheckError
+        If a decrypted aggregate is inconsistent (e.g. a ciphertext made under another key).
+    """
     started = time.monotonic()
     spec = settings.task
     nodes = _wait_for_nodes(grid, n_sites or settings.min_sites, settings.min_sites, settings.timeout)
@@ -125,11 +146,17 @@ def run_federation(
     if settings.encrypt:
         base["ckks-context"] = public_context
     aggregator = Aggregator(public_context)
+    # Every reply is screened before it counts; a bad one is left out and named (coordinator.strategy).
+    screen = ReplyScreen(min_sites=settings.min_sites, aggregator=aggregator if settings.encrypt else None)
 
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
-    replies = _send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout)
-    totals = _decrypt_sum(replies, settings, key_holder, aggregator, SiteStatistics.size(spec))
+    size = SiteStatistics.size(spec)
+    replies = screen.usable(_send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout),
+                            phase="stats", server_round=0, expected_nodes=nodes, length=size,
+                            scale_bits=WIDE_SCALE_BITS)
+    totals = _decrypt_sum(replies, settings, key_holder, aggregator, size)
     encoding = SiteStatistics(spec, totals).encoding_params()
+    check_total("stats: the row count", encoding.n_rows, declared_rows(replies), absolute=0.5)
     rows_by_node = {r.metadata.src_node_id: int(r.content["metrics"]["num-examples"]) for r in replies}
 
     # 2. Training rounds.
@@ -154,11 +181,12 @@ def run_federation(
         min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
         min_available_nodes=settings.min_sites,
     )
-    strategy: FedAvg
+    strategy: ScreenedFedAvg
     if settings.encrypt:
-        strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size, **common)
+        strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size,
+                                   total_examples=encoding.n_rows, screen=screen, **common)
     else:
-        strategy = FedAvg(**common)
+        strategy = ScreenedFedAvg(screen=screen, n_params=initial.size, **common)
 
     history: list[dict[str, float]] = []
 
@@ -188,10 +216,15 @@ def run_federation(
     flat = result.arrays.to_numpy_ndarrays()[0] if result.arrays is not None else initial
 
     # 3. Federated calibration: one more encrypted sum (see models.calibration).
-    replies = _send(grid, nodes, "query.calibrate",
-                    RecordDict({"arrays": ArrayRecord([flat]), "config": train_config}), settings.timeout)
-    calibration = fit_calibration(spec, _decrypt_sum(replies, settings, key_holder, aggregator,
-                                                     calibration_statistics_size(spec)))
+    size = calibration_statistics_size(spec)
+    replies = screen.usable(
+        _send(grid, nodes, "query.calibrate", RecordDict({"arrays": ArrayRecord([flat]), "config": train_config}),
+              settings.timeout),
+        phase="calibrate", server_round=settings.rounds, expected_nodes=nodes, length=size, scale_bits=WIDE_SCALE_BITS,
+    )
+    summed = _decrypt_sum(replies, settings, key_holder, aggregator, size)
+    check_total("calibration: the row count", _calibration_rows(spec, summed), declared_rows(replies), absolute=0.5)
+    calibration = fit_calibration(spec, summed)
 
     # 4. Final evaluation: the calibrated global model, each site's personalised model, and each
     # site's local-only baseline trained on the same budget.
@@ -199,8 +232,12 @@ def run_federation(
         "final": True, "local-only-epochs": (settings.local_epochs or spec.model.local_epochs) * settings.rounds,
         "calibration": json.dumps(calibration.to_dict()),
     })
-    final = _send(grid, nodes, MessageType.EVALUATE,
-                  RecordDict({"arrays": ArrayRecord([flat]), "config": final_config}), settings.timeout)
+    # A site whose final evaluation fails is named in ``excluded`` and left out of the per-site table.
+    final = screen.usable(
+        _send(grid, nodes, MessageType.EVALUATE, RecordDict({"arrays": ArrayRecord([flat]), "config": final_config}),
+              settings.timeout),
+        phase="final-evaluate", server_round=settings.rounds, expected_nodes=nodes, need_site=True,
+    )
     sites = {
         str(r.content["site"]["site-id"]): {k: float(v) for k, v in r.content["metrics"].items()}
         for r in final
@@ -212,6 +249,7 @@ def run_federation(
         task=spec, encoding=encoding, flat=np.asarray(flat), n_inputs=n_inputs, sites=dict(sorted(sites.items())),
         rounds=history, encrypted=settings.encrypt, seconds=time.monotonic() - started, calibration=calibration,
         personalisation=dict(sorted(personalisation.items())), train_rows=dict(sorted(train_rows.items())),
+        excluded=screen.named(),
     )
 
 

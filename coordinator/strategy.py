@@ -1,48 +1,275 @@
-"""FedAvg over encrypted updates: the aggregator adds ciphertexts, the key holder decrypts the sum."""
+"""FedAvg over screened (and encrypted) updates: one bad site does not sink a run.
+
+Every reply is screened before it counts (``ReplyScreen``): an error reply, a reply without its
+declared row count, or one that is not a valid ciphertext of the expected length and scale is left
+out and recorded as an ``ExcludedReply``. A phase goes on while at least ``min-sites`` usable replies
+remain, and fails with ``NotEnoughSitesError`` naming the left-out sites otherwise. A decrypted
+aggregate is adopted only if it agrees with what the sites declared (``check_total``): a ciphertext
+made under another key passes every check before decryption, and is caught there.
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from federation.crypto import Aggregator, KeyHolder
+from models.errors import AggregateCheckError, CiphertextError, NotEnoughSitesError
 
-__all__ = ["EncryptedFedAvg", "ciphertext_of"]
+__all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
+           "declared_rows"]
+
+logger = logging.getLogger(__name__)
+
+# Flower's error reasons can carry a whole (coloured) Ray traceback; its last line says what failed.
+_MAX_REASON = 300
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _short(reason: str) -> str:
+    lines = [line.strip() for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    return lines[-1] if lines else reason
 
 
 def ciphertext_of(message: Message) -> bytes:
     return message.content["ciphertext"]["ciphertext"].numpy().tobytes()
 
 
-class EncryptedFedAvg(FedAvg):
-    """FedAvg whose sites send ``Enc([w_i * theta_i, w_i])``; only ``aggregate_train`` differs.
+def declared_rows(replies: Iterable[Message]) -> float:
+    """The sum of the row counts (``num-examples``) the sites declared in their replies."""
+    return float(sum(float(r.content["metrics"]["num-examples"]) for r in replies))
 
-    ``w_i = n_i / N`` is site i's share of the training rows. The weighted average is
-    ``sum(w_i * theta_i) / sum(w_i)`` (exact even if some sites drop out), from one decryption of
-    the encrypted sum, which the key holder grants only over at least ``min_sites`` sites.
+
+def check_total(what: str, decrypted: float, declared: float, *, rel: float = 0.0, absolute: float = 0.0) -> None:
+    """Raise ``AggregateCheckError`` unless a decrypted total agrees with the sites' declared numbers.
+
+    A sum with one ciphertext made under another key decrypts to numbers in the millions, nowhere
+    near the declared totals.
+    """
+    if not abs(decrypted - declared) <= max(rel * abs(declared), absolute):  # also false for NaN
+        raise AggregateCheckError(
+            f"{what} decrypts to {decrypted:.6g} but the sites declared {declared:.6g}: the aggregate is not "
+            "adopted (a ciphertext made under another key, or a site whose reply contradicts its declared rows)"
+        )
+
+
+@dataclass(frozen=True)
+class ExcludedReply:
+    """A site's reply that was left out of a phase, and why."""
+
+    round: int
+    phase: str  # "stats", "train", "evaluate", "calibrate" or "final-evaluate"
+    node: int
+    reason: str
+    site: str | None = None  # known once the site has sent an evaluation (which names it)
+
+    @property
+    def label(self) -> str:
+        return self.site or f"node {self.node}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ReplyScreen:
+    """Screens the replies of one run; keeps the record of what was left out and which site is which.
+
+    Parameters
+    ----------
+    min_sites
+        Fewest usable replies a phase may go on with.
+    aggregator
+        Reads ciphertexts under the public context; ``None`` for a plaintext run.
     """
 
-    def __init__(self, *, aggregator: Aggregator, key_holder: KeyHolder, n_params: int, **kwargs) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, min_sites: int, aggregator: Aggregator | None) -> None:
+        self.min_sites = min_sites
         self.aggregator = aggregator
-        self.key_holder = key_holder
+        self.excluded: list[ExcludedReply] = []
+        self.site_of: dict[int, str] = {}
+
+    def usable(
+        self,
+        replies: Iterable[Message],
+        *,
+        phase: str,
+        server_round: int,
+        expected_nodes: Collection[int] = (),
+        length: int | None = None,
+        scale_bits: int | None = None,
+        need_site: bool = False,
+    ) -> list[Message]:
+        """The replies that may count; the others are recorded, logged and left out.
+
+        ``length`` is the number of values an update must hold (``None``: metrics only), and
+        ``scale_bits`` the scale its ciphertext must be at.
+
+        Raises
+        ------
+        NotEnoughSitesError
+            If fewer than ``min_sites`` replies are usable.
+        """
+        good: list[Message] = []
+        answered: set[int] = set()
+        before = len(self.excluded)
+        for reply in replies:
+            node = reply.metadata.src_node_id
+            answered.add(node)
+            problem = self._problem(reply, length=length, scale_bits=scale_bits, need_site=need_site)
+            if problem:
+                self._exclude(server_round, phase, node, problem)
+                continue
+            if "site" in reply.content:
+                self.site_of[node] = str(reply.content["site"]["site-id"])
+            good.append(reply)
+        for node in sorted(set(expected_nodes) - answered):
+            self._exclude(server_round, phase, node, "no reply before the timeout")
+        if len(good) < self.min_sites:
+            left_out = "; ".join(f"{e.label}: {e.reason}" for e in self.named()[before:])
+            raise NotEnoughSitesError(
+                f"{phase} (round {server_round}): {len(good)} usable repl(ies), at least {self.min_sites} "
+                f"(min-sites) needed. Left out: {left_out or 'none'}"
+            )
+        return good
+
+    def named(self) -> list[ExcludedReply]:
+        """The exclusions so far, each with its site's id where the run has learnt it."""
+        return [replace(e, site=self.site_of.get(e.node, e.site)) for e in self.excluded]
+
+    def _exclude(self, server_round: int, phase: str, node: int, reason: str) -> None:
+        entry = ExcludedReply(round=server_round, phase=phase, node=node, reason=reason[:_MAX_REASON],
+                              site=self.site_of.get(node))
+        self.excluded.append(entry)
+        logger.warning("left out %s in %s (round %d): %s", entry.label, phase, server_round, entry.reason)
+
+    def _problem(self, reply: Message, *, length: int | None, scale_bits: int | None, need_site: bool) -> str | None:
+        if reply.has_error():
+            return f"error reply: {_short(reply.error.reason)}"
+        content = reply.content
+        try:
+            rows = float(content["metrics"]["num-examples"])
+        except (KeyError, TypeError, ValueError):
+            return "no declared num-examples"
+        if not (np.isfinite(rows) and rows >= 0):
+            return f"declared num-examples {rows} is not a row count"
+        if need_site and "site" not in content:
+            return "no site id"
+        if length is None:
+            return None
+        if self.aggregator is not None:
+            try:
+                self.aggregator.read(ciphertext_of(reply), length=length, scale_bits=scale_bits)
+            except (KeyError, TypeError, AttributeError):
+                return "no ciphertext"
+            except CiphertextError as exc:
+                return f"not a valid ciphertext: {exc}"
+            return None
+        try:
+            (values,) = content["arrays"].to_numpy_ndarrays()
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return "no update array"
+        if values.size != length:
+            return f"update holds {values.size} values, expected {length}"
+        if not np.isfinite(values).all():
+            return "update holds non-finite values"
+        return None
+
+
+class ScreenedFedAvg(FedAvg):
+    """FedAvg that screens every train and evaluate reply first (plaintext updates).
+
+    ``n_params`` is the length of the flat model; each reply is weighted by its ``num-examples``.
+    """
+
+    def __init__(self, *, screen: ReplyScreen, n_params: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.screen = screen
         self.n_params = n_params
-        self.aggregation_seconds: list[float] = []
+        self._sent: dict[str, set[int]] = {"train": set(), "evaluate": set()}
+
+    @property
+    def update_length(self) -> int:
+        return self.n_params
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent["train"] = {m.metadata.dst_node_id for m in messages}
+        return messages
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent["evaluate"] = {m.metadata.dst_node_id for m in messages}
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
+        replies = list(replies)
+        self._check_and_log_replies(replies, is_train=True, validate=False)  # Flower's own log lines
+        good = self.screen.usable(replies, phase="train", server_round=server_round,
+                                  expected_nodes=self._sent["train"], length=self.update_length,
+                                  scale_bits=self._scale_bits())
+        arrays = self._aggregate(server_round, good)
+        return arrays, self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        self._check_and_log_replies(replies, is_train=False, validate=False)
+        good = self.screen.usable(replies, phase="evaluate", server_round=server_round,
+                                  expected_nodes=self._sent["evaluate"])
+        return self.evaluate_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+
+    def _scale_bits(self) -> int | None:
+        return None
+
+    def _aggregate(self, server_round: int, good: list[Message]) -> ArrayRecord:
+        return aggregate_arrayrecords([m.content for m in good], self.weighted_by_key)
+
+
+class EncryptedFedAvg(ScreenedFedAvg):
+    """FedAvg whose sites send ``Enc([w_i * theta_i, w_i])``; only the aggregation differs.
+
+    ``w_i = n_i / N`` is site i's share of the training rows (``N = total_examples``, from the
+    federated statistics). The weighted average is ``sum(w_i * theta_i) / sum(w_i)`` (exact even if
+    some sites drop out or are left out), from one decryption of the encrypted sum, which the key
+    holder grants only over at least ``min_sites`` sites. The decrypted ``sum(w_i)`` must equal
+    ``sum(n_i) / N`` from the rows the sites declared, or the round fails.
+    """
+
+    def __init__(self, *, aggregator: Aggregator, key_holder: KeyHolder, n_params: int, total_examples: float,
+                 screen: ReplyScreen, **kwargs) -> None:
+        super().__init__(screen=screen, n_params=n_params, **kwargs)
+        self.aggregator = aggregator
+        self.key_holder = key_holder
+        self.total_examples = total_examples
+        self.aggregation_seconds: list[float] = []
+
+    @property
+    def update_length(self) -> int:
+        return self.n_params + 1
+
+    def _scale_bits(self) -> int | None:
+        return self.aggregator.scale_bits
+
+    def _aggregate(self, server_round: int, good: list[Message]) -> ArrayRecord:
         started = time.perf_counter()
-        summed = self.aggregator.add([ciphertext_of(m) for m in valid])
+        summed = self.aggregator.add([ciphertext_of(m) for m in good], length=self.update_length,
+                                     scale_bits=self.aggregator.scale_bits)
         self.aggregation_seconds.append(time.perf_counter() - started)
-        values = self.key_holder.decrypt_aggregate(summed, length=self.n_params + 1)
-        theta = np.asarray(values[: self.n_params]) / values[self.n_params]
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
-        return ArrayRecord([theta]), metrics
+        values = self.key_holder.decrypt_aggregate(summed, length=self.update_length, contributors=len(good))
+        # Same rule as the sites' own weights (node_agent.client_app): n_i / max(N, 1).
+        declared = declared_rows(good) / max(self.total_examples, 1.0)
+        check_total(f"train (round {server_round}): the weight sum", float(values[self.n_params]), declared,
+                    rel=1e-3)
+        return ArrayRecord([np.asarray(values[: self.n_params]) / values[self.n_params]])
