@@ -184,10 +184,17 @@ def _run_and_report(
                 progress.update(bar, description="encrypted calibration round, then each site's final evaluation "
                                 "(its personalised and local-only models)")
 
-        outcome = run_simulated_federation(
-            spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
-            dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3, on_round=on_round,
-        )
+        try:
+            outcome = run_simulated_federation(
+                spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
+                dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3, on_round=on_round,
+            )
+        except FenjiError as exc:  # a refused or failed run is part of the record too
+            if register:
+                _audit_log(settings).append(actor="coordinator", action="training-run-failed", task=spec.name,
+                                            rounds=rounds, encrypted=encrypt, reason=str(exc),
+                                            error=type(exc).__name__)
+            raise
     with console.status("pooled reference: one model on all sites' training rows (only a simulation can do this)"):
         pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
     sites = site_report(outcome, pooled)
@@ -208,7 +215,13 @@ def _run_and_report(
         "differential_privacy": {"epsilon": dp[0], "delta": dp[1]} if dp else None,
         "seconds": round(outcome.seconds, 2), "calibration": cal.to_dict(),
         "sites": sites, "summary": summary, "rounds_history": outcome.rounds,
+        "excluded": [e.to_dict() for e in outcome.excluded],
     }
+    if outcome.excluded:
+        table = Table("round", "phase", "site", "why", title="[yellow]Replies left out (the run went on without them)")
+        for e in outcome.excluded:
+            table.add_row(str(e.round), e.phase, e.label, e.reason)
+        console.print(table)
     if register:
         from coordinator.registry import register_outcome
 
@@ -216,6 +229,7 @@ def _run_and_report(
         _audit_log(settings).append(
             actor="coordinator", action="training-run", task=spec.name, rounds=rounds, encrypted=encrypt,
             sites=sorted(outcome.sites), model=registered.name, version=registered.version, run_id=registered.run_id,
+            excluded=report["excluded"],
         )
         report["registered"] = {"name": registered.name, "version": registered.version, "run_id": registered.run_id,
                                 "tracking_uri": registered.tracking_uri}
