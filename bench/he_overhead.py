@@ -15,7 +15,9 @@ import torch
 from torch import nn
 
 from bench.common import environment, save_figure, spread, subplots
-from federation.crypto import Aggregator, CKKSParams, KeyHolder, encrypt_vector, load_public_context
+from coordinator.aggregator import Aggregator
+from federation.crypto import CKKSParams, encrypt_vector, load_public_context
+from keyholder.key_holder import KeyHolder
 
 __all__ = ["run"]
 

@@ -17,13 +17,13 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from bench.common import environment, save_figure, spread, subplots
-from federation.simulation import pooled_reference, run_simulated_federation
 from models.spec import load_task
 from models.training import TrainConfig
 from node_agent.ingest import ingest_file
 from node_agent.local import load_site_data, local_only_metrics
 from node_agent.mapping import load_mapping
 from node_agent.store import SiteStore
+from simulation.engine import pooled_reference, run_simulated_federation
 
 __all__ = ["HOSPITALS", "prepare_sites", "run"]
 

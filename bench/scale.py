@@ -24,12 +24,12 @@ HIDDEN = [256, 256, 88]  # with the referral task's 40 inputs: about 100k parame
 
 
 def run_one(sites: int, rounds: int, rows: int) -> dict:
-    from federation.synth import ClinicProfile, write_federation
-    from federation.simulation import run_simulated_federation
     from models.spec import load_task
     from node_agent.ingest import ingest_file
     from node_agent.mapping import load_mapping
     from node_agent.store import SiteStore
+    from simulation.engine import run_simulated_federation
+    from simulation.synth import ClinicProfile, write_federation
 
     base = load_task("referral_risk")
     spec = base.model_copy(update={"model": base.model.model_copy(update={"family": "mlp", "hidden": HIDDEN, "local_epochs": 1})})

@@ -22,19 +22,12 @@ the cores, as they would on a clinic's small server.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import re
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,18 +35,13 @@ import httpx
 import numpy as np
 
 from bench.common import environment, save_figure, subplots
+from bench.serving_load import BATCH, impl, server, wrk, wrk_version
 
 __all__ = ["GOALS", "TASKS", "plot", "run", "train_models"]
 
 TASKS = ("triage", "diagnosis", "referral_risk")
 GOALS = {"single_throughput_ratio_at_32": 0.70, "single_p99_ms_at_32": 25.0, "batch_rows_ratio": 0.50,
          "failed_requests_during_switch": 0}
-BATCH = 256
-WRK_MARK = "FENJI-WRK "
-
-
-class BenchError(RuntimeError):
-    """The benchmark could not run (no load generator, a server that does not start, ...)."""
 
 
 # -- the models ---------------------------------------------------------------------------------
@@ -61,13 +49,13 @@ class BenchError(RuntimeError):
 def train_models(*, rows: int = 900, seed: int = 5) -> dict:
     """The three clinical models trained locally on one synthetic clinic (``task -> TaskModel``):
     real encodings, weights and calibration, as a site would train them (seconds, not a federation)."""
-    from federation.synth import ClinicProfile, generate_clinic
     from models.advisor import TaskModel
     from models.calibration import calibration_statistics, fit_calibration
     from models.encoding import Encoder, SiteStatistics, encode_labels
     from models.nets import build_model, get_flat
     from models.spec import load_task
     from models.training import TrainConfig, train
+    from simulation.synth import ClinicProfile, generate_clinic
 
     frame = generate_clinic(ClinicProfile(f"bench_clinic_{seed}", rows), np.random.default_rng(seed))
     models = {}
@@ -103,8 +91,8 @@ def _patients(n: int, seed: int = 11) -> list[dict]:
     """``n`` realistic first visits, as the API takes them (not-recorded values left out)."""
     import pandas as pd
 
-    from federation.synth import ClinicProfile, generate_clinic
     from models.spec import FeatureKind, load_task
+    from simulation.synth import ClinicProfile, generate_clinic
 
     spec = load_task("referral_risk")
     frame = generate_clinic(ClinicProfile("bench_patients", max(n, 50)), np.random.default_rng(seed))
@@ -123,170 +111,6 @@ def _patients(n: int, seed: int = 11) -> list[dict]:
                 patient[f.name] = str(value)
         patients.append(patient)
     return patients
-
-
-# -- the servers --------------------------------------------------------------------------------
-
-def _bare_app():
-    from fastapi import FastAPI
-
-    app = FastAPI()
-
-    @app.post("/bare")
-    async def bare() -> dict[str, str]:
-        return {"status": "ok"}
-
-    return app
-
-
-def _fenji_app(config: Mapping) -> object:
-    from models.advisor import Advisor
-    from models.bundle import bundle_digest
-    from models.errors import RegistryError
-    from node_agent.serve import AdvisorHolder, create_app
-
-    versions = [{task: (Path(folder), version) for task, (folder, version) in v.items()} for v in config["versions"]]
-    turn = iter(range(1, 1 << 30))
-
-    def provider() -> Advisor:
-        """Alternates between the versions, each read from disk and its digest checked, as a node's
-        ``ModelDistribution`` does with the versions it has cached."""
-        folders = versions[next(turn) % len(versions)]
-        for task, (folder, version) in folders.items():
-            if bundle_digest(folder / "bundle") != (folder / "bundle-sha256").read_text():
-                raise RegistryError(f"{task} version {version}: bundle digest mismatch")
-        return Advisor.from_folders(folders)
-
-    return create_app(AdvisorHolder(Advisor.from_folders(versions[0])), site_dir=Path(config["site_dir"]),
-                      max_batch=BATCH, provider=provider)
-
-
-def serve(config_file: str) -> None:  # pragma: no cover - runs in the server's own process
-    """The server process: ``python -m bench.serving CONFIG.json``."""
-    import uvicorn
-
-    config = json.loads(Path(config_file).read_text())
-    app = _bare_app() if config["kind"] == "bare" else _fenji_app(config)
-    uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")  # as `fenji node serve`
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _server(config: dict, workdir: Path) -> Iterator[str]:
-    config = {**config, "port": _free_port()}
-    config_file = workdir / f"server-{config['kind']}.json"
-    config_file.write_text(json.dumps(config))
-    log = open(workdir / f"server-{config['kind']}.log", "w")  # noqa: SIM115 - closed below
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.serving", str(config_file)], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[1])
-    base = f"http://127.0.0.1:{config['port']}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                raise BenchError(f"the {config['kind']} server exited: {Path(log.name).read_text()[-2000:]}")
-            try:
-                httpx.get(base + "/api/v1/health", timeout=1.0)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"the {config['kind']} server did not start within 120 s") from None
-                time.sleep(0.2)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-
-
-# -- the load generator -------------------------------------------------------------------------
-
-_LUA = r"""
-wrk.method = "POST"
-wrk.body = __BODY__
-wrk.headers["Content-Type"] = "application/json"
-__AUTH__
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-__RESPONSE__
-done = function(summary, latency, requests)
-  local counts = ""
-  for _, t in ipairs(threads) do
-    local c = t:get("counts")
-    if c then counts = counts .. c end
-  end
-  io.write(string.format(
-    '__MARK__{"requests":%d,"duration_us":%d,"bytes":%d,' ..
-    '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-    '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f},"counts":"%s"}\n',
-    summary.requests, summary.duration, summary.bytes,
-    summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.status,
-    summary.errors.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
-    latency.max, latency.mean, counts))
-end
-"""
-
-# Counts answers by the model versions they name (one thread: its own counters, read in done()).
-_COUNT_VERSIONS = r"""
-local seen = {}
-function response(status, headers, body)
-  local key = "s" .. status
-  if status == 200 then
-    local versions = {}
-    local n = 0
-    for v in string.gmatch(body, '"version":"([^"]*)"') do
-      if not versions[v] then versions[v] = true; n = n + 1 end
-    end
-    if n == 1 then for v, _ in pairs(versions) do key = "v" .. v end else key = "mixed" end
-  end
-  seen[key] = (seen[key] or 0) + 1
-  local parts = {}
-  for k, c in pairs(seen) do table.insert(parts, k .. "=" .. c) end
-  wrk.thread:set("counts", table.concat(parts, ","))
-end
-"""
-
-
-def _lua(body: str, token: str | None, *, count_versions: bool = False) -> str:
-    def lua_string(text: str) -> str:
-        return "[==[" + text + "]==]"
-
-    auth = f'wrk.headers["Authorization"] = {lua_string("Bearer " + token)}' if token else ""
-    return (_LUA.replace("__BODY__", lua_string(body)).replace("__AUTH__", auth).replace("__MARK__", WRK_MARK)
-            .replace("__RESPONSE__", _COUNT_VERSIONS if count_versions else ""))
-
-
-def wrk(url: str, *, body: str, token: str | None, connections: int, duration: float, workdir: Path,
-        count_versions: bool = False) -> dict:
-    """One ``wrk`` run (one thread): requests/s, latency percentiles in ms, errors."""
-    exe = shutil.which("wrk")
-    if exe is None:
-        raise BenchError("the load generator `wrk` is not installed (Debian: apt-get install wrk)")
-    script = workdir / f"load-{connections}.lua"
-    script.write_text(_lua(body, token, count_versions=count_versions))
-    out = subprocess.run([exe, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-                          "-s", str(script), url], capture_output=True, text=True, timeout=duration + 60, check=False)
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith(WRK_MARK)), None)
-    if out.returncode != 0 or line is None:
-        raise BenchError(f"wrk failed ({out.returncode}): {out.stderr or out.stdout}")
-    raw = json.loads(line[len(WRK_MARK):])
-    seconds = raw["duration_us"] / 1e6
-    latency = {k: v / 1000 for k, v in raw["latency_us"].items()}
-    result = {"connections": connections, "seconds": seconds, "requests": raw["requests"],
-              "requests_per_second": raw["requests"] / seconds, "latency_ms": latency,
-              "failed": sum(raw["errors"].values()), "errors": raw["errors"]}
-    if count_versions:
-        result["answers"] = {k: int(v) for k, v in (p.split("=") for p in raw["counts"].split(",") if p)}
-    return result
 
 
 # -- in-process reference -----------------------------------------------------------------------
@@ -339,7 +163,7 @@ class _Site:
 
 
 def _prepare(workdir: Path) -> _Site:
-    from node_agent.serve.cli import create_token
+    from node_agent.cli_tokens import create_token
 
     site_dir = workdir / "site"
     site_dir.mkdir(parents=True)
@@ -383,7 +207,7 @@ def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, re
         single: dict[str, list[dict]] = {"bare": [], "fenji": []}
         batch_http: list[dict] = []
         raw: list[dict] = []
-        with _server({"kind": "bare"}, workdir) as bare, _server({"kind": "fenji", **config}, workdir) as fenji:
+        with server({"kind": "bare"}, workdir) as bare, server({"kind": "fenji", **config}, workdir) as fenji:
             for r in range(repeats):
                 for c in connections:
                     step(f"[{r + 1}/{repeats}] bare endpoint, {c} connection(s)")
@@ -465,30 +289,13 @@ def _report(single: dict, batch_http: list[dict], raw: list[dict], switch: dict,
     }
     env = environment()
     env["packages"].update({"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__})
-    env["server"] = {"uvicorn_loop": _impl("uvloop"), "uvicorn_http": _impl("httptools"), "workers": 1}
-    env["load_generator"] = _wrk_version()
+    env["server"] = {"uvicorn_loop": impl("uvloop"), "uvicorn_http": impl("httptools"), "workers": 1}
+    env["load_generator"] = wrk_version()
     return {"benchmark": "serving", "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in inputs.items()},
             "environment": env,
             "results": {"single": summary, "comparison": comparison, "batch": batch, "switch": switch_report,
                         "single_runs": single},
             "goals": goals}
-
-
-def _impl(module: str) -> str:
-    try:
-        __import__(module)
-        return module
-    except ImportError:
-        return "asyncio" if module == "uvloop" else "h11"
-
-
-def _wrk_version() -> str:
-    exe = shutil.which("wrk")
-    if exe is None:
-        return "wrk (not installed)"
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False)
-    match = re.search(r"wrk\s+(\S+)", out.stdout + out.stderr)
-    return f"wrk {match.group(1) if match else '?'} (1 thread)"
 
 
 def plot(report: dict, path: Path) -> None:
@@ -519,7 +326,3 @@ def plot(report: dict, path: Path) -> None:
     ax3.set_ylabel("patients / s (log)")
     ax3.set_title(f"batch scoring, {report['inputs']['batch_rows']} patients per call")
     save_figure(fig, path, dpi=110)
-
-
-if __name__ == "__main__":  # pragma: no cover - the server process
-    serve(sys.argv[1])

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from models.errors import FenjiError
+from coordinator.errors import AuditTamperedError
 
 try:
     import fcntl
@@ -30,12 +30,6 @@ __all__ = ["AuditLog", "AuditTamperedError"]
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 64 * 1024
-
-
-class AuditTamperedError(FenjiError):
-    """The audit log's hash chain is broken, or its last line is torn (exit code 8)."""
-
-    exit_code = 8
 
 
 def _digest(entry: dict[str, Any]) -> str:

@@ -18,12 +18,13 @@ import numpy as np
 import yaml
 
 from coordinator.audit import AuditLog
+from coordinator.errors import RegistryError
 from coordinator.model_card import build_model_card
-from coordinator.server_app import FederationOutcome
+from coordinator.outcome import FederationOutcome
+from coordinator.settings import load_coordinator_settings
 from models.bundle import write_bundle
-from models.errors import RegistryError
-from models.policy import TierPolicy, load_policy
 from models.nets import build_model, set_flat
+from models.policy import TierPolicy
 
 __all__ = ["RegisteredModel", "artifact_root_for", "model_name", "promote", "register_outcome"]
 
@@ -55,9 +56,7 @@ def artifact_root_for(tracking_uri: str) -> str | None:
     db_path = tracking_uri[len("sqlite:///"):] if tracking_uri.startswith("sqlite:///") else ""
     if scheme == "sqlite" and db_path and db_path != ":memory:":
         return (Path(db_path).resolve().parent / "artifacts").as_uri()
-    from federation.settings import Settings
-
-    return Settings().artifact_root.as_uri()
+    return load_coordinator_settings().artifact_root.as_uri()
 
 
 def _use_experiment(client: object, name: str, artifact_location: str | None) -> str:
@@ -117,7 +116,7 @@ def register_outcome(
             mlflow.log_dict({"sites": outcome.sites, "personalisation": outcome.personalisation},
                             "site_metrics.json")
             mlflow.log_dict(outcome.calibration.to_dict(), "calibration.json")
-            policy = policy or load_policy()
+            policy = policy or load_coordinator_settings().policy()
             mlflow.log_text(yaml.safe_dump(policy.model_dump(), sort_keys=False), "tier_policy.yaml")
             with tempfile.TemporaryDirectory() as tmp:
                 digest = write_bundle(Path(tmp), spec=spec, encoding=outcome.encoding,

@@ -11,76 +11,38 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
+from coordinator.aggregator import Aggregator
+from coordinator.errors import NotEnoughSitesError
+from coordinator.outcome import FederationOutcome, RunSettings
 from coordinator.strategy import (
     EncryptedFedAvg,
-    ExcludedReply,
     ReplyScreen,
     ScreenedFedAvg,
     check_total,
     ciphertext_of,
     declared_rows,
 )
-from federation.crypto import WIDE_SCALE_BITS, Aggregator, KeyHolder
-from models.calibration import Calibration, calibration_statistics_size, fit_calibration
-from models.encoding import Encoder, EncodingParams, SiteStatistics
-from models.errors import NotEnoughSitesError
+from federation.crypto import WIDE_SCALE_BITS, Decryptor
+from models.calibration import calibration_statistics_size, fit_calibration
+from models.encoding import Encoder, SiteStatistics
 from models.nets import build_model, get_flat
-from models.spec import TaskSpec, load_task
+from models.spec import TaskSpec
 
-__all__ = ["FederationOutcome", "RunSettings", "app", "build_server_app", "run_federation"]
-
-
-@dataclass
-class RunSettings:
-    """Everything a federated run needs to know; from ``[tool.flwr.app.config]`` or the CLI."""
-
-    task: TaskSpec
-    rounds: int = 20
-    encrypt: bool = True
-    min_sites: int = 3
-    local_epochs: int | None = None
-    learning_rate: float | None = None
-    proximal_mu: float = 0.0
-    seed: int = 0
-    timeout: float = 600.0
-    dp_epsilon: float | None = None
-    dp_delta: float = 1e-3
-    dp_max_grad_norm: float = 1.0
-
-    @classmethod
-    def from_run_config(cls, run_config: dict) -> RunSettings:
-        return cls(
-            task=load_task(str(run_config.get("task", "referral_risk"))),
-            rounds=int(run_config.get("num-server-rounds", 20)),
-            encrypt=bool(run_config.get("encrypt", True)),
-            min_sites=int(run_config.get("min-sites", 3)),
-            proximal_mu=float(run_config.get("proximal-mu", 0.0)),
-        )
-
-
-@dataclass
-class FederationOutcome:
-    """What a federated run produced: the global model and the declared numbers about it."""
-
-    task: TaskSpec
-    encoding: EncodingParams
-    flat: np.ndarray
-    n_inputs: int
-    sites: dict[str, dict[str, float]] = field(default_factory=dict)
-    rounds: list[dict[str, float]] = field(default_factory=list)
-    encrypted: bool = True
-    seconds: float = 0.0
-    calibration: Calibration = field(default_factory=Calibration)
-    train_rows: dict[str, int] = field(default_factory=dict)
-    personalisation: dict[str, str] = field(default_factory=dict)
-    excluded: list[ExcludedReply] = field(default_factory=list)  # replies left out, phase by phase
+__all__ = ["build_server_app", "run_federation"]
 
 
 def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -> list[int]:
@@ -103,7 +65,7 @@ def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, 
     return list(grid.send_and_receive(messages, timeout=timeout))
 
 
-def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: KeyHolder, aggregator: Aggregator,
+def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decryptor, aggregator: Aggregator,
                  length: int) -> np.ndarray:
     """The sum of the sites' (screened) vectors: encrypted, decrypted by the key holder over >= min-sites
     sites and only if its contributor slot counts exactly the replies summed."""
@@ -124,7 +86,7 @@ def _calibration_rows(spec: TaskSpec, summed: np.ndarray) -> float:
 def run_federation(
     grid: Grid,
     settings: RunSettings,
-    key_holder: KeyHolder,
+    key_holder: Decryptor,
     *,
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
@@ -255,7 +217,7 @@ def run_federation(
 
 def build_server_app(
     settings: RunSettings,
-    key_holder: KeyHolder,
+    key_holder: Decryptor,
     *,
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
@@ -270,33 +232,3 @@ def build_server_app(
             on_done(outcome)
 
     return app
-
-
-# Deployment engine entry point (`flwr run`): the key holder must be a separate service there;
-# this module-level app starts one in a process of its own next to the ServerApp.
-app = ServerApp()
-
-
-@app.main()
-def _deployment_main(grid: Grid, context: Context) -> None:
-    """``flwr run`` on the deployment engine: the run, then the model registered and the run audited
-    (in the coordinator's ``FENJI_HOME``, as ``fenji sim --register`` does)."""
-    from coordinator.audit import AuditLog
-    from coordinator.registry import register_outcome
-    from federation.crypto import start_key_holder_process
-    from federation.settings import Settings
-
-    settings = RunSettings.from_run_config(dict(context.run_config))
-    manager, key_holder = start_key_holder_process(min_sites=settings.min_sites)
-    try:
-        outcome = run_federation(grid, settings, key_holder)
-    finally:
-        manager.shutdown()
-    fenji = Settings()
-    registered = register_outcome(outcome, tracking_uri=fenji.tracking_uri,
-                                  extra_params={"engine": "deployment", "flower-run-id": context.run_id})
-    AuditLog(fenji.audit_path).append(
-        actor="coordinator", action="training-run", task=settings.task.name, rounds=settings.rounds,
-        encrypted=settings.encrypt, sites=sorted(outcome.sites), model=registered.name, version=registered.version,
-        run_id=registered.run_id, engine="deployment", flower_run_id=context.run_id,
-    )

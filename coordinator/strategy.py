@@ -22,8 +22,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from federation.crypto import Aggregator, KeyHolder
-from models.errors import AggregateCheckError, CiphertextError, NotEnoughSitesError
+from coordinator.aggregator import Aggregator
+from coordinator.errors import AggregateCheckError, NotEnoughSitesError
+from federation.crypto import Decryptor
+from federation.errors import CiphertextError
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
            "declared_rows"]
@@ -247,7 +249,7 @@ class EncryptedFedAvg(ScreenedFedAvg):
     ``sum(n_i) / N`` from the rows the sites declared, or the round fails.
     """
 
-    def __init__(self, *, aggregator: Aggregator, key_holder: KeyHolder, n_params: int, total_examples: float,
+    def __init__(self, *, aggregator: Aggregator, key_holder: Decryptor, n_params: int, total_examples: float,
                  screen: ReplyScreen, **kwargs) -> None:
         super().__init__(screen=screen, n_params=n_params, **kwargs)
         self.aggregator = aggregator

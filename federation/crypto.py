@@ -1,5 +1,6 @@
-"""CKKS (TenSEAL) for an additions-only protocol: sites encrypt, the aggregator adds, the key holder
-decrypts sums over enough sites and nothing else.
+"""The encryption both sides speak: CKKS (TenSEAL) for an additions-only protocol. Sites encrypt,
+the aggregator (``coordinator.aggregator``) adds, the key holder (``keyholder``) decrypts sums over
+enough sites and nothing else.
 
 Parties and what they hold:
 
@@ -18,33 +19,27 @@ another key cannot be told apart before decryption; the key holder's checks on t
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from multiprocessing.managers import BaseManager
+from typing import Protocol
 
 import numpy as np
 import tenseal as ts
 
-from models.errors import (
-    AggregateCheckError,
-    CiphertextError,
-    NotEnoughSitesError,
-    PrivacyError,
-    SiteDataError,
-)
+from federation.errors import CiphertextError, PrivacyError, SiteDataError
 
 __all__ = [
+    "CONTRIBUTOR_TOLERANCE",
     "WIDE_SCALE_BITS",
-    "Aggregator",
     "CKKSParams",
-    "KeyHolder",
+    "Decryptor",
+    "chunk_sizes",
     "encrypt_vector",
     "load_public_context",
+    "pack",
     "slot_count",
-    "start_key_holder_process",
+    "unpack",
 ]
 
 # The scale for sums whose values run large (federated statistics, calibration histograms); see
@@ -53,7 +48,7 @@ WIDE_SCALE_BITS = 25
 
 # How far a decrypted contributor slot may be from a whole number (CKKS noise is near 1e-4 at the
 # wide scale); a sum spoilt by a foreign key decrypts to values in the millions, any fraction.
-_CONTRIBUTOR_TOLERANCE = 0.01
+CONTRIBUTOR_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -74,12 +69,12 @@ class CKKSParams:
         return self.poly_modulus_degree // 2
 
 
-def _pack(chunks: Sequence[bytes]) -> bytes:
+def pack(chunks: Sequence[bytes]) -> bytes:
     header = struct.pack(f"<I{len(chunks)}Q", len(chunks), *(len(c) for c in chunks))
     return header + b"".join(chunks)
 
 
-def _unpack(blob: bytes) -> list[bytes]:
+def unpack(blob: bytes) -> list[bytes]:
     try:
         (count,) = struct.unpack_from("<I", blob)
         sizes = struct.unpack_from(f"<{count}Q", blob, 4)
@@ -94,7 +89,7 @@ def _unpack(blob: bytes) -> list[bytes]:
     return chunks
 
 
-def _chunk_sizes(n_values: int, slots: int) -> list[int]:
+def chunk_sizes(n_values: int, slots: int) -> list[int]:
     return [min(slots, n_values - start) for start in range(0, n_values, slots)]
 
 
@@ -130,161 +125,13 @@ def encrypt_vector(context: ts.Context, values: np.ndarray, *, scale_bits: int |
         ts.ckks_vector(context, data[i : i + slots].tolist(), scale).serialize()
         for i in range(0, len(data), slots)
     ]
-    return _pack(chunks)
+    return pack(chunks)
 
 
-class Aggregator:
-    """Adds encrypted vectors. Holds the public context only: it cannot decrypt anything."""
+class Decryptor(Protocol):
+    """What the coordinator may ask of the key holder: its public context, and the decryption of a
+    sum it claims covers ``contributors`` replies (the key holder checks that claim)."""
 
-    def __init__(self, public_context: bytes) -> None:
-        self.context = load_public_context(public_context)
+    def get_public_context(self) -> bytes: ...
 
-    @property
-    def scale_bits(self) -> int:
-        """The public context's own scale, the one model updates are encrypted at."""
-        return round(float(np.log2(self.context.global_scale)))
-
-    def read(self, blob: bytes, *, length: int | None = None, scale_bits: int | None = None) -> list[ts.CKKSVector]:
-        """One site's encrypted vector, checked before it may join a sum.
-
-        Parameters
-        ----------
-        blob
-            What the site sent.
-        length
-            The number of values the protocol expects (the contributor slot not counted).
-        scale_bits
-            The scale it must be encrypted at; by default any, as long as the summands agree.
-
-        Raises
-        ------
-        CiphertextError
-            If it does not deserialise under the public context (random bytes, truncated, other CKKS
-            parameters) or has the wrong number of chunks, values or scale.
-        """
-        chunks = _unpack(blob)
-        expected = None if length is None else _chunk_sizes(length + 1, slot_count(self.context))
-        if expected is not None and len(chunks) != len(expected):
-            raise CiphertextError(f"{len(chunks)} ciphertext chunk(s), expected {len(expected)}")
-        vectors = []
-        for i, chunk in enumerate(chunks):
-            try:
-                vector = ts.ckks_vector_from(self.context, chunk)
-            except Exception as exc:  # TenSEAL raises ValueError or RuntimeError, by cause
-                raise CiphertextError(f"chunk {i} is not a CKKS ciphertext under the public context ({exc})") from exc
-            if expected is not None and vector.size() != expected[i]:
-                raise CiphertextError(f"chunk {i} holds {vector.size()} values, expected {expected[i]}")
-            scale = vector.ciphertext()[0].scale
-            if scale_bits is not None and scale != 2.0**scale_bits:
-                raise CiphertextError(f"chunk {i} is at scale 2^{np.log2(scale):.1f}, expected 2^{scale_bits}")
-            vectors.append(vector)
-        return vectors
-
-    def add(self, blobs: Sequence[bytes], *, length: int | None = None, scale_bits: int | None = None) -> bytes:
-        """The encrypted sum of ``blobs``, each read (and checked) as in ``read``."""
-        if not blobs:
-            raise PrivacyError("nothing to aggregate")
-        parts = [self.read(b, length=length, scale_bits=scale_bits) for b in blobs]
-        if len({len(p) for p in parts}) != 1:
-            raise CiphertextError("encrypted vectors of different lengths cannot be added")
-        summed = []
-        for group in zip(*parts):
-            total = group[0]
-            try:
-                for vector in group[1:]:
-                    total += vector
-            except Exception as exc:  # sizes or scales that differ
-                raise CiphertextError(f"encrypted vectors that cannot be added: {exc}") from exc
-            summed.append(total.serialize())
-        return _pack(summed)
-
-
-class KeyHolder:
-    """Holds the secret key; decrypts only aggregates over at least ``min_sites`` sites.
-
-    It is a separate party from the aggregator: the aggregator is handed ``public_context`` and
-    asks for decryptions through ``decrypt_aggregate``, never sees the secret context.
-    """
-
-    def __init__(self, *, min_sites: int = 3, params: CKKSParams | None = None) -> None:
-        if min_sites < 1:
-            raise ValueError("min_sites must be at least 1")
-        self.min_sites = min_sites
-        self.params = params or CKKSParams()
-        context = ts.context(
-            ts.SCHEME_TYPE.CKKS,
-            poly_modulus_degree=self.params.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(self.params.coeff_mod_bit_sizes),
-        )
-        context.global_scale = 2**self.params.scale_bits
-        self.__secret_context = context
-        self.public_context = context.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-        )
-        self.public_context_digest = hashlib.sha256(self.public_context).hexdigest()
-
-    def get_public_context(self) -> bytes:
-        """The public context (for sites and the aggregator); a method so process proxies reach it."""
-        return self.public_context
-
-    def decrypt_aggregate(self, blob: bytes, *, length: int, contributors: int | None = None) -> np.ndarray:
-        """Decrypt a sum of encrypted vectors of ``length`` values each.
-
-        Parameters
-        ----------
-        contributors
-            How many vectors the aggregator says it summed; the contributor slot must agree.
-
-        Raises
-        ------
-        AggregateCheckError
-            If the sum is not a consistent aggregate: a value is not finite, the contributor slot is
-            not a whole number, or not ``contributors``. That is what a ciphertext made under
-            another key decrypts to; such a sum is never released.
-        NotEnoughSitesError
-            If the sum covers fewer than ``min_sites`` sites (read from the contributor slot).
-        """
-        try:
-            values = np.concatenate([
-                np.asarray(ts.ckks_vector_from(self.__secret_context, chunk).decrypt())
-                for chunk in _unpack(blob)
-            ])
-        except (ValueError, RuntimeError) as exc:
-            raise CiphertextError(f"the aggregate is not a ciphertext under this key holder's context ({exc})") from exc
-        if values.size != length + 1:
-            raise AggregateCheckError(f"expected {length} values and a contributor slot, got {values.size}")
-        if not np.isfinite(values).all():
-            raise AggregateCheckError(f"the decrypted aggregate holds {int((~np.isfinite(values)).sum())} "
-                                      "non-finite value(s)")
-        slot = float(values[-1])
-        if abs(slot - round(slot)) > _CONTRIBUTOR_TOLERANCE:
-            raise AggregateCheckError(f"the contributor slot decrypts to {slot:.6g}, not a whole number of sites: "
-                                      "a ciphertext made under another key, or a corrupted one")
-        if contributors is not None and round(slot) != contributors:
-            raise AggregateCheckError(f"the contributor slot counts {round(slot)} site(s), but {contributors} "
-                                      "replies were summed: a ciphertext made under another key, or a forged one")
-        contributors = round(slot)
-        if contributors < self.min_sites:
-            raise NotEnoughSitesError(
-                f"refusing to decrypt an aggregate over {contributors} site(s): "
-                f"at least {self.min_sites} are required"
-            )
-        return values[:-1]
-
-
-class _KeyHolderManager(BaseManager):
-    pass
-
-
-_KeyHolderManager.register("KeyHolder", KeyHolder)
-
-
-def start_key_holder_process(*, min_sites: int = 3, params: CKKSParams | None = None) -> tuple[BaseManager, KeyHolder]:
-    """Run the key holder in a process of its own; return (manager, proxy).
-
-    The caller (the aggregator's process) only ever has the proxy: its methods run in the other
-    process, and the secret key never enters the caller's memory. ``manager.shutdown()`` ends it.
-    """
-    manager = _KeyHolderManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start()
-    return manager, manager.KeyHolder(min_sites=min_sites, params=params)  # type: ignore[attr-defined]
+    def decrypt_aggregate(self, blob: bytes, *, length: int, contributors: int | None = None) -> np.ndarray: ...

@@ -1,16 +1,21 @@
-"""Fenji's settings, read from the environment (prefix ``FENJI_``); the one place that reads it."""
+"""What every party's settings share: the quiet environment, one way to read a ``BaseSettings`` with
+errors that name the variable, and where the model registry lives (both the coordinator, which
+writes it, and the nodes, which read it, need that). Each party reads its own settings class in one
+place: ``node_agent.settings``, ``coordinator.settings``, ``keyholder.settings``.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from models.errors import FenjiError
+from federation.errors import RegistryError, SettingsError
 
-__all__ = ["QUIET_ENV", "Settings", "SettingsError", "configure_environment", "load_settings"]
+__all__ = ["QUIET_ENV", "RegistryLocation", "SettingsError", "configure_environment", "read_settings"]
 
 # Everything Fenji starts runs without telemetry, update checks, or runtime dependency installs
 # (Flower's `uv sync` could swap the CPU build of torch for a CUDA one).
@@ -32,25 +37,18 @@ def configure_environment() -> None:
         os.environ.setdefault(key, value)
 
 
-class SettingsError(FenjiError):
-    """An environment variable ``FENJI_*`` holds a value Fenji cannot use."""
-
-
-class Settings(BaseSettings):
-    """``FENJI_HOME`` (work folder), ``FENJI_MLFLOW_URI``, ``FENJI_DATA_DIR``, ``FENJI_MIN_SITES``.
+class RegistryLocation(BaseSettings):
+    """``FENJI_HOME`` (the coordinator's folder) and ``FENJI_MLFLOW_URI`` (another MLflow store).
 
     ``FENJI_HOME`` is the coordinator's one place: the registry (``mlflow.db``), the registry's
     artifacts (``artifacts/``) and the audit log (``audit.jsonl``). Every command uses it, the demo
     included, so what one command registers the next one finds.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FENJI_")
+    model_config = SettingsConfigDict(env_prefix="FENJI_", extra="ignore")
 
     home: Path = Path(".fenji")
     mlflow_uri: str | None = None
-    data_dir: Path = Path("../shared/data")
-    min_sites: int = 3
-    tier_policy: str | None = None  # FENJI_TIER_POLICY: a tier policy file or built-in name
 
     @property
     def registry_file(self) -> Path | None:
@@ -65,21 +63,32 @@ class Settings(BaseSettings):
         self.home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{self.registry_file}"
 
+    def existing_tracking_uri(self, *, must_exist: bool) -> str | None:
+        """The registry's URI if it exists already (nothing is created); ``None`` if the default store
+        is not there yet, or ``RegistryError`` when ``must_exist``."""
+        file = self.registry_file
+        if file is not None and not file.is_file():
+            if must_exist:
+                raise RegistryError(f"no model registry at {file} (FENJI_HOME={self.home}): train and register a "
+                                    "model first (`fenji demo` or `fenji sim`), or set FENJI_HOME to the coordinator's folder")
+            return None
+        return self.tracking_uri
+
     @property
     def artifact_root(self) -> Path:
         """Where new experiments keep their artifacts when the store is a database (MLflow would
         otherwise use ``./mlruns`` of whatever folder a command happens to run in)."""
         return (self.home / "artifacts").resolve()
 
-    @property
-    def audit_path(self) -> Path:
-        return self.home / "audit.jsonl"
+
+S = TypeVar("S", bound=BaseSettings)
 
 
-def load_settings(**overrides: object) -> Settings:
-    """``Settings()``, with a bad ``FENJI_*`` value reported as a ``SettingsError`` naming the variable."""
+def read_settings(cls: type[S], **overrides: object) -> S:
+    """``cls()``, with a bad ``FENJI_*`` value reported as a ``SettingsError`` naming the variable."""
     try:
-        return Settings(**overrides)
+        return cls(**overrides)
     except ValidationError as exc:
-        problems = "; ".join(f"FENJI_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        prefix = cls.model_config.get("env_prefix", "")
+        problems = "; ".join(f"{prefix}{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
         raise SettingsError(f"invalid setting {problems}") from exc

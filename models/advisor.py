@@ -26,11 +26,11 @@ from models.calibration import Calibration
 from models.encoding import CLIP, Encoder, EncodingParams
 from models.explain import occlusion_contributions
 from models.nets import OrdinalModel, build_model, set_flat
-from models.policy import TierPolicy, load_policy, recommend_tier
+from models.policy import TierPolicy, recommend_tier
 from models.spec import FeatureKind, TaskSpec
 from models.training import predicted_level
 
-__all__ = ["Advisor", "TaskModel", "encode_records", "load_bundle_model", "load_task_model"]
+__all__ = ["TASKS", "Advisor", "TaskModel", "encode_records", "load_bundle_model"]
 
 TASKS = ("triage", "diagnosis", "referral_risk")
 _ASSESSMENTS = TypeAdapter(list[Assessment])
@@ -281,19 +281,6 @@ class Advisor:
     # -- loading ------------------------------------------------------------------------------
 
     @classmethod
-    def from_registry(cls, tracking_uri: str, *, alias: str | None = None,
-                      versions: Mapping[str, str] | None = None, policy: TierPolicy | None = None,
-                      cache_dir: Path | None = None) -> Advisor:
-        """Load each task's model version from MLflow: by ``versions[task]``, else by ``alias``
-        (e.g. "production"), else the newest version; each bundle's digest is verified."""
-        models, cards, policies = {}, {}, {}
-        for task in TASKS:
-            loaded = load_task_model(tracking_uri, task, version=(versions or {}).get(task), alias=alias,
-                                     cache_dir=cache_dir)
-            models[task], cards[task], policies[task] = loaded
-        return cls(models, policy or policies["referral_risk"] or load_policy(), cards=cards)
-
-    @classmethod
     def from_folders(cls, folders: Mapping[str, tuple[Path, str]], policy: TierPolicy | None = None) -> Advisor:
         """From version folders already on the node (``task -> (folder, version)``): works offline."""
         models, cards, policies = {}, {}, {}
@@ -305,44 +292,6 @@ class Advisor:
 def _titles(display: Mapping[str, str] | None, fallback: str) -> dict[str, str]:
     display = display or {}
     return {"zh": display.get("zh") or display.get("en") or fallback, "en": display.get("en") or fallback}
-
-
-def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None,
-                    cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy | None]:
-    """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``.
-
-    The version's bundle is downloaded (into ``cache_dir`` if given) and its digest checked against
-    the version's ``bundle-sha256`` tag before anything is loaded from it.
-    """
-    import mlflow
-
-    from models.bundle import bundle_digest
-    from models.errors import RegistryError
-
-    name = f"fenji-{task}"
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    try:
-        if version is not None:
-            mv = client.get_model_version(name, str(version))
-        elif alias is not None:
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
-        import tempfile
-
-        folder = Path(cache_dir) / task / str(mv.version) if cache_dir else Path(tempfile.mkdtemp(prefix="fenji-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        for artifact in ("bundle", "model_card.md"):  # only what serving needs
-            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=artifact, tracking_uri=tracking_uri,
-                                                dst_path=str(folder))
-    except (mlflow.exceptions.MlflowException, ValueError, OSError) as exc:
-        raise RegistryError(f"no usable version of {name} in {tracking_uri} ({alias or version or 'latest'}): {exc}") from exc
-    expected = mv.tags.get("bundle-sha256")
-    actual = bundle_digest(folder / "bundle")
-    if expected != actual:
-        raise RegistryError(f"{name} version {mv.version}: bundle digest {actual[:12]}… does not match the "
-                            f"registered {str(expected)[:12]}…; refusing to serve it")
-    return load_bundle_model(folder, task, str(mv.version))
 
 
 def load_bundle_model(folder: Path, task: str, version: str) -> tuple[TaskModel, str, TierPolicy]:

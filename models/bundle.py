@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from models.errors import BundleError
 from models.calibration import Calibration
 from models.encoding import EncodingParams
-from models.errors import RegistryError
 from models.policy import TierPolicy
 from models.spec import TaskSpec
 from models.yamlfile import safe_load
@@ -45,7 +45,7 @@ def bundle_digest(folder: Path) -> str:
     for name in BUNDLE_FILES:
         path = Path(folder) / name
         if not path.exists():
-            raise RegistryError(f"model bundle {folder} lacks {name}")
+            raise BundleError(f"model bundle {folder} lacks {name}")
         data = path.read_bytes()
         h.update(f"{name}:{len(data)}:".encode())
         h.update(data)

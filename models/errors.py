@@ -1,82 +1,72 @@
-"""Errors raised across Fenji, one hierarchy with one exit code each.
+"""The root of Fenji's errors, the one table of exit codes, and the model layer's own errors.
 
-    FenjiError                 exit 1
-    ├── TaskSpecError          exit 2   a task YAML is missing or invalid
-    ├── MappingError           exit 3   a mapping YAML is missing or invalid
-    ├── IngestError            exit 4   an input file cannot be read
-    ├── SiteDataError          exit 5   a site has no usable data for a task
-    ├── PrivacyError           exit 6   a request would break a privacy invariant
-    │   ├── NotEnoughSitesError         an aggregate over fewer than min-sites sites
-    │   ├── EgressViolation             a node reply holds more than it declared
-    │   ├── CiphertextError             a site's reply is not a valid ciphertext of the protocol
-    │   └── AggregateCheckError         a decrypted aggregate fails a consistency check
-    └── RegistryError          exit 7   the model registry refused an operation
+Each party has one errors module at its boundary; together they form one hierarchy. Foreign
+exceptions (DuckDB, MLflow, TenSEAL, Flower, HTTP) are translated in the module that catches them,
+with ``raise <FenjiError subclass>(...) from exc``::
 
-Foreign exceptions (DuckDB, MLflow, TenSEAL, Flower) are translated where they are caught, with
-``raise FenjiError(...) from exc``.
+    FenjiError                       exit  module
+    ├── TaskSpecError                   2  models.errors        a task YAML is missing or invalid
+    │   └── PolicyError                 2  models.errors        a tier policy YAML is invalid
+    ├── BundleError                     7  models.errors        a model bundle is incomplete
+    ├── SettingsError                   9  federation.errors    a FENJI_* setting is unusable
+    ├── SiteDataError                   5  federation.errors    a site has no usable data for a task
+    ├── RegistryError                   7  federation.errors    the model registry refused an operation
+    ├── PrivacyError                    6  federation.errors    a request would break a privacy invariant
+    │   ├── NotEnoughSitesError            federation.errors    an aggregate over fewer than min-sites sites
+    │   ├── CiphertextError                federation.errors    a reply is not a valid ciphertext of the protocol
+    │   ├── AggregateCheckError            federation.errors    a decrypted aggregate fails a consistency check
+    │   └── EgressViolation                node_agent.errors    a node reply holds more than it declared
+    ├── MappingError                    3  node_agent.errors    a mapping YAML is missing or invalid
+    ├── IngestError                     4  node_agent.errors    an input file cannot be read
+    ├── ServeError (HTTP status tree)   1  node_agent.serve.errors
+    ├── AuditTamperedError              8  coordinator.errors   the audit log's chain is broken or torn
+    └── BenchUnavailable                2  bench.errors         a benchmark cannot run here
+
+The key holder raises the protocol's own errors (``keyholder.errors`` names them).
+
+The shells (the ``fenji`` command) print one line for any ``FenjiError`` and exit with its code;
+anything else is an internal error (``ExitCode.INTERNAL``).
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "AggregateCheckError",
-    "CiphertextError",
-    "EgressViolation",
-    "FenjiError",
-    "IngestError",
-    "MappingError",
-    "NotEnoughSitesError",
-    "PrivacyError",
-    "RegistryError",
-    "SiteDataError",
-    "TaskSpecError",
-]
+from enum import IntEnum
+
+__all__ = ["BundleError", "ExitCode", "FenjiError", "PolicyError", "TaskSpecError"]
+
+
+class ExitCode(IntEnum):
+    """Every exit code a Fenji command can end with (sysexits-style for the last two)."""
+
+    GENERAL = 1
+    USAGE = 2  # also click's own usage errors
+    TASK_SPEC = 2
+    MAPPING = 3
+    INGEST = 4
+    SITE_DATA = 5
+    PRIVACY = 6
+    REGISTRY = 7
+    AUDIT = 8
+    SETTINGS = 9
+    INTERNAL = 70
+    IO = 74
 
 
 class FenjiError(Exception):
     """Base of every error Fenji raises on purpose."""
 
-    exit_code = 1
+    exit_code: int = ExitCode.GENERAL
 
 
 class TaskSpecError(FenjiError):
-    exit_code = 2
+    exit_code = ExitCode.TASK_SPEC
 
 
-class MappingError(FenjiError):
-    exit_code = 3
+class PolicyError(TaskSpecError):
+    """A tier-policy file is missing or invalid."""
 
 
-class IngestError(FenjiError):
-    exit_code = 4
+class BundleError(FenjiError):
+    """A model bundle lacks a file or cannot be read."""
 
-
-class SiteDataError(FenjiError):
-    exit_code = 5
-
-
-class PrivacyError(FenjiError):
-    exit_code = 6
-
-
-class NotEnoughSitesError(PrivacyError):
-    """An aggregate over fewer than ``min-sites`` sites: the key holder refuses to decrypt it, and
-    the coordinator refuses to form it when too few sites sent a usable reply."""
-
-
-class EgressViolation(PrivacyError):
-    """A node's reply holds something other than ciphertexts and declared aggregate numbers."""
-
-
-class CiphertextError(PrivacyError):
-    """A site's reply is not what the protocol expects: it does not unpack or deserialise under the
-    public context, or holds the wrong number of values or the wrong scale. The reply is left out."""
-
-
-class AggregateCheckError(PrivacyError):
-    """A decrypted aggregate is inconsistent (values not finite, contributor slot not the number of
-    summed replies, totals unlike the sites' declared row counts): it is never adopted."""
-
-
-class RegistryError(FenjiError):
-    exit_code = 7
+    exit_code = ExitCode.REGISTRY

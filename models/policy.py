@@ -11,16 +11,12 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.assessment import TIERS, TierRecommendation
-from models.errors import FenjiError
+from models.errors import PolicyError
 from models.yamlfile import load_yaml_model
 
 __all__ = ["PolicyError", "TierPolicy", "TierRule", "load_policy", "recommend_tier"]
 
 POLICIES_DIR = Path(__file__).parent / "policies"
-
-
-class PolicyError(FenjiError):
-    exit_code = 2
 
 
 class TierRule(BaseModel):
@@ -50,11 +46,10 @@ class TierPolicy(BaseModel):
 
 
 def load_policy(path: str | Path | None = None) -> TierPolicy:
-    """A policy file, a built-in policy name, or (None) ``FENJI_TIER_POLICY`` / the built-in default."""
+    """A policy file or a built-in policy name (None: the built-in default). Which one governs a
+    city is the coordinator's setting (``FENJI_TIER_POLICY``, ``coordinator.settings``)."""
     if path is None:
-        from federation.settings import Settings
-
-        path = Settings().tier_policy or "default"
+        path = "default"
     candidate = Path(path)
     if not candidate.suffix and not candidate.exists():
         candidate = POLICIES_DIR / f"{path}.yaml"

@@ -16,11 +16,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from models.advisor import Advisor
+from models.advisor import TASKS, Advisor, TaskModel, load_bundle_model
 from models.bundle import bundle_digest
-from models.errors import RegistryError
+from models.policy import TierPolicy, load_policy
+from node_agent.errors import RegistryError
 
-__all__ = ["ModelDistribution"]
+__all__ = ["ModelDistribution", "advisor_from_registry", "load_task_model"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class ModelDistribution:
         if not self.tracking_uri:
             raise RegistryError("no model registry configured for this node")
         with bounded_registry_calls():
-            advisor = Advisor.from_registry(self.tracking_uri, alias=self.alias, cache_dir=self.cache)
+            advisor = advisor_from_registry(self.tracking_uri, alias=self.alias, cache_dir=self.cache)
         state = {}
         for task, ref in advisor.models.items():
             digest = bundle_digest(self.cache / task / ref.version / "bundle")
@@ -113,3 +114,52 @@ class ModelDistribution:
 
 def _versions(state: Mapping[str, Mapping[str, str]]) -> str:
     return ", ".join(f"{task} v{entry['version']}" for task, entry in sorted(state.items()))
+
+
+# -- the node's registry client: MLflow stays on this side of the boundary (``models`` has none) ----
+
+def advisor_from_registry(tracking_uri: str, *, alias: str | None = None, versions: Mapping[str, str] | None = None,
+                          policy: TierPolicy | None = None, cache_dir: Path | None = None) -> Advisor:
+    """Each task's model version from MLflow: by ``versions[task]``, else by ``alias`` (e.g.
+    "production"), else the newest version; each bundle's digest is verified before it is loaded."""
+    models, cards, policies = {}, {}, {}
+    for task in TASKS:
+        models[task], cards[task], policies[task] = load_task_model(
+            tracking_uri, task, version=(versions or {}).get(task), alias=alias, cache_dir=cache_dir)
+    return Advisor(models, policy or policies["referral_risk"] or load_policy(), cards=cards)
+
+
+def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None,
+                    cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy | None]:
+    """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``.
+
+    The version's bundle is downloaded (into ``cache_dir`` if given) and its digest checked against
+    the version's ``bundle-sha256`` tag before anything is loaded from it.
+    """
+    import mlflow
+
+
+    name = f"fenji-{task}"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if version is not None:
+            mv = client.get_model_version(name, str(version))
+        elif alias is not None:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            mv = max(client.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+        import tempfile
+
+        folder = Path(cache_dir) / task / str(mv.version) if cache_dir else Path(tempfile.mkdtemp(prefix="fenji-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        for artifact in ("bundle", "model_card.md"):  # only what serving needs
+            mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=artifact, tracking_uri=tracking_uri,
+                                                dst_path=str(folder))
+    except (mlflow.exceptions.MlflowException, ValueError, OSError) as exc:
+        raise RegistryError(f"no usable version of {name} in {tracking_uri} ({alias or version or 'latest'}): {exc}") from exc
+    expected = mv.tags.get("bundle-sha256")
+    actual = bundle_digest(folder / "bundle")
+    if expected != actual:
+        raise RegistryError(f"{name} version {mv.version}: bundle digest {actual[:12]}… does not match the "
+                            f"registered {str(expected)[:12]}…; refusing to serve it")
+    return load_bundle_model(folder, task, str(mv.version))

@@ -16,7 +16,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
-from models.errors import EgressViolation
+from node_agent.errors import EgressViolation
 
 __all__ = ["DECLARED_CONFIG", "DECLARED_METRICS", "check_reply", "make_egress_guard", "reply_snapshot"]
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import duckdb
 
-from models.errors import IngestError
+from node_agent.errors import IngestError
 from node_agent.mapping import FileFormat
 from node_agent.store import quote_ident, sql_text
 

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import duckdb
 
-from models.errors import IngestError
 from models.spec import FeatureKind, TaskSpec
+from node_agent.errors import IngestError
 from node_agent.export_reader import ExportTable, likely_separator, read_export
 from node_agent.mapping import Mapping
 from node_agent.store import SiteStore, quote_ident, sql_text
@@ -271,7 +271,9 @@ def ingest_file(store: SiteStore, spec: TaskSpec, path: Path, mapping: Mapping) 
         con.execute("BEGIN TRANSACTION")
         try:
             _load(con, store, spec, path, mapping, summary, Path(workdir))
-            store.log_ingest(summary, file_sha, mapping_sha)
+            store.log_ingest(ingest_id=summary.ingest_id, task=summary.task, source_file=summary.file,
+                             file_sha=file_sha, mapping_sha=mapping_sha, rows_read=summary.rows_read,
+                             accepted=summary.accepted, quarantined=summary.quarantined)
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -5,22 +5,20 @@ Plain functions over the site store; the Flower ClientApp only unpacks messages 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-import copy
-
 import pandas as pd
 from torch import nn
 
 from models.calibration import Calibration, calibration_statistics, fit_calibration
 from models.encoding import Encoder, EncodingParams, SiteStatistics, encode_labels
-from models.errors import SiteDataError
 from models.nets import build_model, get_flat, set_flat
 from models.spec import TaskSpec
 from models.training import TrainConfig, evaluate, train
+from node_agent.errors import SiteDataError
 from node_agent.store import SiteStore
 
 __all__ = [

@@ -31,8 +31,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from models.errors import MappingError
 from models.yamlfile import load_yaml_model
+from node_agent.errors import MappingError
 
 __all__ = ["FileFormat", "Mapping", "RecordIdRule", "builtin_mappings", "load_mapping"]
 

@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 
-from models.errors import IngestError, SiteDataError
 from models.spec import FeatureKind, TaskSpec
-
-if TYPE_CHECKING:
-    from node_agent.ingest import IngestSummary
+from node_agent.errors import IngestError, SiteDataError
 
 __all__ = ["SiteStore", "quote_ident", "sql_text"]
 
@@ -95,11 +91,12 @@ class SiteStore:
     def next_ingest_id(self) -> int:
         return int(self.connection.execute("SELECT coalesce(max(ingest_id), 0) + 1 FROM ingest_log").fetchone()[0])
 
-    def log_ingest(self, summary: IngestSummary, file_sha: str, mapping_sha: str) -> None:
+    def log_ingest(self, *, ingest_id: int, task: str, source_file: str, file_sha: str, mapping_sha: str,
+                   rows_read: int, accepted: int, quarantined: int) -> None:
         self.connection.execute(
             "INSERT INTO ingest_log VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [summary.ingest_id, summary.task, summary.file, file_sha, mapping_sha, summary.rows_read,
-             summary.accepted, summary.quarantined, datetime.now(timezone.utc).replace(tzinfo=None)],
+            [ingest_id, task, source_file, file_sha, mapping_sha, rows_read, accepted, quarantined,
+             datetime.now(timezone.utc).replace(tzinfo=None)],
         )
 
     def _has_table(self, name: str) -> bool:

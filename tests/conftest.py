@@ -11,11 +11,11 @@ from federation.settings import configure_environment
 
 configure_environment()
 
-from federation.synth import ClinicProfile, write_federation  # noqa: E402
 from models.spec import load_task  # noqa: E402
 from node_agent.ingest import ingest_file  # noqa: E402
 from node_agent.mapping import load_mapping  # noqa: E402
 from node_agent.store import SiteStore  # noqa: E402
+from simulation.synth import ClinicProfile, write_federation  # noqa: E402
 
 SHARED_DATA = Path(os.environ.get("FENJI_DATA_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 

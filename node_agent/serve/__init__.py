@@ -6,18 +6,17 @@
 """
 
 from node_agent.serve.access import ACCESS, PUBLIC, Role, allowed_roles
-from node_agent.serve.advisor import Advisor, AdvisorHolder, AdvisorProvider
+from node_agent.serve.advisor import AdvisorHolder, AdvisorProvider, Scorer
 from node_agent.serve.app import create_app
 from node_agent.serve.errors import ServeError
 from node_agent.serve.records import DecisionLog
 from node_agent.serve.schemas import ScoreResult
-from node_agent.serve.settings import ServeSettings
 from node_agent.serve.tokens import IssuedToken, TokenInfo, TokenStore
 
 __all__ = [
     "ACCESS",
     "PUBLIC",
-    "Advisor",
+    "Scorer",
     "AdvisorHolder",
     "AdvisorProvider",
     "DecisionLog",
@@ -25,7 +24,6 @@ __all__ = [
     "Role",
     "ScoreResult",
     "ServeError",
-    "ServeSettings",
     "TokenInfo",
     "TokenStore",
     "allowed_roles",

@@ -15,12 +15,13 @@ from models.assessment import Assessment, ModelRef
 from models.spec import TaskSpec
 from node_agent.serve.errors import IncompatibleAdvisor
 
-__all__ = ["Advisor", "AdvisorHolder", "AdvisorProvider"]
+__all__ = ["Scorer", "AdvisorHolder", "AdvisorProvider"]
 
 
 @runtime_checkable
-class Advisor(Protocol):
-    """What the scoring API needs from a trained advisor (the real one is ``models.advisor``)."""
+class Scorer(Protocol):
+    """What the scoring API needs from an advisor: ``models.advisor.Advisor`` is the real one (tests
+    also serve a fake)."""
 
     spec: TaskSpec
     models: dict[str, ModelRef]
@@ -34,22 +35,22 @@ class Advisor(Protocol):
         ...
 
 
-AdvisorProvider = Callable[[], Advisor]
+AdvisorProvider = Callable[[], Scorer]
 """Returns the newest approved advisor (called by ``POST /api/v1/admin/reload``)."""
 
 
 class AdvisorHolder:
     """Holds the advisor in use; ``swap`` replaces it atomically for every later request."""
 
-    def __init__(self, advisor: Advisor) -> None:
+    def __init__(self, advisor: Scorer) -> None:
         self._advisor = advisor
         self._lock = threading.Lock()
 
     @property
-    def current(self) -> Advisor:
+    def current(self) -> Scorer:
         return self._advisor
 
-    def swap(self, new: Advisor) -> Advisor:
+    def swap(self, new: Scorer) -> Scorer:
         """Serve ``new`` from now on and return the advisor it replaced.
 
         Raises

@@ -1,7 +1,7 @@
 """Single-patient requests that arrive together are scored together.
 
 A clinic's doctors score one patient at a time, but under load many of those requests are in the
-server at once. Scoring them in one ``Advisor.assess`` call costs far less than one by one (the
+server at once. Scoring them in one ``Scorer.assess`` call costs far less than one by one (the
 built-in models score one patient in about 0.4 ms and 32 together in about 2 ms: their NumPy
 operations cost the same for one row as for many), so ``MicroBatcher`` collects the
 requests whose handlers ran in the same turn of the event loop and scores them in one call, in
@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
-from node_agent.serve.advisor import Advisor
+from node_agent.serve.advisor import Scorer
 
 __all__ = ["MicroBatcher"]
 
@@ -42,14 +42,14 @@ class MicroBatcher(Generic[Result]):
         Most records per ``score`` call; more waiting records go to the next call.
     """
 
-    def __init__(self, score: Callable[[Advisor, Records], list[Result]], *, max_batch: int = 64) -> None:
+    def __init__(self, score: Callable[[Scorer, Records], list[Result]], *, max_batch: int = 64) -> None:
         self._score, self.max_batch = score, max_batch
-        self._pending: list[tuple[Advisor, Mapping[str, Any], asyncio.Future[Result]]] = []
+        self._pending: list[tuple[Scorer, Mapping[str, Any], asyncio.Future[Result]]] = []
         self._scheduled = False
         self.calls = 0  # ``score`` calls made, for monitoring and tests
         self.records = 0
 
-    async def submit(self, advisor: Advisor, record: Mapping[str, Any]) -> Result:
+    async def submit(self, advisor: Scorer, record: Mapping[str, Any]) -> Result:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Result] = loop.create_future()
         self._pending.append((advisor, record, future))
@@ -63,14 +63,14 @@ class MicroBatcher(Generic[Result]):
         self._scheduled = bool(self._pending)
         if self._scheduled:
             asyncio.get_running_loop().call_soon(self._flush)
-        groups: dict[int, list[tuple[Advisor, Mapping[str, Any], asyncio.Future[Result]]]] = {}
+        groups: dict[int, list[tuple[Scorer, Mapping[str, Any], asyncio.Future[Result]]]] = {}
         for item in pending:
             if not item[2].done():  # a cancelled request (client gone) is not scored
                 groups.setdefault(id(item[0]), []).append(item)
         for group in groups.values():
             self._answer(group)
 
-    def _answer(self, group: list[tuple[Advisor, Mapping[str, Any], asyncio.Future[Result]]]) -> None:
+    def _answer(self, group: list[tuple[Scorer, Mapping[str, Any], asyncio.Future[Result]]]) -> None:
         advisor = group[0][0]
         try:
             results = self._call(advisor, [record for _, record, _ in group])
@@ -85,7 +85,7 @@ class MicroBatcher(Generic[Result]):
             if not future.done():
                 future.set_result(result)
 
-    def _call(self, advisor: Advisor, records: list[Mapping[str, Any]]) -> list[Result]:
+    def _call(self, advisor: Scorer, records: list[Mapping[str, Any]]) -> list[Result]:
         self.calls += 1
         self.records += len(records)
         return self._score(advisor, records)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from node_agent.serve.access import API_PREFIX, PUBLIC, allowed_roles
-from node_agent.serve.advisor import Advisor, AdvisorHolder
+from node_agent.serve.advisor import AdvisorHolder, Scorer
 from node_agent.serve.errors import Forbidden, NotAuthenticated
 from node_agent.serve.records import DecisionLog
 from node_agent.serve.tokens import TokenInfo, TokenStore
@@ -40,7 +40,7 @@ async def authorize(
     return caller
 
 
-async def _advisor(request: Request) -> Advisor:
+async def _advisor(request: Request) -> Scorer:
     return request.app.state.holder.current  # read once: the whole request uses this advisor
 
 
@@ -57,7 +57,7 @@ async def _tokens(request: Request) -> TokenStore:
 
 
 Caller = Annotated[TokenInfo, Depends(authorize)]
-CurrentAdvisor = Annotated[Advisor, Depends(_advisor)]
+CurrentAdvisor = Annotated[Scorer, Depends(_advisor)]
 Holder = Annotated[AdvisorHolder, Depends(_holder)]
 Records = Annotated[DecisionLog, Depends(_records)]
 Tokens = Annotated[TokenStore, Depends(_tokens)]

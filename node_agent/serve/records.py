@@ -21,7 +21,7 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from models.errors import IngestError
+from node_agent.errors import IngestError
 from node_agent.serve.errors import NotFound, StoreBusy
 from node_agent.serve.inputs import DecisionBase, OutcomeBase
 from node_agent.serve.schemas import DecisionPublic, OutcomePublic

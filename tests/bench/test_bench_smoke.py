@@ -4,7 +4,7 @@ import json
 
 from typer.testing import CliRunner
 
-from federation.cli import app
+from fenji.cli import app
 
 
 def test_he_overhead_runs_tiny(tmp_path):

@@ -101,7 +101,7 @@ def test_a_promotion_is_audited_before_it_takes_effect(tmp_path):
     import mlflow
 
     from coordinator.registry import promote
-    from models.errors import RegistryError
+    from federation.errors import RegistryError
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import tenseal as ts
 
-from federation.crypto import Aggregator, KeyHolder, encrypt_vector, load_public_context, start_key_holder_process
-from models.errors import NotEnoughSitesError, PrivacyError
+from coordinator.aggregator import Aggregator
+from federation.crypto import encrypt_vector, load_public_context
+from federation.errors import NotEnoughSitesError, PrivacyError
+from keyholder.key_holder import KeyHolder, start_key_holder_process
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +51,9 @@ def test_aggregator_context_has_no_secret_key_and_cannot_decrypt(key_holder):
     assert not aggregator.context.has_secret_key()
     assert aggregator.context.is_public()
     blob = encrypt_vector(aggregator.context, np.arange(8.0))
-    from federation.crypto import _unpack
+    from federation.crypto import unpack
 
-    ciphertext = ts.ckks_vector_from(aggregator.context, _unpack(blob)[0])
+    ciphertext = ts.ckks_vector_from(aggregator.context, unpack(blob)[0])
     with pytest.raises(ValueError):
         ciphertext.decrypt()
 

@@ -12,8 +12,8 @@ from models.assessment import Assessment
 from models.explain import occlusion_contributions
 from models.spec import load_task
 from node_agent.serve.inputs import example_patient
-from tests.serve.test_score import PATIENT
-from tests.serve.trained_advisor import trained_advisor
+from tests.node_agent.serve.test_score import PATIENT
+from tests.node_agent.serve.trained_advisor import trained_advisor
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,9 @@ def test_tier_thresholds_come_from_the_governance_settings(tmp_path, monkeypatch
     strict.write_text("name: city-x\ntertiary: {triage_at_most: 1, risk_at_least: 0.8}\n"
                       "county: {triage_at_most: 2, risk_at_least: 0.4}\n")
     monkeypatch.setenv("FENJI_TIER_POLICY", str(strict))
-    policy = load_policy()
+    from coordinator.settings import load_coordinator_settings
+
+    policy = load_coordinator_settings().policy()
     assert policy.name == "city-x"
     rec = recommend_tier(3, 0.30, policy)
     assert rec.tier == "community" and "40%" in rec.reason["en"] and "40%" in rec.reason["zh"]

@@ -8,11 +8,11 @@ import threading
 
 import pytest
 
+from federation.errors import RegistryError
 from models.bundle import write_bundle
-from models.errors import RegistryError
 from models.policy import load_policy
 from node_agent.distribution import ModelDistribution
-from tests.serve.trained_advisor import _models
+from tests.node_agent.serve.trained_advisor import _models
 
 
 class RefusingRegistry:

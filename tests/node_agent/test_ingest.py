@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from federation.cli import app
-from models.errors import IngestError, MappingError
+from fenji.cli import app
+from node_agent.errors import IngestError, MappingError
 from node_agent.ingest import ingest_file
 from node_agent.mapping import Mapping, load_mapping
 

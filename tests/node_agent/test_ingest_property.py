@@ -18,11 +18,11 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.synth import COMPLAINTS
 from models.spec import load_task
 from node_agent.ingest import ingest_file
 from node_agent.mapping import Mapping
 from node_agent.store import SiteStore
+from simulation.synth import COMPLAINTS
 
 SPEC = load_task("referral_risk")
 CONTENT_HASH = Mapping.model_validate({"record_id": {"content_hash": True}})

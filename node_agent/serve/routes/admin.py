@@ -4,9 +4,14 @@ from typing import Annotated
 
 from fastapi import Path, Request, status
 
-from node_agent.serve.advisor import Advisor
+from node_agent.serve.advisor import Scorer
 from node_agent.serve.deps import Holder, Tokens, api_router
-from node_agent.serve.errors import ERROR_RESPONSES, AdvisorFailed, ErrorBody, NoProvider
+from node_agent.serve.errors import (
+    ERROR_RESPONSES,
+    AdvisorFailed,
+    ErrorBody,
+    NoProvider,
+)
 from node_agent.serve.schemas import ReloadResult, TokenCreate
 from node_agent.serve.tokens import IssuedToken, TokenInfo
 
@@ -26,7 +31,7 @@ def reload(request: Request, holder: Holder) -> ReloadResult:
         new = provider()
     except Exception as exc:
         raise AdvisorFailed("the model provider could not load the newest approved model") from exc
-    if not isinstance(new, Advisor):
+    if not isinstance(new, Scorer):
         raise AdvisorFailed(f"the model provider returned {type(new).__name__}, not an advisor")
     old = holder.swap(new)
     return ReloadResult(swapped=old.models != new.models, previous=old.models, current=new.models)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import TypeAdapter, ValidationError
 
 from models.assessment import Assessment, ModelRef
-from node_agent.serve.advisor import Advisor
+from node_agent.serve.advisor import Scorer
 from node_agent.serve.batching import MicroBatcher
 from node_agent.serve.deps import CurrentAdvisor, api_router
 from node_agent.serve.errors import (
@@ -27,7 +27,7 @@ def card_url(task: str, version: str) -> str:
     return f"/api/v1/model/{quote(task, safe='')}/card?version={quote(version, safe='')}"
 
 
-def score_records(advisor: Advisor, records: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
+def score_records(advisor: Scorer, records: Sequence[Mapping[str, Any]]) -> list[ScoreResult]:
     """Score validated records (feature -> value, None = not recorded) with ``advisor``."""
     try:
         answers = advisor.assess(list(records))

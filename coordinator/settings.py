@@ -1,0 +1,29 @@
+"""The coordinator's settings, read from the environment in one place."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from federation.settings import RegistryLocation, read_settings
+from models.policy import TierPolicy, load_policy
+
+__all__ = ["CoordinatorSettings", "load_coordinator_settings"]
+
+
+class CoordinatorSettings(RegistryLocation):
+    """``FENJI_HOME``, ``FENJI_MLFLOW_URI`` (see ``RegistryLocation``) and ``FENJI_TIER_POLICY`` (the
+    commission's tier thresholds: a policy file or built-in name, logged with every model version)."""
+
+    tier_policy: str | None = None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.home / "audit.jsonl"
+
+    def policy(self) -> TierPolicy:
+        """The tier policy in force: ``FENJI_TIER_POLICY``'s file or built-in name, else the default."""
+        return load_policy(self.tier_policy)
+
+
+def load_coordinator_settings(**overrides: object) -> CoordinatorSettings:
+    return read_settings(CoordinatorSettings, **overrides)

@@ -1,0 +1,182 @@
+"""``fenji bench``: run a benchmark (``bench/``), print its table, write its JSON and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench.errors import BenchUnavailable
+from fenji.cli_guard import output_file
+from fenji.settings import load_shell_settings
+from models.errors import FenjiError
+
+__all__ = ["BENCHMARKS", "bench_command"]
+
+console = Console()
+console.width = max(console.width, 120)  # the tables need room; logs are not 80 wide
+
+
+def _ints(text: str, option: str) -> list[int]:
+    """A comma-separated list of positive integers, or a ``FenjiError`` naming the option."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise FenjiError(f"{option} takes whole numbers separated by commas, not {text!r}") from None
+    if not values or min(values) < 1:
+        raise FenjiError(f"{option} takes positive whole numbers separated by commas, not {text!r}")
+    return values
+
+
+BENCHMARKS = ("heart", "he-overhead", "scale", "serving")
+
+
+def bench_command(
+    name: Annotated[str, typer.Argument(help=f"Benchmark to run: {', '.join(BENCHMARKS)}.")],
+    json_out: Annotated[Path, typer.Option("--json", help="Write inputs, environment and every figure here.")],
+    repeats: Annotated[int, typer.Option(min=1, help="Repeats per configuration.")] = 3,
+    sizes: Annotated[str, typer.Option(help="he-overhead: model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
+    sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
+    plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
+    seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
+    duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
+    connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
+) -> None:
+    """Run a benchmark, print its table and write its JSON (and plot)."""
+    from bench.common import write_json
+
+    if name not in BENCHMARKS:
+        raise BenchUnavailable(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
+    # Every option is checked before a run that may take minutes, not when its results are written.
+    output_file(json_out, "--json file")
+    if plot:
+        output_file(plot, "--plot file")
+    if name == "heart":
+        _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
+        return
+    if name == "scale":
+        _bench_scale(json_out, plot, sites=_ints(sites or "10,50,100", "--sites"))
+        return
+    if name == "serving":
+        _bench_serving(json_out, plot, repeats=repeats, duration=duration,
+                       connections=tuple(_ints(connections, "--connections")))
+        return
+    site_counts = _ints(sites or "10", "--sites")
+    if len(site_counts) != 1:
+        raise FenjiError(f"he-overhead takes one number of sites, not {sites!r}")
+    n_sites = site_counts[0]
+    from bench import he_overhead
+
+    size_list = _ints(sizes, "--sizes")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("he-overhead", total=len(size_list) * repeats)
+        report = he_overhead.run(sizes=size_list, sites=n_sites, repeats=repeats,
+                                 progress=lambda: progress.advance(bar))
+    table = Table("parameters", "round s (plain)", "round s (CKKS)", "time ratio", "bytes/site (float32)",
+                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {n_sites} sites (median)")
+    for r in report["results"]:
+        table.add_row(f"{r['parameters']:,}", f"{r['round_seconds_plaintext']['median']:.3f}",
+                      f"{r['round_seconds_encrypted']['median']:.3f}", f"{r['round_time_ratio']['median']:.2f}×",
+                      f"{r['bytes_per_site_plaintext_float32']:,}", f"{r['bytes_per_site_encrypted']:,}",
+                      f"{r['bytes_ratio']:.1f}×", f"{r['max_decryption_error']['max']:.1e}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
+    from bench import scale
+    from bench.common import write_json
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("scale: site counts", total=len(sites))
+        report = scale.run(sites=sites, progress=lambda: progress.advance(bar))
+    table = Table("sites", "parameters", "round s (median)", "aggregate s (median)", "coordinator peak RSS MB",
+                  "total s", title="Encrypted FedAvg at scale")
+    for r in report["results"]:
+        table.add_row(str(r["sites"]), f"{r['parameters']:,}", f"{r['round_seconds']['median']:.2f}",
+                      f"{r['aggregate_seconds']['median']:.3f}", f"{r['coordinator_peak_rss_mb']:.0f}",
+                      f"{r['total_seconds']:.0f}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        scale.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration: float,
+                   connections: tuple[int, ...]) -> None:
+    from bench import serving
+    from bench.common import write_json
+
+    runs = repeats * (2 * len(connections) + 2) + 2  # + training, + the switch
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("serving", total=runs)
+
+        def step(name: str) -> None:
+            progress.update(bar, description=f"serving: {name}", advance=0 if name.startswith("training") else 1)
+
+        report = serving.run(connections=connections, duration=duration, repeats=repeats, progress=step)
+        progress.update(bar, completed=runs)
+    res = report["results"]
+    table = Table("connections", "bare req/s", "/score req/s", "ratio", "bare p50 / p99 ms", "/score p50 / p99 ms",
+                  title=f"Single-patient scoring vs a bare FastAPI endpoint (median of {repeats})")
+    for bare, fenji, cmp in zip(res["single"]["bare"], res["single"]["fenji"], res["comparison"]):
+        table.add_row(str(bare["connections"]), f"{bare['requests_per_second']:,.0f}",
+                      f"{fenji['requests_per_second']:,.0f}", f"{cmp['throughput_ratio']:.0%}",
+                      f"{bare['latency_ms']['p50']:.1f} / {bare['latency_ms']['p99']:.1f}",
+                      f"{fenji['latency_ms']['p50']:.1f} / {fenji['latency_ms']['p99']:.1f}")
+    console.print(table)
+    batch, switch = res["batch"], res["switch"]
+    console.print(f"Batch of {report['inputs']['batch_rows']}: {batch['http_rows_per_second']:,.0f} patients/s over HTTP, "
+                  f"{batch['in_process_rows_per_second']['assess']:,.0f}/s in-process ({batch['rows_ratio']:.0%}).")
+    console.print(f"Model switch under load: {switch['requests']:,} requests, {switch['failed']} failed, "
+                  f"{switch['reloads_ok']}/{switch['reloads']} reloads, versions served {switch['versions_served']}, "
+                  f"{switch['mixed_answers']} mixed answers.")
+    for goal, g in report["goals"].items():
+        console.print(f"  {goal}: goal {g['goal']}, measured {g['measured']:.3g}: "
+                      + ("[green]met[/]" if g["met"] else "[yellow]not met[/]"))
+    write_json(json_out, report)
+    if plot:
+        serving.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
+    from bench import heart
+    from bench.common import write_json
+
+    data_dir = load_shell_settings().data_dir
+    if not (data_dir / "uci_heart_disease").is_dir():
+        raise BenchUnavailable(f"UCI heart disease data not found under {data_dir} (set FENJI_DATA_DIR)")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("heart: seeds", total=seeds)
+        report = heart.run(data_dir=data_dir, seeds=seeds, rounds=rounds, progress=lambda: progress.advance(bar))
+    res = report["results"]
+    table = Table("method", "mean accuracy (± sd)", "mean AUROC", *heart.HOSPITALS,
+                  title=f"Fed-Heart-Disease, FLamby split, {seeds} seed(s): accuracy per hospital")
+    flamby = heart.ANCHORS
+    for method, label in [("local_only", "local only"), ("pooled", "pooled"), ("fenji_encrypted", "Fenji FedAvg (CKKS)"),
+                          ("fenji_encrypted_dp", "Fenji + DP ε=1, δ=1e-3")]:
+        r = res[method]
+        table.add_row(label, f"{r['mean_accuracy']['mean']:.3f} ± {r['mean_accuracy']['sd']:.3f}",
+                      f"{r['mean_auroc']['mean']:.3f}", *(f"{r['per_hospital_accuracy'][h]:.3f}" for h in heart.HOSPITALS))
+    table.add_row("FLamby local only", "", "", *(f"{flamby['local'][h]:.3f}" for h in heart.HOSPITALS))
+    table.add_row("FLamby pooled / FedAvg / FedYogi / DP ε=1",
+                  f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']} / {flamby['dp_eps1']}", "")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        heart.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))

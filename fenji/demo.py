@@ -1,0 +1,128 @@
+"""``fenji demo``: synthetic community clinics, each ingested by its own node agent, then the three
+clinical models trained in encrypted federations, registered, approved, and a doctor's login."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from coordinator.settings import CoordinatorSettings, load_coordinator_settings
+from fenji.cli_guard import set_verbose
+from fenji.run_report import audit_log, console, run_and_report
+from models.errors import FenjiError, TaskSpecError
+
+__all__ = ["demo_command"]
+
+DEMO_MARKER = ".fenji-demo"  # written into the folder a demo made: only such a folder is ever cleared
+DEMO_OUTPUTS = ("exports", "sites")
+
+
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where the demo writes its clinics' exports, site stores and reports "
+                                               "(the registry and audit log are FENJI_HOME's).")] = Path("fenji-demo"),
+    rounds: Annotated[int, typer.Option(min=1)] = 15,
+    encryption: Annotated[bool, typer.Option("--encryption/--no-encryption")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    tasks: Annotated[str, typer.Option(help="Tasks to train, comma-separated.")] = "triage,diagnosis,referral_risk",
+    verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
+) -> None:
+    """Generate synthetic community clinics, ingest them, and train the three clinical models
+    (triage, diagnosis, referral risk) in encrypted federations."""
+    from models.spec import load_task
+    from node_agent.ingest import ingest_file
+    from node_agent.mapping import load_mapping
+    from node_agent.store import SiteStore
+    from simulation.synth import write_federation
+
+    verbose = set_verbose(verbose)
+    # Every option is checked before anything is deleted or created.
+    settings = load_coordinator_settings()
+    names = [name.strip() for name in tasks.split(",") if name.strip()]
+    if not names:
+        raise TaskSpecError("--tasks names no task")
+    specs = [load_task(name) for name in names]
+    _claim_workdir(workdir, settings)
+    audit_log(settings).check_appendable()
+    _clear_demo_outputs(workdir)
+    exports = write_federation(workdir / "exports", seed=seed)
+    console.rule(f"[bold]Fenji demo: {len(exports)} community clinics, {', '.join(s.name for s in specs)}")
+    table = Table("clinic", "rows read", "accepted", "quarantined", "never recorded",
+                  title="1. Each clinic's node agent ingests its own export into its own DuckDB")
+    site_dirs = []
+    for name, path, mapping in exports:
+        with SiteStore(workdir / "sites" / name) as store:
+            for spec in specs:
+                summary = ingest_file(store, spec, path, load_mapping(mapping))
+        site_dirs.append(workdir / "sites" / name)
+        table.add_row(name, str(summary.rows_read), str(summary.accepted), str(summary.quarantined),
+                      ", ".join(summary.never_recorded) or "–")
+    console.print(table)
+    console.print("2. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
+                  "a separate key-holder process decrypts sums over ≥ 3 sites.")
+    results = {}
+    for step, spec in enumerate(specs, start=3):
+        console.rule(f"[bold]{step}. {spec.name} ({spec.label.kind})")
+        results[spec.name] = run_and_report(
+            spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=3,
+            json_out=workdir / f"demo-{spec.name}.json", register=True, settings=settings, verbose=verbose,
+            title=f"{spec.name}, held-out",
+        )
+    from simulation.report import demo_summary_markdown
+
+    summary_md = demo_summary_markdown(results)
+    (workdir / "demo-summary.md").write_text(summary_md, encoding="utf-8")
+    console.rule("[bold]Summary: means over the clinics (also in demo-summary.md; the README quotes it)")
+    console.print(summary_md, markup=False, highlight=False, soft_wrap=True)
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {settings.tracking_uri}", soft_wrap=True)
+    _demo_login(settings, site_dirs[0], {t: r["registered"]["version"] for t, r in results.items()})
+
+
+def _claim_workdir(workdir: Path, settings: CoordinatorSettings) -> None:
+    """Refuse a ``--workdir`` the demo may not use: a file, a folder some earlier demo did not make
+    (the demo never deletes what it did not make), or one whose outputs hold ``FENJI_HOME``."""
+    if workdir.exists() and not workdir.is_dir():
+        raise FenjiError(f"--workdir {workdir} is a file: give a new folder, or one an earlier demo made")
+    if workdir.is_dir() and not (workdir / DEMO_MARKER).is_file() and any(workdir.iterdir()):
+        raise FenjiError(f"--workdir {workdir} exists, is not empty and was not made by `fenji demo` (it has no "
+                         f"{DEMO_MARKER} file); the demo only replaces its own folders: give a new --workdir, or "
+                         "remove this one yourself (a folder from a Fenji version before the marker has none)")
+    home = settings.home.resolve()
+    for name in DEMO_OUTPUTS:
+        if home.is_relative_to((workdir / name).resolve()):
+            raise FenjiError(f"FENJI_HOME ({settings.home}) is inside {workdir / name}, which the demo replaces: "
+                             "put the registry elsewhere")
+
+
+def _clear_demo_outputs(workdir: Path) -> None:
+    """Remove what an earlier demo wrote here (its marker says it made the folder); keep anything else."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_OUTPUTS:
+        if (workdir / name).is_dir():
+            shutil.rmtree(workdir / name)
+    for report in [*workdir.glob("demo-*.json"), *workdir.glob("demo-summary.md")]:
+        report.unlink()
+    (workdir / DEMO_MARKER).write_text("Made by `fenji demo`: a later demo replaces exports/, sites/, "
+                                       "demo-*.json and demo-summary.md here, and nothing else.\n", encoding="utf-8")
+
+
+def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[str, str]) -> None:
+    """Approve the versions the demo just registered (audited) and print how a doctor logs in."""
+    from coordinator.registry import promote
+    from node_agent.cli_tokens import create_token
+
+    if sorted(versions) != ["diagnosis", "referral_risk", "triage"]:
+        return  # the workstation needs all three models
+    for task, version in versions.items():
+        promote(task, version, tracking_uri=settings.tracking_uri, audit=audit_log(settings), actor="demo")
+    token = create_token(site_dir, role="doctor", name="Demo doctor").token
+    console.rule("[bold]The doctor's workstation")
+    approved = ", ".join(f"{t} v{v}" for t, v in versions.items())
+    console.print(f"Approved for the clinics ('production'): {approved}, in the registry {settings.tracking_uri}",
+                  soft_wrap=True)
+    console.print(f"fenji node serve --site-dir {site_dir}\n"
+                  f"then open http://127.0.0.1:8600/ and log in with the doctor token:\n  [bold]{token}[/]\n"
+                  f"(more tokens: fenji node token create --site-dir {site_dir} --role site_admin --name ...)")

@@ -1,0 +1,23 @@
+"""The shells' own setting (the parties read theirs: ``node_agent``, ``coordinator``, ``keyholder``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from federation.settings import read_settings
+
+__all__ = ["ShellSettings", "load_shell_settings"]
+
+
+class ShellSettings(BaseSettings):
+    """``FENJI_DATA_DIR``: the real public data sets (default ``../shared/data``), read in place."""
+
+    model_config = SettingsConfigDict(env_prefix="FENJI_", extra="ignore")
+
+    data_dir: Path = Path("../shared/data")
+
+
+def load_shell_settings(**overrides: object) -> ShellSettings:
+    return read_settings(ShellSettings, **overrides)

@@ -1,0 +1,28 @@
+"""Errors at the clinic's boundary (the root and the exit-code table: ``models.errors``).
+
+DuckDB's and the file system's exceptions are translated into these where they are caught; the
+scoring service's HTTP errors are ``node_agent.serve.errors``.
+"""
+
+from __future__ import annotations
+
+from federation.errors import PrivacyError, RegistryError, SiteDataError
+from models.errors import ExitCode, FenjiError
+
+__all__ = ["EgressViolation", "IngestError", "MappingError", "RegistryError", "SiteDataError"]
+
+
+class MappingError(FenjiError):
+    """A mapping YAML is missing or invalid."""
+
+    exit_code = ExitCode.MAPPING
+
+
+class IngestError(FenjiError):
+    """An input file cannot be read as a table, or the site's store cannot be opened."""
+
+    exit_code = ExitCode.INGEST
+
+
+class EgressViolation(PrivacyError):
+    """A node's reply holds something other than ciphertexts and declared aggregate numbers."""

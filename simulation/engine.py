@@ -1,0 +1,198 @@
+"""Run a federation on Flower's simulation engine: one SuperNode per site folder.
+
+This is where the parties meet in one machine: a key-holder process, the coordinator's ServerApp
+(in a thread of this process, holding only the public context) and one ClientApp per site. Ray, the
+engine underneath, is kept on this machine: it listens on loopback only and sends nothing out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from federation.errors import SiteDataError
+from federation.settings import configure_environment
+from keyholder.key_holder import start_key_holder_process
+from models.encoding import Encoder, SiteStatistics, encode_labels
+from models.nets import build_model
+from models.spec import TaskSpec
+from models.training import TrainConfig, evaluate, train
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+    from flwr.clientapp.typing import Mod
+
+__all__ = ["pooled_reference", "run_simulated_federation", "site_dirs_of"]
+
+# Ray's defaults reach beyond the machine: it finds its own address by routing a UDP socket towards
+# 8.8.8.8, its servers listen on all interfaces, and its dashboard process (started even with
+# include_dashboard=False, to serve usage statistics) asks the cloud-metadata address 169.254.169.254
+# which cloud it runs on, even with usage statistics off (ray 2.55: UsageStatsHead.run).
+_RAY_INIT_ARGS = {
+    "num_cpus": 2, "include_dashboard": False, "configure_logging": False,
+    # With the node address exactly "127.0.0.1", Ray binds its gRPC servers, its agents and the
+    # metrics exporter to loopback instead of 0.0.0.0 (and its workers are told that address).
+    "_node_ip_address": "127.0.0.1",
+}
+_DEAD_PROXY = "http://127.0.0.1:9"
+# Read by Ray's processes when they start (they inherit this process's environment).
+_RAY_ENV = {
+    # Single-machine mode: Ray's address lookup returns loopback instead of asking the route to
+    # 8.8.8.8 (ray.init even swaps a "127.0.0.1" node address for that lookup's answer otherwise).
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    # The cloud-metadata probe uses `requests`, which honours proxy settings: through a proxy on a
+    # closed loopback port it fails at once, and nothing leaves the machine. Ray's own gRPC ignores
+    # proxies (grpc.enable_http_proxy=0), and loopback is exempt anyway.
+    "http_proxy": _DEAD_PROXY, "https_proxy": _DEAD_PROXY, "HTTP_PROXY": _DEAD_PROXY, "HTTPS_PROXY": _DEAD_PROXY,
+    "no_proxy": "127.0.0.1,localhost,::1", "NO_PROXY": "127.0.0.1,localhost,::1",
+}
+
+
+@contextmanager
+def _ray_environment() -> Iterator[None]:
+    """``_RAY_ENV`` while the simulation (and so Ray) runs; the caller's own values come back after."""
+    from ray._private import ray_constants
+
+    saved = {key: os.environ.get(key) for key in _RAY_ENV}
+    os.environ.update(_RAY_ENV)
+    # This process read the single-machine flag when it first imported Ray, maybe before this
+    # function set it: set Ray's copy too (ray 2.55; tests/federation/test_ray_loopback.py checks it).
+    saved_cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_mode
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def site_dirs_of(sites_dir: Path) -> list[Path]:
+    """The site folders under ``sites_dir``, sorted by name; each must hold a ``site.duckdb``.
+
+    Hidden entries (``.DS_Store``, ``.ipynb_checkpoints``) and plain files are ignored.
+
+    Raises
+    ------
+    SiteDataError
+        Naming the folders without a store: a site silently left out would change the federation.
+    """
+    from node_agent.store import DB_NAME
+
+    folders = sorted(p for p in Path(sites_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = [p.name for p in folders if not (p / DB_NAME).is_file()]
+    if missing:
+        raise SiteDataError(
+            f"no site store ({DB_NAME}) in {', '.join(missing)} under {sites_dir}: ingest each site with "
+            "`fenji node ingest`, or move the folder out"
+        )
+    return folders
+
+
+def _behind_mods(app: ClientApp, mods: Sequence[Mod]) -> ClientApp:
+    """``app`` with ``mods`` around each handler of the protocol (as a site's own mods would be)."""
+    from flwr.clientapp import ClientApp
+
+    outer = ClientApp(mods=list(mods))
+    # The message types run_federation sends; the inner app dispatches each to its own handler.
+    for register in (outer.train(), outer.evaluate(), outer.query("stats"), outer.query("calibrate")):
+        register(app)
+    return outer
+
+
+def run_simulated_federation(
+    spec: TaskSpec,
+    site_dirs: Sequence[Path],
+    *,
+    rounds: int = 20,
+    encrypt: bool = True,
+    min_sites: int = 3,
+    local_epochs: int | None = None,
+    learning_rate: float | None = None,
+    proximal_mu: float = 0.0,
+    seed: int = 0,
+    dp_epsilon: float | None = None,
+    dp_delta: float = 1e-3,
+    egress_log: Path | None = None,
+    on_round: Callable[[int, dict[str, float]], None] | None = None,
+    verbose: bool = False,
+    client_mods: Sequence[Mod] = (),
+):
+    """Run statistics + ``rounds`` rounds of (encrypted) FedAvg over the site folders.
+
+    ``client_mods`` are Flower mods put around every site's ClientApp (outermost first): the seam
+    to stage a misbehaving site. The outcome's ``excluded`` lists the replies left out.
+
+    Raises
+    ------
+    NotEnoughSitesError, AggregateCheckError
+        If a phase has fewer than ``min_sites`` usable replies, or an inconsistent aggregate.
+    """
+    configure_environment()
+    from flwr.simulation import run_simulation
+
+    from coordinator.outcome import FederationOutcome, RunSettings
+    from coordinator.server_app import build_server_app
+    from node_agent.client_app import build_client_app
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    settings = RunSettings(
+        task=spec, rounds=rounds, encrypt=encrypt, min_sites=min_sites, local_epochs=local_epochs,
+        learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+    )
+    outcomes: list[FederationOutcome] = []
+    manager, key_holder = start_key_holder_process(min_sites=min_sites)
+    try:
+        server_app = build_server_app(settings, key_holder, n_sites=len(site_dirs), on_round=on_round,
+                                      on_done=outcomes.append)
+        client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
+                                      allow_plaintext=not encrypt)
+        if client_mods:
+            client_app = _behind_mods(client_app, client_mods)
+        with _ray_environment():
+            run_simulation(
+                server_app=server_app, client_app=client_app, num_supernodes=len(site_dirs),
+                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                "init_args": dict(_RAY_INIT_ARGS)},
+                verbose_logging=verbose,
+            )
+    finally:
+        manager.shutdown()
+    if not outcomes:
+        raise RuntimeError("the federated run ended without a result; run with --verbose for Flower's log")
+    return outcomes[0]
+
+
+def pooled_reference(
+    spec: TaskSpec, site_dirs: Sequence[Path], *, epochs: int, config: TrainConfig | None = None
+) -> dict[str, dict[str, float]]:
+    """Centralised training on all sites' training rows, evaluated on each site's test split.
+
+    A *reference* that only a simulation can compute: it reads every site's rows in one place.
+    """
+    from node_agent.local import load_site_data
+
+    data = [load_site_data(Path(p), spec) for p in site_dirs]
+    import pandas as pd
+
+    pooled = pd.concat([d.train_frame for d in data], ignore_index=True)
+    params = SiteStatistics.from_frame(spec, pooled).encoding_params()
+    encoder = Encoder(spec, params)
+    x, y = encoder.transform(pooled), encode_labels(spec, pooled)
+    model = build_model(spec, x.shape[1])
+    cfg = config or TrainConfig.from_spec(spec)
+    cfg.epochs = epochs
+    train(model, spec, x, y, cfg)
+    return {
+        d.site_id: evaluate(model, spec, encoder.transform(d.test_frame), encode_labels(spec, d.test_frame))
+        for d in data
+    }
