@@ -23,6 +23,7 @@ from coordinator.model_card import build_model_card
 from coordinator.outcome import FederationOutcome
 from coordinator.settings import load_coordinator_settings
 from models.bundle import write_bundle
+from models.errors import first_line
 from models.nets import build_model, set_flat
 from models.policy import TierPolicy
 
@@ -84,7 +85,7 @@ def register_outcome(
     artifact_location: str | None = None,
 ) -> RegisteredModel:
     """Log per-round and per-site metrics, the task spec, encoding, calibration, tier policy and
-    model card, and register the model. ``sites`` is the per-site report (``federation.report``).
+    model card, and register the model. ``sites`` is the per-site report (``simulation.report``).
 
     A new experiment keeps its artifacts under ``artifact_location`` (default: ``artifact_root_for``),
     in a folder named after it.
@@ -175,7 +176,7 @@ def promote(task: str, version: str, *, tracking_uri: str, alias: str = "product
     except Exception as exc:
         if audit and decision:
             audit.append(actor=actor, action="promotion-failed", **details, decision_seq=decision["seq"],
-                         error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                         error=first_line(exc))
         raise RegistryError(f"cannot promote {name} version {version}: {exc}") from exc
     return digest
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from models.errors import ExitCode, FenjiError
+from models.errors import ExitCode, FenjiError, first_line
 from node_agent.paths import no_file_above
 
 __all__ = ["FenjiGroup", "fail", "is_verbose", "output_file", "print_error", "set_verbose"]
@@ -72,9 +72,9 @@ class FenjiGroup(TyperGroup):
         except Exception as exc:
             if is_verbose(ctx):
                 raise
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc)
             err_console.print(f"[bold red]internal error:[/] {escape(type(exc).__name__)}"
-                              f"{': ' + escape(first) if first else ''} "
+                              f"{': ' + escape(first) if first != type(exc).__name__ else ''} "
                               "(run with --verbose for the traceback: fenji --verbose …)")
             raise typer.Exit(ExitCode.INTERNAL) from None
 

@@ -17,6 +17,7 @@ from coordinator.registry import register_outcome
 from coordinator.server_app import run_federation
 from coordinator.settings import load_coordinator_settings
 from keyholder import start_key_holder_process
+from models.errors import FenjiError
 
 __all__ = ["app"]
 
@@ -26,12 +27,18 @@ app = ServerApp()
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(dict(context.run_config))
+    coordinator = load_coordinator_settings()
     manager, key_holder = start_key_holder_process(min_sites=settings.min_sites)
     try:
         outcome = run_federation(grid, settings, key_holder)
+    except FenjiError as exc:  # a refused or failed run is part of the record too
+        AuditLog(coordinator.audit_path).append(
+            actor="coordinator", action="training-run-failed", task=settings.task.name, rounds=settings.rounds,
+            encrypted=settings.encrypt, reason=str(exc), error=type(exc).__name__, engine="deployment",
+            flower_run_id=context.run_id)
+        raise
     finally:
         manager.shutdown()
-    coordinator = load_coordinator_settings()
     registered = register_outcome(outcome, tracking_uri=coordinator.tracking_uri,
                                   extra_params={"engine": "deployment", "flower-run-id": context.run_id})
     AuditLog(coordinator.audit_path).append(

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from models.errors import BundleError
 from models.calibration import Calibration
 from models.encoding import EncodingParams
+from models.errors import BundleError
 from models.policy import TierPolicy
 from models.spec import TaskSpec
 from models.yamlfile import safe_load

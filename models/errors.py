@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-__all__ = ["BundleError", "ExitCode", "FenjiError", "PolicyError", "TaskSpecError"]
+__all__ = ["BundleError", "ExitCode", "FenjiError", "PolicyError", "TaskSpecError", "first_line"]
 
 
 class ExitCode(IntEnum):
@@ -50,6 +50,12 @@ class ExitCode(IntEnum):
     SETTINGS = 9
     INTERNAL = 70
     IO = 74
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's first line of text, or its type's name when it has none (one-line reports)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class FenjiError(Exception):

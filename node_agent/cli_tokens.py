@@ -13,10 +13,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from models.errors import FenjiError
+from models.errors import first_line
+from node_agent.errors import SiteDataError, TokenFileError
+from node_agent.paths import site_folder
 from node_agent.serve.access import Role
 from node_agent.serve.tokens import TOKEN_FILE, IssuedToken, TokenInfo, TokenStore
 
@@ -24,7 +25,6 @@ __all__ = ["create_token", "list_tokens", "revoke_token", "token_app"]
 
 token_app = typer.Typer(help="Access tokens for the scoring API and the workstation page.", no_args_is_help=True)
 console = Console()
-err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 SiteDir = Annotated[Path, typer.Option(help="The site's folder (tokens are kept hashed in access_tokens.json there).")]
 
 
@@ -42,26 +42,14 @@ def revoke_token(site_dir: Path, token_id: str, *, force: bool = False) -> Token
 
 @contextlib.contextmanager
 def _one_line_errors(site_dir: Path, *, must_exist: bool = False) -> Iterator[None]:
-    """Each failure as one ``error:`` line and a non-zero exit: a site folder that is a file (or, with
-    ``must_exist``, missing), a token file that is not JSON (edited by hand, cut off), a refused revocation."""
-    def fail(message: str, code: int) -> None:
-        err_console.print(f"[bold red]error:[/] {escape(message)}")
-        raise typer.Exit(code)
-
-    if site_dir.exists() and not site_dir.is_dir():
-        fail(f"the site folder {site_dir} is a file, not a folder", 5)
-    if must_exist and not site_dir.is_dir():
-        fail(f"no site folder {site_dir}", 5)
+    """A site folder that is a file (or, with ``must_exist``, missing) and a token file that is not
+    JSON (edited by hand, cut off) as the node's errors; the root command prints them as one line."""
+    site_folder(site_dir, SiteDataError, must_exist=must_exist)
     try:
         yield
-    except FenjiError as exc:
-        fail(str(exc), exc.exit_code)
     except ValueError as exc:  # json.JSONDecodeError and pydantic's ValidationError both are
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        fail(f"the token file {site_dir / TOKEN_FILE} is not readable ({reason}): restore it from a backup, "
-             "or move it aside and create new tokens", 1)
-    except OSError as exc:
-        fail(f"cannot use the token file in {site_dir}: {exc.strerror or exc}", 74)
+        raise TokenFileError(f"the token file {site_dir / TOKEN_FILE} is not readable ({first_line(exc)}): restore "
+                             "it from a backup, or move it aside and create new tokens") from exc
 
 
 @token_app.command("create")

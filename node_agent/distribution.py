@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models.advisor import TASKS, Advisor, TaskModel, load_bundle_model
 from models.bundle import bundle_digest
+from models.errors import BundleError, first_line
 from models.policy import TierPolicy, load_policy
 from node_agent.errors import RegistryError
 
@@ -101,11 +102,11 @@ class ModelDistribution:
         try:
             return self.fetch(expected_digests)
         except Exception as exc:  # noqa: BLE001 - unreachable, refused or corrupt: all mean "keep the last good"
-            reason = str(exc).splitlines()[0][:200]
+            reason = first_line(exc)[:200]
             log.warning("model fetch failed (%s); serving the last good version", reason)
             try:
                 advisor = self.last_good()
-            except RegistryError as none:
+            except (RegistryError, BundleError) as none:
                 raise RegistryError(f"{none}, and the registry gave none ({reason})") from exc
             self.status = (f"registry {self.tracking_uri} not usable after {time.monotonic() - started:.0f} s "
                            f"({reason}); serving {self.status}")

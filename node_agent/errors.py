@@ -9,7 +9,7 @@ from __future__ import annotations
 from federation.errors import PrivacyError, RegistryError, SiteDataError
 from models.errors import ExitCode, FenjiError
 
-__all__ = ["EgressViolation", "IngestError", "MappingError", "RegistryError", "SiteDataError"]
+__all__ = ["EgressViolation", "IngestError", "MappingError", "RegistryError", "SiteDataError", "TokenFileError"]
 
 
 class MappingError(FenjiError):
@@ -22,6 +22,10 @@ class IngestError(FenjiError):
     """An input file cannot be read as a table, or the site's store cannot be opened."""
 
     exit_code = ExitCode.INGEST
+
+
+class TokenFileError(FenjiError):
+    """The site's access-token file cannot be read (edited by hand, cut off)."""
 
 
 class EgressViolation(PrivacyError):

@@ -8,8 +8,9 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from federation.errors import SiteDataError
-from models.errors import FenjiError
+from models.errors import FenjiError, first_line
+from node_agent.errors import SiteDataError
+from node_agent.store import DB_NAME
 
 __all__ = ["input_file", "no_file_above", "removed_if_new", "site_folder", "store_errors"]
 
@@ -54,8 +55,8 @@ def store_errors(site_dir: Path) -> Iterator[None]:
     try:
         yield
     except duckdb.Error as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SiteDataError(f"the site store {site_dir / 'site.duckdb'} cannot be used (corrupt or truncated?): "
+        reason = first_line(exc)
+        raise SiteDataError(f"the site store {site_dir / DB_NAME} cannot be used (corrupt or truncated?): "
                             f"{reason}") from exc
 
 

@@ -61,7 +61,7 @@ def _ray_environment() -> Iterator[None]:
     saved = {key: os.environ.get(key) for key in _RAY_ENV}
     os.environ.update(_RAY_ENV)
     # This process read the single-machine flag when it first imported Ray, maybe before this
-    # function set it: set Ray's copy too (ray 2.55; tests/federation/test_ray_loopback.py checks it).
+    # function set it: set Ray's copy too (ray 2.55; tests/simulation/test_ray_loopback.py checks it).
     saved_cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:

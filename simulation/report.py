@@ -124,6 +124,10 @@ def demo_summary_markdown(reports: dict[str, dict]) -> str:
         detail = "; ".join(
             f"{name} {_fmt(sites[name]['personalised']['auroc'])} vs {_fmt(sites[name]['local_only']['auroc'])}"
             f" (pooled {_fmt(sites[name]['pooled'].get('auroc'))})" for name in losers)
-        sentences.append(f"- {task}: the clinic's model beats its local-only model (AUROC) at "
+        claim = report["summary"]["claims"]["auroc"]
+        auroc = means["auroc"]
+        sentences.append(f"- {task}: mean AUROC of the clinics' models {_fmt(auroc['personalised'])} vs pooled "
+                         f"{_fmt(auroc['pooled'])}: " + ("within" if claim["within_0.02_of_pooled"] else "more than")
+                         + " 0.02 of pooled; the clinic's model beats its local-only model (AUROC) at "
                          f"{len(sites) - len(losers)} of {len(sites)} clinics" + (f"; not at {detail}" if losers else ""))
     return "\n".join(lines) + "\n\n" + "\n".join(sentences) + "\n"

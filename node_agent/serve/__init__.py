@@ -2,7 +2,7 @@
 
     from node_agent.serve import AdvisorHolder, TokenStore, create_app
     app = create_app(AdvisorHolder(advisor), site_dir=site_dir, provider=newest_approved_advisor)
-    uvicorn.run(app, host=settings.host, port=settings.port)
+    uvicorn.run(app, host=settings.serve_host, port=settings.serve_port)  # node_agent.settings.NodeSettings
 """
 
 from node_agent.serve.access import ACCESS, PUBLIC, Role, allowed_roles

@@ -34,7 +34,8 @@ def test_ci_runs_the_readme_test_command_in_a_fresh_virtualenv():
     assert extracted == block[1:] and any("python -m pytest" in line for line in extracted)
     assert all("-c constraints.txt" in line for line in block if "pip install" in line)
     ci = (ROOT / ".ci" / "run").read_text()
-    assert "python3 -m venv" in ci and "mktemp -d" in ci
+    assert 'python3 -m venv "$tmp/venv"' in ci and '. "$tmp/venv/bin/activate"' in ci and "mktemp -d" in ci
+    assert 'bash -euo pipefail -c "$demo_command"' in ci and 'bash -euo pipefail -c "$test_command"' in ci
 
 
 def test_every_dependency_and_test_tool_is_pinned():

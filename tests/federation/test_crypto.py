@@ -8,8 +8,8 @@ import tenseal as ts
 
 from coordinator.aggregator import Aggregator
 from federation.crypto import encrypt_vector, load_public_context
-from federation.errors import NotEnoughSitesError, PrivacyError
-from keyholder.key_holder import KeyHolder, start_key_holder_process
+from federation.errors import PrivacyError
+from keyholder.key_holder import KeyHolder
 
 
 @pytest.fixture(scope="module")
@@ -62,36 +62,6 @@ def test_public_context_refuses_a_secret_key():
     secret = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 60])
     with pytest.raises(PrivacyError):
         load_public_context(secret.serialize(save_secret_key=True))
-
-
-@pytest.mark.parametrize("n_sites", [1, 2])
-def test_key_holder_refuses_fewer_than_min_sites(key_holder, n_sites):
-    context = load_public_context(key_holder.public_context)
-    blobs = [encrypt_vector(context, np.ones(4)) for _ in range(n_sites)]
-    with pytest.raises(NotEnoughSitesError):
-        key_holder.decrypt_aggregate(Aggregator(key_holder.public_context).add(blobs), length=4)
-
-
-def test_key_holder_decrypts_exactly_min_sites(key_holder):
-    context = load_public_context(key_holder.public_context)
-    blobs = [encrypt_vector(context, np.full(4, i)) for i in range(3)]
-    values = key_holder.decrypt_aggregate(Aggregator(key_holder.public_context).add(blobs), length=4)
-    np.testing.assert_allclose(values, np.full(4, 3.0), atol=1e-5)
-
-
-def test_key_holder_in_its_own_process_keeps_the_secret():
-    manager, proxy = start_key_holder_process(min_sites=2)
-    try:
-        public = proxy.get_public_context()
-        assert not ts.context_from(public).has_secret_key()
-        context = load_public_context(public)
-        single = encrypt_vector(context, np.ones(3))
-        with pytest.raises(NotEnoughSitesError):
-            proxy.decrypt_aggregate(single, length=3)
-        pair = Aggregator(public).add([single, encrypt_vector(context, np.ones(3))])
-        np.testing.assert_allclose(proxy.decrypt_aggregate(pair, length=3), [2, 2, 2], atol=1e-5)
-    finally:
-        manager.shutdown()
 
 
 def test_malformed_ciphertext_is_refused(key_holder):

@@ -36,7 +36,7 @@ from node_agent.mapping import load_mapping
 from node_agent.store import SiteStore
 from simulation.synth import ClinicProfile, write_federation
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MAKE_TLS = ROOT / "scripts" / "make_tls_material.py"
 CLINICS = [
     ClinicProfile("clinic_a", 200, age_mean=45),

@@ -127,7 +127,7 @@ def test_the_readme_quotes_what_the_demo_prints(demo):
     metrics within 0.002, the width of CKKS noise on a 3-decimal figure)."""
     workdir, output, _ = demo
     printed = (workdir / "demo-summary.md").read_text(encoding="utf-8")
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     quoted = re.search(r"<!-- demo-summary:begin -->\n(.*?)<!-- demo-summary:end -->", readme, re.S)
     assert quoted, "README.md has no demo-summary block"
     ours, ours_text = _numbers_and_text(printed)

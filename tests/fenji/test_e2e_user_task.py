@@ -19,7 +19,7 @@ from models.spec import builtin_tasks, load_task
 from node_agent.store import SiteStore
 from tests.conftest import SHARED_DATA, require_shared_data
 
-TASK_YAML = Path(__file__).parent / "data" / "pima_diabetes_task.yaml"
+TASK_YAML = Path(__file__).resolve().parents[1] / "data" / "pima_diabetes_task.yaml"
 PIMA_DIR = ("pima_diabetes",)
 PIMA_FILE = "pima-indians-diabetes.data.csv"
 # The file has no header; column order from pima-indians-diabetes.names, section 7.

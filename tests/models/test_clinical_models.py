@@ -18,7 +18,6 @@ from models.calibration import (
 from models.encoding import Encoder, SiteStatistics
 from models.explain import occlusion_contributions
 from models.nets import OrdinalModel, build_model, get_flat, set_flat
-from models.policy import PolicyError, load_policy, recommend_tier
 from models.spec import load_task
 from models.training import TrainConfig, predict_proba, predicted_level
 
@@ -109,28 +108,6 @@ def test_temperature_fixes_an_overconfident_model():
     y = np.array([rng.choice(k, p=row) for row in p])
     cal = fit_calibration(spec, calibration_statistics(Scaled(), spec, true_logits, y))
     assert cal.temperature == pytest.approx(3.0, rel=0.1)
-
-
-def test_tier_thresholds_come_from_the_governance_settings(tmp_path, monkeypatch):
-    default = load_policy()
-    assert recommend_tier(3, 0.30, default).tier == "county"  # 30 % >= the default 20 %
-    strict = tmp_path / "commission.yaml"
-    strict.write_text("name: city-x\ntertiary: {triage_at_most: 1, risk_at_least: 0.8}\n"
-                      "county: {triage_at_most: 2, risk_at_least: 0.4}\n")
-    monkeypatch.setenv("FENJI_TIER_POLICY", str(strict))
-    from coordinator.settings import load_coordinator_settings
-
-    policy = load_coordinator_settings().policy()
-    assert policy.name == "city-x"
-    rec = recommend_tier(3, 0.30, policy)
-    assert rec.tier == "community" and "40%" in rec.reason["en"] and "40%" in rec.reason["zh"]
-    assert recommend_tier(3, 0.45, policy).tier == "county"
-    assert recommend_tier(1, 0.05, policy).tier == "tertiary"
-    assert recommend_tier(4, 0.85, policy).tier == "tertiary"
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("tertiary: {triage_at_most: 3, risk_at_least: 0.1}\ncounty: {triage_at_most: 2, risk_at_least: 0.4}\n")
-    with pytest.raises(PolicyError, match="tertiary"):
-        load_policy(bad)
 
 
 def _frame(spec, rows):

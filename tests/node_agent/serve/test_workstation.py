@@ -15,7 +15,7 @@ sync_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "docs"
 VISIT = {"age": "62", "heart_rate": "100", "spo2": "96", "resp_rate": "20", "temperature": "37.2", "sbp": "165",
          "dbp": "96", "pain_score": "6"}
 CHOICES = {"sex": "M", "complaint": "chest_pain", "avpu": "A", "arrival": "walk_in", "hx_hypertension": "true",
