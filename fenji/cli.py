@@ -19,6 +19,7 @@ from fenji.cli_bench import bench_command
 from fenji.cli_guard import FenjiGroup, output_file, set_verbose
 from fenji.demo import demo_command
 from fenji.run_report import audit_log, console, run_and_report
+from keyholder.cli import keyholder_app
 from keyholder.settings import load_keyholder_settings
 from models.errors import FenjiError
 from node_agent.cli import node_app
@@ -49,6 +50,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebac
 
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
+app.add_typer(keyholder_app, name="keyholder")
 
 # `fenji models promote` was the command's name before the coordinator had a sub-command of its own.
 models_app = typer.Typer(help="Old name of `fenji coordinator promote` (still works).", no_args_is_help=True,

@@ -135,3 +135,5 @@ def test_the_readme_quotes_what_the_demo_prints(demo):
     assert ours_text == theirs_text, f"README:\n{quoted.group(1)}\ndemo:\n{printed}"
     assert all(abs(float(a) - float(b)) <= 0.002 for a, b in zip(ours, theirs, strict=True)), (ours, theirs)
     assert "beats its local-only model (AUROC) at" in output
+    # No silent minutes after the last round: the demo says what it is doing (issue: no silent waits).
+    assert output.count("each site's final evaluation") == 3

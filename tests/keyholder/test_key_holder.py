@@ -46,3 +46,17 @@ def test_key_holder_in_its_own_process_keeps_the_secret():
         np.testing.assert_allclose(proxy.decrypt_aggregate(pair, length=3), [2, 2, 2], atol=1e-5)
     finally:
         manager.shutdown()
+
+
+def test_keyholder_show_reports_the_min_sites_it_enforces(monkeypatch):
+    from typer.testing import CliRunner
+
+    from fenji.cli import app
+
+    monkeypatch.setenv("FENJI_MIN_SITES", "5")
+    result = CliRunner().invoke(app, ["keyholder", "show"])
+    assert result.exit_code == 0, result.output
+    assert "≥ 5 sites" in result.output and "8192" in result.output
+    monkeypatch.setenv("FENJI_MIN_SITES", "0")
+    bad = CliRunner().invoke(app, ["keyholder", "show"])
+    assert bad.exit_code == 9 and "FENJI_MIN_SITES" in bad.stderr
