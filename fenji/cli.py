@@ -56,17 +56,12 @@ app.add_typer(keyholder_app, name="keyholder")
 models_app = typer.Typer(help="Old name of `fenji coordinator promote` (still works).", no_args_is_help=True,
                          hidden=True)
 app.add_typer(models_app, name="models")
+models_app.command("promote", help="Old name of `fenji coordinator promote` (still works).")(promote_command)
 
 
-@models_app.command("promote", help="Old name of `fenji coordinator promote` (still works).")
-def _old_promote(
-    task: Annotated[str, typer.Option(help="triage, diagnosis or referral_risk.")],
-    version: Annotated[str, typer.Option(help="The registered version to serve.")],
-    actor: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
-    alias: Annotated[str, typer.Option(help="Registry alias the clinics fetch.")] = "production",
-) -> None:
-    typer.echo("note: `fenji models promote` is now `fenji coordinator promote`; running that", err=True)
-    promote_command(task=task, version=version, actor=actor, alias=alias)
+@models_app.callback()
+def _old_name() -> None:
+    typer.echo("note: `fenji models promote` is now `fenji coordinator promote`", err=True)
 
 
 @app.command("tasks")
