@@ -7,6 +7,8 @@ place: ``node_agent.settings``, ``coordinator.settings``, ``keyholder.settings``
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -15,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from federation.errors import RegistryError, SettingsError
 
-__all__ = ["QUIET_ENV", "RegistryLocation", "SettingsError", "configure_environment", "read_settings"]
+__all__ = ["QUIET_ENV", "RegistryLocation", "SettingsError", "configure_environment", "environment", "read_settings"]
 
 # Everything Fenji starts runs without telemetry, update checks, or runtime dependency installs
 # (Flower's `uv sync` could swap the CPU build of torch for a CUDA one).
@@ -29,6 +31,21 @@ QUIET_ENV = {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
     "TOKENIZERS_PARALLELISM": "false",
 }
+
+
+@contextmanager
+def environment(values: Mapping[str, str]) -> Iterator[None]:
+    """``values`` set in ``os.environ`` within this block; the caller's own values come back after."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def configure_environment() -> None:

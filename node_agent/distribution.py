@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from federation.settings import environment
 from models.advisor import TASKS, Advisor, TaskModel, load_bundle_model
 from models.bundle import bundle_digest
 from models.errors import BundleError, first_line
-from models.policy import TierPolicy, load_policy
+from models.policy import TierPolicy
 from node_agent.errors import RegistryError
 
 __all__ = ["ModelDistribution", "advisor_from_registry", "load_task_model"]
@@ -35,17 +35,8 @@ REGISTRY_RETRIES = 0
 @contextmanager
 def bounded_registry_calls(timeout: float = REGISTRY_TIMEOUT_SECONDS, retries: int = REGISTRY_RETRIES) -> Iterator[None]:
     """MLflow HTTP calls within this block give up after ``timeout`` seconds and ``retries`` retries."""
-    wanted = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}
-    saved = {k: os.environ.get(k) for k in wanted}
-    os.environ.update(wanted)
-    try:
+    with environment({"MLFLOW_HTTP_REQUEST_TIMEOUT": str(int(timeout)), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries)}):
         yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 class ModelDistribution:
@@ -127,18 +118,17 @@ def advisor_from_registry(tracking_uri: str, *, alias: str | None = None, versio
     for task in TASKS:
         models[task], cards[task], policies[task] = load_task_model(
             tracking_uri, task, version=(versions or {}).get(task), alias=alias, cache_dir=cache_dir)
-    return Advisor(models, policy or policies["referral_risk"] or load_policy(), cards=cards)
+    return Advisor(models, policy or policies["referral_risk"], cards=cards)
 
 
 def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None,
-                    cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy | None]:
+                    cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy]:
     """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``.
 
     The version's bundle is downloaded (into ``cache_dir`` if given) and its digest checked against
     the version's ``bundle-sha256`` tag before anything is loaded from it.
     """
     import mlflow
-
 
     name = f"fenji-{task}"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

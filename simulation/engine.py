@@ -8,14 +8,13 @@ engine underneath, is kept on this machine: it listens on loopback only and send
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from federation.errors import SiteDataError
-from federation.settings import configure_environment
+from federation.settings import configure_environment, environment
 from keyholder.key_holder import start_key_holder_process
 from models.encoding import Encoder, SiteStatistics, encode_labels
 from models.nets import build_model
@@ -58,21 +57,15 @@ def _ray_environment() -> Iterator[None]:
     """``_RAY_ENV`` while the simulation (and so Ray) runs; the caller's own values come back after."""
     from ray._private import ray_constants
 
-    saved = {key: os.environ.get(key) for key in _RAY_ENV}
-    os.environ.update(_RAY_ENV)
     # This process read the single-machine flag when it first imported Ray, maybe before this
     # function set it: set Ray's copy too (ray 2.55; tests/simulation/test_ray_loopback.py checks it).
     saved_cluster_mode = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        yield
+        with environment(_RAY_ENV):
+            yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = saved_cluster_mode
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def site_dirs_of(sites_dir: Path) -> list[Path]:
