@@ -10,6 +10,7 @@ import tenseal as ts
 
 from federation.crypto import chunk_sizes, load_public_context, pack, slot_count, unpack
 from federation.errors import CiphertextError, PrivacyError
+from federation.tags import TRAILER
 
 __all__ = ["Aggregator"]
 
@@ -33,7 +34,7 @@ class Aggregator:
         blob
             What the site sent.
         length
-            The number of values the protocol expects (the contributor slot not counted).
+            The number of data values the protocol expects (the trailer: contributor slot and tags, not counted).
         scale_bits
             The scale it must be encrypted at; by default any, as long as the summands agree.
 
@@ -44,7 +45,7 @@ class Aggregator:
             parameters) or has the wrong number of chunks, values or scale.
         """
         chunks = unpack(blob)
-        expected = None if length is None else chunk_sizes(length + 1, slot_count(self.context))
+        expected = None if length is None else chunk_sizes(length + TRAILER, slot_count(self.context))
         if expected is not None and len(chunks) != len(expected):
             raise CiphertextError(f"{len(chunks)} ciphertext chunk(s), expected {len(expected)}")
         vectors = []

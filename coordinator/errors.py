@@ -7,16 +7,11 @@ from __future__ import annotations
 
 from federation.errors import (
     AggregateCheckError,
+    AuditTamperedError,
     NotEnoughSitesError,
     RegistryError,
     SiteDataError,
 )
-from models.errors import ExitCode, FenjiError
 
 __all__ = ["AggregateCheckError", "AuditTamperedError", "NotEnoughSitesError", "RegistryError", "SiteDataError"]
 
-
-class AuditTamperedError(FenjiError):
-    """The audit log's hash chain is broken, or its last line is torn."""
-
-    exit_code = ExitCode.AUDIT

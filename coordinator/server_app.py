@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 from flwr.app import (
@@ -34,9 +36,12 @@ from coordinator.strategy import (
     ScreenedFedAvg,
     check_total,
     ciphertext_of,
+    cohort_of,
     declared_rows,
 )
-from federation.crypto import WIDE_SCALE_BITS, Decryptor
+from federation.crypto import WIDE_SCALE_BITS
+from federation.keyholder_api import DecryptRequest, Decryptor
+from federation.tags import QueryLabel
 from models.calibration import calibration_statistics_size, fit_calibration
 from models.encoding import Encoder, SiteStatistics
 from models.nets import build_model, get_flat
@@ -65,15 +70,17 @@ def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, 
     return list(grid.send_and_receive(messages, timeout=timeout))
 
 
-def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decryptor, aggregator: Aggregator,
-                 length: int) -> np.ndarray:
-    """The sum of the sites' (screened) vectors: encrypted, decrypted by the key holder over >= min-sites
-    sites and only if its contributor slot counts exactly the replies summed."""
-    if settings.encrypt:
+def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decryptor | None,
+                 aggregator: Aggregator | None,
+                 length: int, label: QueryLabel, min_sites: int) -> np.ndarray:
+    """The sum of the sites' (screened) vectors: encrypted, and decrypted by the key holder only for
+    the cohort of enrolled sites whose tags it carries (at least its min-sites)."""
+    if settings.encrypt and aggregator is not None and key_holder is not None:
         summed = aggregator.add([ciphertext_of(r) for r in replies], length=length, scale_bits=WIDE_SCALE_BITS)
-        return np.asarray(key_holder.decrypt_aggregate(summed, length=length, contributors=len(replies)))
-    if len(replies) < settings.min_sites:
-        raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {settings.min_sites} needed")
+        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=length, scale_bits=WIDE_SCALE_BITS)
+        return np.asarray(key_holder.decrypt_aggregate(summed, request))
+    if len(replies) < min_sites:
+        raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {min_sites} needed")
     return np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
 
 
@@ -86,7 +93,7 @@ def _calibration_rows(spec: TaskSpec, summed: np.ndarray) -> float:
 def run_federation(
     grid: Grid,
     settings: RunSettings,
-    key_holder: Decryptor,
+    key_holder: Decryptor | None,
     *,
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
@@ -102,21 +109,31 @@ def run_federation(
     """
     started = time.monotonic()
     spec = settings.task
-    nodes = _wait_for_nodes(grid, n_sites or settings.min_sites, settings.min_sites, settings.timeout)
-    base = ConfigRecord({"task-json": spec.model_dump_json(), "plaintext": not settings.encrypt, "seed": settings.seed})
-    public_context = key_holder.get_public_context()
+    run_id = uuid.uuid4().hex
+    base = ConfigRecord({"task-json": spec.model_dump_json(), "task-name": spec.name, "run-id": run_id,
+                         "plaintext": not settings.encrypt, "seed": settings.seed})
+    aggregator: Aggregator | None = None
+    min_sites = settings.min_sites
     if settings.encrypt:
-        base["ckks-context"] = public_context
-    aggregator = Aggregator(public_context)
+        if key_holder is None:
+            raise ValueError("an encrypted run needs a key holder")
+        info = key_holder.info()
+        # min-sites is the key holder's: the coordinator may ask for more, never for fewer.
+        min_sites = max(settings.min_sites, info.min_sites)
+        base["ckks-context"] = info.public_context_bytes
+        base["ckks-context-signature"] = info.signature_bytes
+        aggregator = Aggregator(info.public_context_bytes)
+    nodes = _wait_for_nodes(grid, n_sites or min_sites, min_sites, settings.timeout)
+    label = QueryLabel(run_id=run_id, phase="stats", round=0, task=spec.name)
     # Every reply is screened before it counts; a bad one is left out and named (coordinator.strategy).
-    screen = ReplyScreen(min_sites=settings.min_sites, aggregator=aggregator if settings.encrypt else None)
+    screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
 
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
     size = SiteStatistics.size(spec)
     replies = screen.usable(_send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout),
                             phase="stats", server_round=0, expected_nodes=nodes, length=size,
                             scale_bits=WIDE_SCALE_BITS)
-    totals = _decrypt_sum(replies, settings, key_holder, aggregator, size)
+    totals = _decrypt_sum(replies, settings, key_holder, aggregator, size, label, min_sites)
     encoding = SiteStatistics(spec, totals).encoding_params()
     check_total("stats: the row count", encoding.n_rows, declared_rows(replies), absolute=0.5)
     rows_by_node = {r.metadata.src_node_id: int(r.content["metrics"]["num-examples"]) for r in replies}
@@ -138,15 +155,16 @@ def run_federation(
         train_config["dp-epsilon"] = settings.dp_epsilon
         train_config["dp-delta"] = settings.dp_delta
         train_config["dp-max-grad-norm"] = settings.dp_max_grad_norm
-    evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k != "ckks-context"})
+    evaluate_config = ConfigRecord({k: v for k, v in train_config.items()
+                                    if k not in ("ckks-context", "ckks-context-signature")})
     common = dict(
-        min_train_nodes=settings.min_sites, min_evaluate_nodes=settings.min_sites,
-        min_available_nodes=settings.min_sites,
+        min_train_nodes=min_sites, min_evaluate_nodes=min_sites, min_available_nodes=min_sites,
     )
     strategy: ScreenedFedAvg
-    if settings.encrypt:
+    if aggregator is not None and key_holder is not None:
+        train_label = replace(label, phase="train", dp_epsilon=float(settings.dp_epsilon or 0.0))
         strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size,
-                                   total_examples=encoding.n_rows, screen=screen, **common)
+                                   total_examples=encoding.n_rows, screen=screen, label=train_label, **common)
     else:
         strategy = ScreenedFedAvg(screen=screen, n_params=initial.size, **common)
 
@@ -184,7 +202,8 @@ def run_federation(
               settings.timeout),
         phase="calibrate", server_round=settings.rounds, expected_nodes=nodes, length=size, scale_bits=WIDE_SCALE_BITS,
     )
-    summed = _decrypt_sum(replies, settings, key_holder, aggregator, size)
+    summed = _decrypt_sum(replies, settings, key_holder, aggregator, size, replace(label, phase="calibrate"),
+                          min_sites)
     check_total("calibration: the row count", _calibration_rows(spec, summed), declared_rows(replies), absolute=0.5)
     calibration = fit_calibration(spec, summed)
 
@@ -217,7 +236,7 @@ def run_federation(
 
 def build_server_app(
     settings: RunSettings,
-    key_holder: Decryptor,
+    key_holder: Decryptor | None,
     *,
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,

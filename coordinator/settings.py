@@ -11,10 +11,14 @@ __all__ = ["CoordinatorSettings", "load_coordinator_settings"]
 
 
 class CoordinatorSettings(RegistryLocation):
-    """``FENJI_HOME``, ``FENJI_MLFLOW_URI`` (see ``RegistryLocation``) and ``FENJI_TIER_POLICY`` (the
-    commission's tier thresholds: a policy file or built-in name, logged with every model version)."""
+    """``FENJI_HOME``, ``FENJI_MLFLOW_URI`` (see ``RegistryLocation``), ``FENJI_TIER_POLICY`` (the
+    commission's tier thresholds: a policy file or built-in name, logged with every model version),
+    and where the key holder's API is: ``FENJI_KEYHOLDER_URL`` with the coordinator's bearer token
+    ``FENJI_KEYHOLDER_TOKEN`` (from `fenji keyholder token issue`)."""
 
     tier_policy: str | None = None
+    keyholder_url: str | None = None
+    keyholder_token: str | None = None
 
     @property
     def audit_path(self) -> Path:

@@ -24,11 +24,12 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from coordinator.aggregator import Aggregator
 from coordinator.errors import AggregateCheckError, NotEnoughSitesError
-from federation.crypto import Decryptor
 from federation.errors import CiphertextError
+from federation.keyholder_api import DecryptRequest, Decryptor
+from federation.tags import QueryLabel
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
-           "declared_rows"]
+           "cohort_of", "declared_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,11 @@ def _short(reason: str) -> str:
 
 def ciphertext_of(message: Message) -> bytes:
     return message.content["ciphertext"]["ciphertext"].numpy().tobytes()
+
+
+def cohort_of(replies: Iterable[Message]) -> list[str]:
+    """The site ids of the replies summed: the cohort the key holder checks the sum's tags against."""
+    return [str(r.content["site"]["site-id"]) for r in replies]
 
 
 def declared_rows(replies: Iterable[Message]) -> float:
@@ -122,16 +128,21 @@ class ReplyScreen:
         """
         good: list[Message] = []
         answered: set[int] = set()
+        seen_sites: set[str] = set()
         before = len(self.excluded)
         for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
             problem = self._problem(reply, length=length, scale_bits=scale_bits, need_site=need_site)
+            site = str(reply.content["site"]["site-id"]) if not problem and "site" in reply.content else None
+            if site is not None and site in seen_sites:
+                problem = f"a second reply in the name of site {site!r}"
             if problem:
                 self._exclude(server_round, phase, node, problem)
                 continue
-            if "site" in reply.content:
-                self.site_of[node] = str(reply.content["site"]["site-id"])
+            if site is not None:
+                seen_sites.add(site)
+                self.site_of[node] = site
             good.append(reply)
         for node in sorted(set(expected_nodes) - answered):
             self._exclude(server_round, phase, node, "no reply before the timeout")
@@ -163,7 +174,7 @@ class ReplyScreen:
             return "no declared num-examples"
         if not (np.isfinite(rows) and rows >= 0):
             return f"declared num-examples {rows} is not a row count"
-        if need_site and "site" not in content:
+        if (need_site or length is not None) and "site" not in content:
             return "no site id"
         if length is None:
             return None
@@ -243,17 +254,18 @@ class EncryptedFedAvg(ScreenedFedAvg):
     """FedAvg whose sites send ``Enc([w_i * theta_i, w_i])``; only the aggregation differs.
 
     ``w_i = n_i / N`` is site i's share of the training rows (``N = total_examples``, from the
-    federated statistics). The weighted average is ``sum(w_i * theta_i) / sum(w_i)`` (exact even if
-    some sites drop out or are left out), from one decryption of the encrypted sum, which the key
-    holder grants only over at least ``min_sites`` sites. The decrypted ``sum(w_i)`` must equal
+    federated statistics). The weighted average is ``sum(w_i * theta_i) / sum(w_i)``, from one
+    decryption of the encrypted sum, which the key holder grants only for the cohort of enrolled
+    sites whose tags the sum carries (``federation.tags``), at least ``min-sites`` of them. The decrypted ``sum(w_i)`` must equal
     ``sum(n_i) / N`` from the rows the sites declared, or the round fails.
     """
 
     def __init__(self, *, aggregator: Aggregator, key_holder: Decryptor, n_params: int, total_examples: float,
-                 screen: ReplyScreen, **kwargs) -> None:
+                 screen: ReplyScreen, label: QueryLabel, **kwargs) -> None:
         super().__init__(screen=screen, n_params=n_params, **kwargs)
         self.aggregator = aggregator
         self.key_holder = key_holder
+        self.label = label  # the run's train label; each round's decryption is asked for with its round
         self.total_examples = total_examples
         self.aggregation_seconds: list[float] = []
 
@@ -269,7 +281,9 @@ class EncryptedFedAvg(ScreenedFedAvg):
         summed = self.aggregator.add([ciphertext_of(m) for m in good], length=self.update_length,
                                      scale_bits=self.aggregator.scale_bits)
         self.aggregation_seconds.append(time.perf_counter() - started)
-        values = self.key_holder.decrypt_aggregate(summed, length=self.update_length, contributors=len(good))
+        request = DecryptRequest.of(replace(self.label, round=server_round), cohort=cohort_of(good),
+                                    length=self.update_length, scale_bits=self.aggregator.scale_bits)
+        values = self.key_holder.decrypt_aggregate(summed, request)
         # Same rule as the sites' own weights (node_agent.client_app): n_i / max(N, 1).
         declared = declared_rows(good) / max(self.total_examples, 1.0)
         check_total(f"train (round {server_round}): the weight sum", float(values[self.n_params]), declared,

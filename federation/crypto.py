@@ -7,8 +7,10 @@ Parties and what they hold:
 - the **key holder** makes the context and keeps the only copy of the secret key;
 - **sites** and the **aggregator** get the *public* context (public key, no secret key, no Galois
   or relinearisation keys: the aggregator only adds, so it needs none of them);
-- every encrypted vector ends with a contributor slot set to 1 by the site, so the decrypted sum
-  says how many sites it covers and the key holder can refuse one over fewer than ``min_sites``.
+- every encrypted vector ends with a trailer (``federation.tags.TRAILER`` values): a contributor
+  slot set to 1 by the site, so the decrypted sum says how many sites it covers, then the site's
+  tags, which bind the vector to its site, its data and one query; the key holder checks them
+  against the cohort the aggregator claims and refuses any sum that is not exactly that cohort's.
 
 A site's reply is only bytes: the aggregator reads each one (``Aggregator.read``) before adding it,
 and a reply that does not deserialise under the public context, has the wrong length or the wrong
@@ -22,19 +24,19 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import tenseal as ts
 
 from federation.errors import CiphertextError, PrivacyError, SiteDataError
+from federation.tags import TAG_SLOTS, QueryLabel, site_tags
 
 __all__ = [
     "CONTRIBUTOR_TOLERANCE",
     "WIDE_SCALE_BITS",
     "CKKSParams",
-    "Decryptor",
     "chunk_sizes",
+    "encrypt_contribution",
     "encrypt_vector",
     "load_public_context",
     "pack",
@@ -105,8 +107,9 @@ def slot_count(context: ts.Context) -> int:
     return context.seal_context().data.key_context_data().parms().poly_modulus_degree() // 2
 
 
-def encrypt_vector(context: ts.Context, values: np.ndarray, *, scale_bits: int | None = None) -> bytes:
-    """Encrypt ``values`` plus a contributor slot of 1, chunked to whole ciphertexts.
+def encrypt_vector(context: ts.Context, values: np.ndarray, *, tags: np.ndarray, scale_bits: int | None = None) -> bytes:
+    """Encrypt ``values``, a contributor slot of 1 and the site's ``tags`` (``federation.tags.site_tags``),
+    chunked to whole ciphertexts.
 
     Vectors added together must be encrypted at the same ``scale_bits`` (default: the context's).
 
@@ -115,7 +118,10 @@ def encrypt_vector(context: ts.Context, values: np.ndarray, *, scale_bits: int |
     SiteDataError
         If a value is NaN or infinite: it would turn the whole federated sum into garbage.
     """
-    data = np.append(np.asarray(values, dtype=float).ravel(), 1.0)
+    tags = np.asarray(tags, dtype=float).ravel()
+    if tags.size != TAG_SLOTS:
+        raise ValueError(f"expected {TAG_SLOTS} tags, got {tags.size}")
+    data = np.concatenate([np.asarray(values, dtype=float).ravel(), [1.0], tags])
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise SiteDataError(f"refusing to encrypt {bad} non-finite value(s) (NaN or infinity)")
@@ -128,10 +134,8 @@ def encrypt_vector(context: ts.Context, values: np.ndarray, *, scale_bits: int |
     return pack(chunks)
 
 
-class Decryptor(Protocol):
-    """What the coordinator may ask of the key holder: its public context, and the decryption of a
-    sum it claims covers ``contributors`` replies (the key holder checks that claim)."""
-
-    def get_public_context(self) -> bytes: ...
-
-    def decrypt_aggregate(self, blob: bytes, *, length: int, contributors: int | None = None) -> np.ndarray: ...
+def encrypt_contribution(context: ts.Context, values: np.ndarray, *, site_key: bytes, label: QueryLabel,
+                         scale_bits: int | None = None) -> bytes:
+    """A site's reply to one query: ``values`` with the contributor slot and the site's tags for ``label``."""
+    values = np.asarray(values, dtype=float).ravel()
+    return encrypt_vector(context, values, tags=site_tags(values, site_key, label), scale_bits=scale_bits)

@@ -6,6 +6,7 @@ from models.errors import ExitCode, FenjiError
 
 __all__ = [
     "AggregateCheckError",
+    "AuditTamperedError",
     "CiphertextError",
     "NotEnoughSitesError",
     "PrivacyError",
@@ -50,3 +51,9 @@ class CiphertextError(PrivacyError):
 class AggregateCheckError(PrivacyError):
     """A decrypted aggregate fails a consistency check (non-finite values, a contributor count or a
     weight sum that contradicts what the sites declared): it is never adopted."""
+
+
+class AuditTamperedError(FenjiError):
+    """An audit log's hash chain is broken, or its last line is torn."""
+
+    exit_code = ExitCode.AUDIT

@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from coordinator.cli import coordinator_app, promote_command
+from coordinator.errors import NotEnoughSitesError
 from coordinator.settings import load_coordinator_settings
 from federation.settings import configure_environment
 from fenji.cli_bench import bench_command
@@ -82,7 +83,7 @@ def sim_command(
     sites_dir: Annotated[Path, typer.Option(help="Folder of site folders made by `fenji node ingest`.")],
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 20,
     encryption: Annotated[bool, typer.Option("--encryption/--no-encryption", help="CKKS-encrypt updates.")] = True,
-    min_sites: Annotated[Optional[int], typer.Option(min=1, help="Fewest sites a decrypted aggregate may cover.")] = None,
+    min_sites: Annotated[Optional[int], typer.Option(hidden=True, help="Removed: min-sites is the key holder's.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-site metrics here.")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model in MLflow.")] = True,
     dp_epsilon: Annotated[Optional[float], typer.Option(help="Record-level DP-SGD at each site: epsilon for the run.")] = None,
@@ -101,13 +102,17 @@ def sim_command(
         raise FenjiError(f"--dp-delta must be between 0 and 1, not {dp_delta}")
     if json_out:
         output_file(json_out, "--json file")
+    if min_sites is not None:
+        raise FenjiError("--min-sites is gone: min-sites is the key holder's rule (FENJI_MIN_SITES where the key "
+                         "holder runs), and no flag of the coordinator can lower it")
     site_dirs = _site_dirs(sites_dir, spec)
-    needed = min_sites if min_sites is not None else min(load_keyholder_settings().min_sites, len(site_dirs))
+    needed = load_keyholder_settings(home=settings.home).min_sites
     if len(site_dirs) < needed:
-        raise FenjiError(f"{len(site_dirs)} site folder(s) in {sites_dir}, at least {needed} needed")
+        raise NotEnoughSitesError(f"{len(site_dirs)} site folder(s) in {sites_dir}: the key holder decrypts only sums "
+                                  f"over at least {needed} sites (FENJI_MIN_SITES), so this federation cannot run")
     if register:
         audit_log(settings).check_appendable()  # before the run, not after it
-    run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption, min_sites=needed,
+    run_and_report(spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption,
                     json_out=json_out, register=register, settings=settings, verbose=verbose,
                     dp=(dp_epsilon, dp_delta) if dp_epsilon else None,
                     title=f"{spec.name}: held-out AUROC per site")

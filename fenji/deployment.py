@@ -1,9 +1,10 @@
 """The ServerApp that ``flwr run`` starts on Flower's deployment engine.
 
-It composes two parties, which is why it lives in a shell: the coordinator's federation
-(``coordinator.server_app.run_federation``) and a key holder in a process of its own (the key holder
-becomes a service of its own in a later step). After the run, the model is registered and the run
-audited in the coordinator's ``FENJI_HOME``, as ``fenji sim --register`` does.
+The coordinator's federation (``coordinator.server_app.run_federation``) reaches the key holder only
+over its HTTP API (``FENJI_KEYHOLDER_URL``, with the coordinator's ``FENJI_KEYHOLDER_TOKEN``): the key
+holder is another party's service, and the SuperNodes encrypt only under the public context it
+signed. After the run, the model is registered and the run audited in the coordinator's
+``FENJI_HOME``, as ``fenji sim --register`` does.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.audit import AuditLog
+from coordinator.keyholder_client import KeyHolderClient
 from coordinator.outcome import RunSettings
 from coordinator.registry import register_outcome
 from coordinator.server_app import run_federation
 from coordinator.settings import load_coordinator_settings
-from keyholder import start_key_holder_process
+from federation.errors import SettingsError
 from models.errors import FenjiError
 
 __all__ = ["app"]
@@ -28,8 +30,13 @@ app = ServerApp()
 def _deployment_main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(dict(context.run_config))
     coordinator = load_coordinator_settings()
-    manager, key_holder = start_key_holder_process(min_sites=settings.min_sites)
     try:
+        key_holder = None
+        if settings.encrypt:
+            if not coordinator.keyholder_url:
+                raise SettingsError("an encrypted run needs the key holder: set FENJI_KEYHOLDER_URL and "
+                                    "FENJI_KEYHOLDER_TOKEN where the SuperLink runs")
+            key_holder = KeyHolderClient(coordinator.keyholder_url, coordinator.keyholder_token)
         outcome = run_federation(grid, settings, key_holder)
     except FenjiError as exc:  # a refused or failed run is part of the record too
         AuditLog(coordinator.audit_path).append(
@@ -37,8 +44,6 @@ def _deployment_main(grid: Grid, context: Context) -> None:
             encrypted=settings.encrypt, reason=str(exc), error=type(exc).__name__, engine="deployment",
             flower_run_id=context.run_id)
         raise
-    finally:
-        manager.shutdown()
     registered = register_outcome(outcome, tracking_uri=coordinator.tracking_uri,
                                   extra_params={"engine": "deployment", "flower-run-id": context.run_id})
     AuditLog(coordinator.audit_path).append(

@@ -26,11 +26,16 @@ def audit_log(settings: CoordinatorSettings) -> AuditLog:
 
 
 def run_and_report(
-    *, spec, site_dirs: list[Path], rounds: int, encrypt: bool, min_sites: int, json_out: Path | None,
+    *, spec, site_dirs: list[Path], rounds: int, encrypt: bool, json_out: Path | None,
     register: bool, settings: CoordinatorSettings, verbose: bool, title: str, dp: tuple[float, float] | None = None,
 ) -> dict:
+    from keyholder.settings import load_keyholder_settings
     from simulation.engine import pooled_reference, run_simulated_federation
     from simulation.report import render, site_report, summarise
+
+    # On one machine the key holder's folder is under the coordinator's FENJI_HOME unless
+    # FENJI_KEYHOLDER_HOME says otherwise; min-sites is the key holder's own setting.
+    keyholder = load_keyholder_settings(home=settings.home)
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[auroc]}"), TimeElapsedColumn(), console=console) as progress:
@@ -44,7 +49,7 @@ def run_and_report(
 
         try:
             outcome = run_simulated_federation(
-                spec, site_dirs, rounds=rounds, encrypt=encrypt, min_sites=min_sites, verbose=verbose,
+                spec, site_dirs, rounds=rounds, encrypt=encrypt, keyholder_home=keyholder.state_dir, verbose=verbose,
                 dp_epsilon=dp[0] if dp else None, dp_delta=dp[1] if dp else 1e-3, on_round=on_round,
             )
         except FenjiError as exc:  # a refused or failed run is part of the record too
@@ -69,7 +74,7 @@ def run_and_report(
         f" (slope {cal.slope:.2f}, intercept {cal.intercept:+.2f})" if cal.kind == "platt"
         else f" (temperature {cal.temperature:.2f})" if cal.kind == "temperature" else ""))
     report = {
-        "task": spec.name, "rounds": rounds, "encrypted": encrypt, "min_sites": min_sites,
+        "task": spec.name, "rounds": rounds, "encrypted": encrypt, "min_sites": keyholder.min_sites,
         "differential_privacy": {"epsilon": dp[0], "delta": dp[1]} if dp else None,
         "seconds": round(outcome.seconds, 2), "calibration": cal.to_dict(),
         "sites": sites, "summary": summary, "rounds_history": outcome.rounds,

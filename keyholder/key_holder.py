@@ -1,109 +1,149 @@
-"""The key holder: it makes the CKKS context, keeps the only copy of the secret key, and decrypts
-only sums over at least ``min_sites`` sites whose contributor count matches what the aggregator
-claims. Today it runs as a process of its own beside the coordinator (``start_key_holder_process``).
+"""The key holder: keeps the only secret key and decrypts a sum only when everything about it holds.
+
+A decryption is granted when, in this order:
+
+1. the claimed cohort is at least ``min_sites`` distinct, enrolled sites;
+2. no decryption was made before for the same (run, phase, round): one per query, so no
+   leave-one-out within a round and no second try at a forgery;
+3. the cohort differs from every earlier *granted* cohort of the same kind of query (same task and
+   phase) by no site or by at least ``min_sites`` sites, unless the sites themselves declared
+   differential-privacy noise for this release (their tags bind that declaration);
+4. the sum decrypts to finite values at the declared scale, its contributor slot counts exactly the
+   cohort, and its tags are exactly the cohort's (``federation.tags``).
+
+Every request, granted or refused, goes to the key holder's hash-chained ledger with its reason.
+A refusal never says by how much a check failed: the size of a mismatch is itself about the data.
 """
 
 from __future__ import annotations
 
-import hashlib
-import multiprocessing
-from multiprocessing.managers import BaseManager
+import threading
 
 import numpy as np
 import tenseal as ts
 
-from federation.crypto import CONTRIBUTOR_TOLERANCE, CKKSParams, unpack
-from keyholder.errors import AggregateCheckError, CiphertextError, NotEnoughSitesError
+from federation.crypto import WIDE_SCALE_BITS, unpack
+from federation.identity import b64
+from federation.keyholder_api import DecryptRequest, KeyHolderInfo
+from federation.tags import TRAILER, check_tags
+from keyholder.errors import (
+    AggregateCheckError,
+    CiphertextError,
+    CohortError,
+    NotEnoughSitesError,
+    PrivacyError,
+    ReplayError,
+)
+from keyholder.state import KeyHolderState
 
-__all__ = ["KeyHolder", "start_key_holder_process"]
+__all__ = ["KeyHolder"]
+
+_CONSUMING = ("decrypt", "decrypt-refused")
 
 
 class KeyHolder:
-    """Holds the secret key; decrypts only aggregates over at least ``min_sites`` sites.
+    """The key holder's rules over its state folder (``keyholder.service`` serves them over HTTP)."""
 
-    It is a separate party from the aggregator: the aggregator is handed ``public_context`` and
-    asks for decryptions through ``decrypt_aggregate``, never sees the secret context.
-    """
-
-    def __init__(self, *, min_sites: int = 3, params: CKKSParams | None = None) -> None:
+    def __init__(self, state: KeyHolderState, *, min_sites: int = 3) -> None:
         if min_sites < 1:
             raise ValueError("min_sites must be at least 1")
+        self.state = state.require()
         self.min_sites = min_sites
-        self.params = params or CKKSParams()
-        context = ts.context(
-            ts.SCHEME_TYPE.CKKS,
-            poly_modulus_degree=self.params.poly_modulus_degree,
-            coeff_mod_bit_sizes=list(self.params.coeff_mod_bit_sizes),
+        self.__secret_context = state.secret_context()
+        self.public_context = state.public_context()
+        self._signature = state.context_signature()
+        self._verify_key = state.verify_key
+        scale = self.__secret_context.global_scale
+        self.scales = {round(float(np.log2(scale))), WIDE_SCALE_BITS}
+        self._lock = threading.Lock()
+
+    def info(self) -> KeyHolderInfo:
+        return KeyHolderInfo(
+            keyholder=self.state.keyholder_id, verify_key=b64(self._verify_key), public_context=b64(self.public_context),
+            context_signature=b64(self._signature), min_sites=self.min_sites,
+            enrolled_sites=len(self.state.enrolments()),
         )
-        context.global_scale = 2**self.params.scale_bits
-        self.__secret_context = context
-        self.public_context = context.serialize(
-            save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-        )
-        self.public_context_digest = hashlib.sha256(self.public_context).hexdigest()
 
-    def get_public_context(self) -> bytes:
-        """The public context (for sites and the aggregator); a method so process proxies reach it."""
-        return self.public_context
-
-    def decrypt_aggregate(self, blob: bytes, *, length: int, contributors: int | None = None) -> np.ndarray:
-        """Decrypt a sum of encrypted vectors of ``length`` values each.
-
-        Parameters
-        ----------
-        contributors
-            How many vectors the aggregator says it summed; the contributor slot must agree.
+    def decrypt_aggregate(self, blob: bytes, request: DecryptRequest, *, caller: str = "coordinator") -> np.ndarray:
+        """The decrypted data of a sum, if every rule holds (see the module); else a ``PrivacyError``.
 
         Raises
         ------
-        AggregateCheckError
-            If the sum is not a consistent aggregate: a value is not finite, the contributor slot is
-            not a whole number, or not ``contributors``. That is what a ciphertext made under
-            another key decrypts to; such a sum is never released.
-        NotEnoughSitesError
-            If the sum covers fewer than ``min_sites`` sites (read from the contributor slot).
+        NotEnoughSitesError, CohortError, ReplayError
+            Refused before decrypting (the query is not consumed by a cohort refusal).
+        CiphertextError, AggregateCheckError
+            Refused after decrypting: the query is consumed and nothing is released.
         """
+        with self._lock:
+            record = dict(caller=caller, query=request.label.once_key, kind=request.label.kind,
+                          cohort=sorted(request.cohort), dp_epsilon=request.dp_epsilon, length=request.length)
+            try:
+                keys = self._check_cohort(request)
+            except PrivacyError as exc:
+                self.state.ledger.append(actor=caller, action="refused", reason=str(exc),
+                                         error=type(exc).__name__, **record)
+                raise
+            try:
+                values = self._decrypt_checked(blob, request, keys)
+            except PrivacyError as exc:
+                self.state.ledger.append(actor=caller, action="decrypt-refused", reason=str(exc),
+                                         error=type(exc).__name__, **record)
+                raise
+            self.state.ledger.append(actor=caller, action="decrypt", **record)
+            return values
+
+    def _check_cohort(self, request: DecryptRequest) -> dict[str, bytes]:
+        cohort = request.cohort
+        if len(set(cohort)) != len(cohort):
+            twice = sorted({s for s in cohort if cohort.count(s) > 1})
+            raise CohortError(f"the cohort names {', '.join(twice)} more than once")
+        keys = self.state.site_keys(cohort)
+        unknown = sorted(set(cohort) - set(keys))
+        if unknown:
+            raise CohortError(f"not enrolled with this key holder: {', '.join(unknown)}")
+        if len(cohort) < self.min_sites:
+            raise NotEnoughSitesError(f"refusing to decrypt a sum over {len(cohort)} site(s): at least "
+                                      f"{self.min_sites} (min-sites, set at the key holder) are required")
+        if request.scale_bits not in self.scales:
+            raise CohortError(f"scale 2^{request.scale_bits} is not one of the protocol's "
+                              f"({', '.join(f'2^{s}' for s in sorted(self.scales))})")
+        label, earlier = request.label, self.state.ledger.entries()
+        if any(e["action"] in _CONSUMING and e["details"].get("query") == label.once_key for e in earlier):
+            raise ReplayError(f"query {label.once_key} was already decrypted (or refused after decryption): "
+                              "one decryption per run, phase and round")
+        if request.dp_epsilon == 0:
+            mine = set(cohort)
+            for entry in earlier:
+                details = entry["details"]
+                if entry["action"] != "decrypt" or details.get("kind") != label.kind:
+                    continue
+                differ = len(mine ^ set(details["cohort"]))
+                if 0 < differ < self.min_sites:
+                    raise CohortError(
+                        f"the cohort differs from an earlier {label.kind} decryption ({details['query']}) by "
+                        f"{differ} site(s), fewer than min-sites ({self.min_sites}): the difference of the two "
+                        "sums would be about those sites alone (differencing); refused unless the sites add "
+                        "differential-privacy noise")
+        return keys
+
+    def _decrypt_checked(self, blob: bytes, request: DecryptRequest, keys: dict[str, bytes]) -> np.ndarray:
         try:
-            values = np.concatenate([
-                np.asarray(ts.ckks_vector_from(self.__secret_context, chunk).decrypt())
-                for chunk in unpack(blob)
-            ])
-        except (ValueError, RuntimeError) as exc:
-            raise CiphertextError(f"the aggregate is not a ciphertext under this key holder's context ({exc})") from exc
-        if values.size != length + 1:
-            raise AggregateCheckError(f"expected {length} values and a contributor slot, got {values.size}")
+            vectors = [ts.ckks_vector_from(self.__secret_context, chunk) for chunk in unpack(blob)]
+            scales = {round(float(np.log2(v.ciphertext()[0].scale))) for v in vectors}
+            values = np.concatenate([np.asarray(v.decrypt()) for v in vectors]) if vectors else np.zeros(0)
+        except (ValueError, RuntimeError, TypeError) as exc:
+            raise CiphertextError("the sum is not a ciphertext under this key holder's context") from exc
+        if scales != {request.scale_bits}:
+            raise CiphertextError(f"the sum is at scale(s) {sorted(scales)}, not 2^{request.scale_bits}")
+        if values.size != request.length + TRAILER:
+            raise AggregateCheckError(f"expected {request.length} values and a trailer of {TRAILER}, "
+                                      f"got {values.size} values")
         if not np.isfinite(values).all():
-            raise AggregateCheckError(f"the decrypted aggregate holds {int((~np.isfinite(values)).sum())} "
-                                      "non-finite value(s)")
-        slot = float(values[-1])
-        if abs(slot - round(slot)) > CONTRIBUTOR_TOLERANCE:
-            raise AggregateCheckError(f"the contributor slot decrypts to {slot:.6g}, not a whole number of sites: "
-                                      "a ciphertext made under another key, or a corrupted one")
-        if contributors is not None and round(slot) != contributors:
-            raise AggregateCheckError(f"the contributor slot counts {round(slot)} site(s), but {contributors} "
-                                      "replies were summed: a ciphertext made under another key, or a forged one")
-        contributors = round(slot)
-        if contributors < self.min_sites:
-            raise NotEnoughSitesError(
-                f"refusing to decrypt an aggregate over {contributors} site(s): "
-                f"at least {self.min_sites} are required"
-            )
-        return values[:-1]
-
-
-class _KeyHolderManager(BaseManager):
-    pass
-
-
-_KeyHolderManager.register("KeyHolder", KeyHolder)
-
-
-def start_key_holder_process(*, min_sites: int = 3, params: CKKSParams | None = None) -> tuple[BaseManager, KeyHolder]:
-    """Run the key holder in a process of its own; return (manager, proxy).
-
-    The caller (the aggregator's process) only ever has the proxy: its methods run in the other
-    process, and the secret key never enters the caller's memory. ``manager.shutdown()`` ends it.
-    """
-    manager = _KeyHolderManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start()
-    return manager, manager.KeyHolder(min_sites=min_sites, params=params)  # type: ignore[attr-defined]
+            raise AggregateCheckError("the decrypted sum holds non-finite values")
+        data, slot, tags = values[: request.length], float(values[request.length]), values[request.length + 1 :]
+        if abs(slot - len(request.cohort)) > 0.01:
+            raise AggregateCheckError(f"the contributor slot does not count the {len(request.cohort)} site(s) "
+                                      "claimed: a ciphertext made under another key, added twice, or forged")
+        check_tags(data, tags, site_keys=[keys[s] for s in request.cohort], label=request.label,
+                   scale_bits=request.scale_bits)
+        return data

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -11,11 +13,19 @@ __all__ = ["KeyHolderSettings", "load_keyholder_settings"]
 
 
 class KeyHolderSettings(BaseSettings):
-    """``FENJI_MIN_SITES``: the fewest sites a decrypted sum may cover."""
+    """``FENJI_MIN_SITES``: the fewest distinct enrolled sites a decrypted sum may cover; it is set
+    here, at the key holder, and nowhere else. ``FENJI_KEYHOLDER_HOME``: the key holder's folder
+    (keys, enrolments, tokens, ledger); by default ``keyholder`` under ``FENJI_HOME``."""
 
     model_config = SettingsConfigDict(env_prefix="FENJI_", extra="ignore")
 
     min_sites: int = Field(3, ge=1)
+    home: Path = Path(".fenji")
+    keyholder_home: Path | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return (self.keyholder_home or self.home / "keyholder").resolve()
 
 
 def load_keyholder_settings(**overrides: object) -> KeyHolderSettings:

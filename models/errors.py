@@ -19,7 +19,7 @@ with ``raise <FenjiError subclass>(...) from exc``::
     ├── MappingError                    3  node_agent.errors    a mapping YAML is missing or invalid
     ├── IngestError                     4  node_agent.errors    an input file cannot be read
     ├── ServeError (HTTP status tree)   1  node_agent.serve.errors
-    ├── AuditTamperedError              8  coordinator.errors   the audit log's chain is broken or torn
+    ├── AuditTamperedError              8  federation.errors    an audit log's chain is broken or torn
     └── BenchUnavailable                2  bench.errors         a benchmark cannot run here
 
 The key holder raises the protocol's own errors (``keyholder.errors`` names them).

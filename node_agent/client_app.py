@@ -22,13 +22,17 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from federation.crypto import encrypt_vector, load_public_context
+from federation.crypto import WIDE_SCALE_BITS, encrypt_contribution, load_public_context
+from federation.identity import ENROLMENT_FILE, Enrolment, load_enrolment, verify_context
+from federation.tags import QueryLabel
 from models.calibration import Calibration
 from models.encoding import EncodingParams
 from models.spec import TaskSpec
 from models.training import TrainConfig, dp_noise_multiplier
 from models.training import evaluate as evaluate_model
+from node_agent.answered import claim_query
 from node_agent.egress import make_egress_guard
+from node_agent.errors import EgressViolation
 from node_agent.local import (
     SiteData,
     calibration_update,
@@ -43,9 +47,30 @@ from node_agent.local import (
 __all__ = ["app", "build_client_app"]
 
 
-def _ciphertext_record(config: ConfigRecord, values: np.ndarray, *, scale_bits: int | None = None) -> ArrayRecord:
-    context = load_public_context(bytes(config["ckks-context"]))
-    blob = encrypt_vector(context, values, scale_bits=scale_bits)
+def _enrolment(site_dir: Path, site_id: str) -> Enrolment:
+    """This site's enrolment with the key holder; it must be this site's."""
+    enrolment = load_enrolment(site_dir / ENROLMENT_FILE)
+    if enrolment.site_id != site_id:
+        raise EgressViolation(f"the enrolment in {site_dir} is for site {enrolment.site_id!r}, not {site_id!r}")
+    return enrolment
+
+
+def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, values: np.ndarray, *, phase: str,
+                       round_: int, scale_bits: int | None = None) -> ArrayRecord:
+    """Encrypt ``values`` for one query, under a public context the enrolled key holder signed.
+
+    The query's label binds the site's tags to this run, phase and round and to the DP noise the
+    site applied; the site answers each query once (``node_agent.answered``).
+    """
+    enrolment = _enrolment(site_dir, site_id)
+    public_context = bytes(config["ckks-context"])
+    # Pinned identity: a context the enrolled key holder did not sign is refused before anything is encrypted.
+    verify_context(public_context, bytes(config.get("ckks-context-signature", b"")), enrolment.verify_key_bytes)
+    context = load_public_context(public_context)
+    label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
+                       dp_epsilon=float(config.get("dp-epsilon", 0.0)) if phase == "train" else 0.0)
+    claim_query(site_dir, enrolment.keyholder, label)
+    blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label, scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
@@ -71,14 +96,20 @@ def build_client_app(
     """A ClientApp; ``sites`` maps simulation partition ids to site folders."""
     app = ClientApp(mods=[make_egress_guard(log_dir=egress_log, allow_plaintext=allow_plaintext)])
 
+    def site_dir_of(context: Context) -> Path:
+        if "site-dir" in context.node_config:
+            return Path(str(context.node_config["site-dir"]))
+        return Path(sites[int(context.node_config["partition-id"])])  # type: ignore[index]
+
     def site_data(message: Message, context: Context) -> tuple[SiteData, ConfigRecord]:
         config = message.content["config"]
         spec = TaskSpec.model_validate_json(str(config["task-json"]))
-        if "site-dir" in context.node_config:
-            site_dir = Path(str(context.node_config["site-dir"]))
-        else:
-            site_dir = Path(sites[int(context.node_config["partition-id"])])  # type: ignore[index]
-        return load_site_data(site_dir, spec), config
+        return load_site_data(site_dir_of(context), spec), config
+
+    def encrypted(context: Context, data: SiteData, config: ConfigRecord, values: np.ndarray, *, phase: str,
+                  round_: int, scale_bits: int | None = None) -> ArrayRecord:
+        return _ciphertext_record(site_dir_of(context), data.site_id, config, values, phase=phase, round_=round_,
+                                  scale_bits=scale_bits)
 
     def reply(message: Message, records: dict) -> Message:
         return Message(RecordDict(records), reply_to=message)
@@ -88,11 +119,12 @@ def build_client_app(
         data, config = site_data(message, context)
         vector = site_statistics(data).vector
         n = MetricRecord({"num-examples": len(data.train_frame)})
+        site = ConfigRecord({"site-id": data.site_id})
         if config.get("plaintext", False):
-            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n})
+            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
         # Sums of squares run large: encrypted at a smaller scale that leaves room for them.
-        scale_bits = int(config.get("stats-scale-bits", 25))
-        return reply(message, {"ciphertext": _ciphertext_record(config, vector, scale_bits=scale_bits), "metrics": n})
+        record = encrypted(context, data, config, vector, phase="stats", round_=0, scale_bits=WIDE_SCALE_BITS)
+        return reply(message, {"ciphertext": record, "metrics": n, "site": site})
 
     @app.train()
     def train(message: Message, context: Context) -> Message:
@@ -101,13 +133,15 @@ def build_client_app(
         global_flat = message.content["arrays"].to_numpy_ndarrays()[0]
         flat, n, loss = train_update(data, params, global_flat, _train_config(data.spec, config, len(data.train_frame)))
         metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
+        site = ConfigRecord({"site-id": data.site_id})
         if config.get("plaintext", False):
-            return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics})
+            return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics, "site": site})
         # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
         weight = n / max(float(config.get("total-examples", n)), 1.0)
         weighted = np.append(weight * flat, weight)
-        return reply(message, {"ciphertext": _ciphertext_record(config, weighted), "metrics": metrics})
+        record = encrypted(context, data, config, weighted, phase="train", round_=int(config["server-round"]))
+        return reply(message, {"ciphertext": record, "metrics": metrics, "site": site})
 
     @app.query("calibrate")
     def calibrate(message: Message, context: Context) -> Message:
@@ -116,9 +150,11 @@ def build_client_app(
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
         vector = calibration_update(data, params, flat)
         n = MetricRecord({"num-examples": len(data.train_frame)})
+        site = ConfigRecord({"site-id": data.site_id})
         if config.get("plaintext", False):
-            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n})
-        return reply(message, {"ciphertext": _ciphertext_record(config, vector, scale_bits=25), "metrics": n})
+            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
+        record = encrypted(context, data, config, vector, phase="calibrate", round_=0, scale_bits=WIDE_SCALE_BITS)
+        return reply(message, {"ciphertext": record, "metrics": n, "site": site})
 
     @app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:

@@ -1,21 +1,25 @@
 """Run a federation on Flower's simulation engine: one SuperNode per site folder.
 
-This is where the parties meet in one machine: a key-holder process, the coordinator's ServerApp
-(in a thread of this process, holding only the public context) and one ClientApp per site. Ray, the
-engine underneath, is kept on this machine: it listens on loopback only and sends nothing out.
+This is where the parties meet in one machine: the key holder as its own service (a separate process
+serving its HTTP API on loopback, with its own folder, keys and ledger), the coordinator's ServerApp
+(in a thread of this process, reaching the key holder only over that API with a token) and one
+ClientApp per site, each enrolled with the key holder. Ray, the engine underneath, is kept on this
+machine: it listens on loopback only and sends nothing out.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from federation.errors import SiteDataError
+from federation.identity import ENROLMENT_FILE, load_enrolment
 from federation.settings import configure_environment, environment
-from keyholder.key_holder import start_key_holder_process
+from keyholder.state import KeyHolderState
 from models.encoding import Encoder, SiteStatistics, encode_labels
 from models.nets import build_model
 from models.spec import TaskSpec
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.clientapp.typing import Mod
 
-__all__ = ["pooled_reference", "run_simulated_federation", "site_dirs_of"]
+__all__ = ["enrol_sites", "pooled_reference", "run_simulated_federation", "site_dirs_of"]
 
 # Ray's defaults reach beyond the machine: it finds its own address by routing a UDP socket towards
 # 8.8.8.8, its servers listen on all interfaces, and its dashboard process (started even with
@@ -101,13 +105,35 @@ def _behind_mods(app: ClientApp, mods: Sequence[Mod]) -> ClientApp:
     return outer
 
 
+def enrol_sites(state: KeyHolderState, site_dirs: Sequence[Path]) -> list[str]:
+    """Enrol each site folder with the simulation's key holder, as its admin would out of band; a
+    folder already enrolled with this key holder keeps its enrolment. Returns the site ids."""
+    from node_agent.store import SiteStore
+
+    site_ids = []
+    enrolled = state.enrolments()
+    for site_dir in site_dirs:
+        with SiteStore(Path(site_dir), read_only=True) as store:
+            site_id = store.site_id
+        site_ids.append(site_id)
+        path = Path(site_dir) / ENROLMENT_FILE
+        if path.is_file() and site_id in enrolled:
+            current = load_enrolment(path)
+            if current.keyholder == state.keyholder_id and current.site_key == enrolled[site_id]["site_key"]:
+                continue
+        if site_id in enrolled:
+            state.revoke_site(site_id)
+        state.enrol(site_id, f"simulation:{site_id}").save(path)
+    return site_ids
+
+
 def run_simulated_federation(
     spec: TaskSpec,
     site_dirs: Sequence[Path],
     *,
     rounds: int = 20,
     encrypt: bool = True,
-    min_sites: int = 3,
+    keyholder_home: Path | None = None,
     local_epochs: int | None = None,
     learning_rate: float | None = None,
     proximal_mu: float = 0.0,
@@ -121,30 +147,49 @@ def run_simulated_federation(
 ):
     """Run statistics + ``rounds`` rounds of (encrypted) FedAvg over the site folders.
 
-    ``client_mods`` are Flower mods put around every site's ClientApp (outermost first): the seam
-    to stage a misbehaving site. The outcome's ``excluded`` lists the replies left out.
+    The key holder's folder is ``keyholder_home`` (default: ``FENJI_KEYHOLDER_HOME``, else
+    ``FENJI_HOME/keyholder``), made on first use; it keeps its keys and its ledger between runs, so
+    its cohort rules hold across runs too. min-sites is the key holder's (``FENJI_MIN_SITES``) and
+    nothing here can lower it. ``client_mods`` are Flower mods put around every site's ClientApp
+    (outermost first): the seam to stage a misbehaving site. The outcome's ``excluded`` lists the
+    replies left out.
 
     Raises
     ------
-    NotEnoughSitesError, AggregateCheckError
-        If a phase has fewer than ``min_sites`` usable replies, or an inconsistent aggregate.
+    NotEnoughSitesError, AggregateCheckError, PrivacyError
+        If a phase has fewer than min-sites usable replies, an inconsistent aggregate, or the key
+        holder refuses a decryption.
     """
     configure_environment()
     from flwr.simulation import run_simulation
 
+    from coordinator.keyholder_client import KeyHolderClient
     from coordinator.outcome import FederationOutcome, RunSettings
     from coordinator.server_app import build_server_app
+    from keyholder.process import start_key_holder_service
+    from keyholder.settings import load_keyholder_settings
     from node_agent.client_app import build_client_app
 
     if not verbose:
         logging.getLogger("flwr").setLevel(logging.ERROR)
+    keyholder_settings = load_keyholder_settings()
     settings = RunSettings(
-        task=spec, rounds=rounds, encrypt=encrypt, min_sites=min_sites, local_epochs=local_epochs,
+        task=spec, rounds=rounds, encrypt=encrypt, min_sites=keyholder_settings.min_sites, local_epochs=local_epochs,
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
     )
     outcomes: list[FederationOutcome] = []
-    manager, key_holder = start_key_holder_process(min_sites=min_sites)
-    try:
+    with ExitStack() as stack:
+        key_holder = None
+        if encrypt:
+            state = KeyHolderState(keyholder_home or keyholder_settings.state_dir)
+            state.init()
+            enrol_sites(state, site_dirs)
+            caller = f"simulation-{uuid.uuid4().hex[:12]}"
+            token = state.issue_token(caller)
+            stack.callback(state.revoke_token, caller)
+            service = stack.enter_context(
+                start_key_holder_service(state.home, min_sites=keyholder_settings.min_sites))
+            key_holder = KeyHolderClient(service.url, token)
         server_app = build_server_app(settings, key_holder, n_sites=len(site_dirs), on_round=on_round,
                                       on_done=outcomes.append)
         client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
@@ -158,8 +203,6 @@ def run_simulated_federation(
                                 "init_args": dict(_RAY_INIT_ARGS)},
                 verbose_logging=verbose,
             )
-    finally:
-        manager.shutdown()
     if not outcomes:
         raise RuntimeError("the federated run ended without a result; run with --verbose for Flower's log")
     return outcomes[0]

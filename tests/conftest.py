@@ -55,3 +55,18 @@ def require_shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"shared data set not found at {path} (set FENJI_DATA_DIR)")
     return path
+
+
+@pytest.fixture()
+def enrolled_key_holder(tmp_path):
+    """``make(n_sites=3, min_sites=3)`` -> (KeyHolder, {site id: Enrolment}): a real key holder folder
+    under tmp_path with ``n_sites`` enrolled sites ``site_0``, ``site_1``…"""
+    from keyholder import KeyHolder, KeyHolderState
+
+    def make(n_sites: int = 3, min_sites: int = 3, home: Path | None = None):
+        state = KeyHolderState(home or tmp_path / "keyholder")
+        state.init()
+        enrolments = {f"site_{i}": state.enrol(f"site_{i}", f"INST-{i}") for i in range(n_sites)}
+        return KeyHolder(state, min_sites=min_sites), enrolments
+
+    return make

@@ -133,7 +133,7 @@ def test_sim_sites_dir(tmp_path, export, home, case):
     elif case == "no-data-for-task":
         _ingested_site(tmp_path, export)
         task = "triage"
-    result = run("sim", "--task", task, "--sites-dir", str(sites), "--rounds", "1", "--min-sites", "1")
+    result = run("sim", "--task", task, "--sites-dir", str(sites), "--rounds", "1", env={"FENJI_MIN_SITES": "1"})
     assert_one_error_line(result)
     assert not home.exists()  # nothing was trained, registered or audited
 
@@ -146,9 +146,9 @@ def test_sim_sites_dir(tmp_path, export, home, case):
 ])
 def test_sim_bad_options_fail_before_the_run(tmp_path, export, home, args):
     _ingested_site(tmp_path, export)
-    base = {"--task": "referral_risk", "--sites-dir": str(tmp_path / "sites"), "--rounds": "1", "--min-sites": "1"}
+    base = {"--task": "referral_risk", "--sites-dir": str(tmp_path / "sites"), "--rounds": "1"}
     base.update(dict(zip(args[::2], args[1::2])))
-    result = run("sim", *[x for kv in base.items() for x in kv])
+    result = run("sim", *[x for kv in base.items() for x in kv], env={"FENJI_MIN_SITES": "1"})
     assert_one_error_line(result)
     assert not home.exists()
 

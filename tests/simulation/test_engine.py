@@ -20,13 +20,13 @@ ROUNDS = 3
 def encrypted_run(small_federation, referral_spec, tmp_path_factory):
     egress = tmp_path_factory.mktemp("egress")
     outcome = run_simulated_federation(referral_spec, small_federation, rounds=ROUNDS, encrypt=True,
-                                       min_sites=3, egress_log=egress)
+                                       keyholder_home=tmp_path_factory.mktemp("keyholder"), egress_log=egress)
     return outcome, egress
 
 
 @pytest.fixture(scope="module")
 def plaintext_run(small_federation, referral_spec):
-    return run_simulated_federation(referral_spec, small_federation, rounds=ROUNDS, encrypt=False, min_sites=3)
+    return run_simulated_federation(referral_spec, small_federation, rounds=ROUNDS, encrypt=False)
 
 
 def test_encrypted_federation_equals_plaintext_fedavg(encrypted_run, plaintext_run):
@@ -99,9 +99,12 @@ def test_run_is_registered_in_mlflow_and_audited(encrypted_run, tmp_path):
     np.testing.assert_allclose(got, outcome.flat, atol=1e-6)
 
 
-def test_fewer_sites_than_min_sites_never_decrypts(small_federation, referral_spec):
+def test_fewer_sites_than_min_sites_never_decrypts(small_federation, referral_spec, tmp_path):
     from federation.errors import NotEnoughSitesError
 
     with pytest.raises((NotEnoughSitesError, RuntimeError)) as info:
-        run_simulated_federation(referral_spec, small_federation[:2], rounds=1, encrypt=True, min_sites=3)
+        run_simulated_federation(referral_spec, small_federation[:2], rounds=1, encrypt=True,
+                                 keyholder_home=tmp_path / "keyholder")
     assert "site" in str(info.value)
+    ledger = (tmp_path / "keyholder" / "ledger.jsonl").read_text()
+    assert '"action": "decrypt"' not in ledger

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Run in the child: one site, one round, and a look at every socket Ray's processes have open
 # while the round is done (on_round runs while all of them are up).
 CHILD = """
-import json, socket, sys
+import json, os, socket, sys
 from pathlib import Path
 
 
@@ -49,8 +49,10 @@ def main():
                 if listening:
                     sockets.append({"process": name, "type": c.type.name, "ip": c.laddr.ip, "port": c.laddr.port})
 
-    # min_sites=1: a federation of one is enough to start every part of Ray.
-    run_simulated_federation(load_task("referral_risk"), [site], rounds=1, min_sites=1, on_round=look)
+    # FENJI_MIN_SITES=1 (the key holder's rule): a federation of one is enough to start every part of Ray.
+    os.environ["FENJI_MIN_SITES"] = "1"
+    run_simulated_federation(load_task("referral_risk"), [site], rounds=1, on_round=look,
+                             keyholder_home=out.parent / "keyholder")
     out.write_text(json.dumps(sockets))
 
 

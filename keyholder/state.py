@@ -1,0 +1,200 @@
+"""The key holder's state folder: its keys, the sites it enrolled, its callers' tokens, its ledger.
+
+Layout (the folder is 0700, every secret file 0600)::
+
+    secret-context.bin   CKKS context with the secret key (the only copy)
+    public-context.bin   the same context without it
+    signing-key.pem      Ed25519 key that signs the public context
+    enrolments.json      site id -> institution code, tag key (secret), when
+    tokens.json          caller name -> SHA-256 of its bearer token, role, revoked or not
+    ledger.jsonl         hash-chained log of every decryption asked for: granted or refused, and why
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tenseal as ts
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from federation.audit import AuditLog
+from federation.crypto import CKKSParams
+from federation.identity import Enrolment, b64, context_signature, fingerprint, unb64, write_secret
+from keyholder.errors import EnrolmentError, KeyHolderStateError
+
+__all__ = ["KeyHolderState"]
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class KeyHolderState:
+    """The key holder's folder at ``home`` (``init`` makes it; everything else reads it)."""
+
+    def __init__(self, home: Path | str) -> None:
+        self.home = Path(home)
+
+    # -- files -------------------------------------------------------------------------------
+    @property
+    def ledger(self) -> AuditLog:
+        return AuditLog(self.home / "ledger.jsonl")
+
+    def exists(self) -> bool:
+        return (self.home / "secret-context.bin").is_file()
+
+    def require(self) -> KeyHolderState:
+        if not self.exists():
+            raise KeyHolderStateError(f"no key holder at {self.home}: create it with `fenji keyholder init`")
+        return self
+
+    def init(self, params: CKKSParams | None = None) -> bool:
+        """Make the keys if the folder has none; return whether it made them (never overwrites)."""
+        if self.exists():
+            return False
+        params = params or CKKSParams()
+        self.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.home, 0o700)
+        context = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
+                             coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+        context.global_scale = 2**params.scale_bits
+        public = context.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False,
+                                   save_relin_keys=False)
+        secret = context.serialize(save_public_key=True, save_secret_key=True, save_galois_keys=False,
+                                   save_relin_keys=False)
+        key = Ed25519PrivateKey.generate()
+        write_secret(self.home / "signing-key.pem", key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (self.home / "public-context.bin").write_bytes(public)
+        write_secret(self.home / "enrolments.json", "{}\n")
+        write_secret(self.home / "tokens.json", "{}\n")
+        # Written last: its presence says the folder is complete.
+        write_secret(self.home / "secret-context.bin", secret)
+        self.ledger.append(actor="keyholder", action="init", keyholder=self.keyholder_id,
+                           poly_modulus_degree=params.poly_modulus_degree)
+        return True
+
+    def secret_context(self) -> ts.Context:
+        return ts.context_from((self.require().home / "secret-context.bin").read_bytes())
+
+    def public_context(self) -> bytes:
+        return (self.require().home / "public-context.bin").read_bytes()
+
+    def signing_key(self) -> Ed25519PrivateKey:
+        key = serialization.load_pem_private_key((self.require().home / "signing-key.pem").read_bytes(), None)
+        assert isinstance(key, Ed25519PrivateKey)
+        return key
+
+    @property
+    def verify_key(self) -> bytes:
+        return self.signing_key().public_key().public_bytes(serialization.Encoding.Raw,
+                                                             serialization.PublicFormat.Raw)
+
+    @property
+    def keyholder_id(self) -> str:
+        return fingerprint(self.verify_key)
+
+    def context_signature(self) -> bytes:
+        return context_signature(self.signing_key(), self.public_context())
+
+    def _read(self, name: str) -> dict:
+        return json.loads((self.require().home / name).read_text(encoding="utf-8"))
+
+    def _update(self, name: str, change) -> object:
+        """Read-modify-write ``name`` under an exclusive lock; ``change(data)`` returns its result."""
+        lock_path = self.home / ".lock"
+        with lock_path.open("a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self._read(name)
+            result = change(data)
+            write_secret(self.home / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            return result
+
+    # -- enrolment ---------------------------------------------------------------------------
+    def enrol(self, site_id: str, institution: str) -> Enrolment:
+        """Enrol a site: one enrolment per site id and one per institution code.
+
+        Raises
+        ------
+        EnrolmentError
+            If the site id is taken, or the institution is already enrolled under another name.
+        """
+        site_id, institution = site_id.strip(), institution.strip()
+        if not site_id or not institution:
+            raise EnrolmentError("a site id and an institution code are both needed")
+        site_key = secrets.token_bytes(32)
+
+        def add(data: dict) -> None:
+            if site_id in data:
+                raise EnrolmentError(f"site {site_id!r} is already enrolled (on {data[site_id]['enrolled_at']}); "
+                                     "revoke it first to enrol it again")
+            twin = [s for s, e in data.items() if e["institution"].casefold() == institution.casefold()]
+            if twin:
+                raise EnrolmentError(f"institution {institution!r} is already enrolled as site {twin[0]!r}: "
+                                     "one clinic, one enrolment (two names would count it twice)")
+            data[site_id] = {"institution": institution, "site_key": b64(site_key), "enrolled_at": _now()}
+
+        self._update("enrolments.json", add)
+        self.ledger.append(actor="keyholder-admin", action="enrol", site=site_id, institution=institution)
+        return Enrolment(site_id=site_id, institution=institution, keyholder=self.keyholder_id,
+                         verify_key=b64(self.verify_key), site_key=b64(site_key), issued_at=_now())
+
+    def revoke_site(self, site_id: str) -> None:
+        def drop(data: dict) -> None:
+            if site_id not in data:
+                raise EnrolmentError(f"site {site_id!r} is not enrolled")
+            del data[site_id]
+
+        self._update("enrolments.json", drop)
+        self.ledger.append(actor="keyholder-admin", action="revoke-site", site=site_id)
+
+    def enrolments(self) -> dict[str, dict]:
+        return self._read("enrolments.json")
+
+    def site_keys(self, site_ids: list[str]) -> dict[str, bytes]:
+        enrolled = self.enrolments()
+        return {s: unb64(enrolled[s]["site_key"]) for s in site_ids if s in enrolled}
+
+    # -- callers' tokens ---------------------------------------------------------------------
+    def issue_token(self, name: str, role: str = "coordinator") -> str:
+        """A new bearer token for caller ``name`` (shown once; only its hash is kept)."""
+        token = "fkh_" + secrets.token_urlsafe(32)
+
+        def add(data: dict) -> None:
+            data[name] = {"sha256": hashlib.sha256(token.encode()).hexdigest(), "role": role,
+                          "issued_at": _now(), "revoked": False}
+
+        self._update("tokens.json", add)
+        self.ledger.append(actor="keyholder-admin", action="issue-token", caller=name, role=role)
+        return token
+
+    def revoke_token(self, name: str) -> None:
+        def revoke(data: dict) -> None:
+            if name not in data:
+                raise EnrolmentError(f"no token named {name!r}")
+            data[name]["revoked"] = True
+
+        self._update("tokens.json", revoke)
+        self.ledger.append(actor="keyholder-admin", action="revoke-token", caller=name)
+
+    def caller_of(self, token: str) -> str | None:
+        """The caller a bearer token belongs to (``None`` if unknown or revoked); compared in constant time."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for name, entry in self._read("tokens.json").items():
+            if hmac.compare_digest(entry["sha256"], digest) and not entry.get("revoked"):
+                found = name
+        return found
