@@ -1,28 +1,56 @@
 """Encryption overhead: the same sites, the same model, one FedAvg round with and without CKKS.
 
-A round is measured in its parts, in one process: local training (sites train in parallel, so the
-slowest site counts), the site's work on its update (serialise float32, or encrypt), the
-aggregator's sum, and the key holder's decryption. Bytes are what one site sends per round.
+A round is measured in its parts, in one run: local training (sites train in parallel, so the
+slowest site counts), the site's work on its update (serialise float32; or check the key holder's
+signature on the public context and encrypt with tags), the aggregator's sum, and the decryption by
+the key holder's own service over HTTP (``keyholder.process``), with every rule of the protocol:
+enrolled sites, a bearer token, one decryption per query, tags checked. Bytes are what one site
+sends per round.
+
+The ``checks`` block of each size says what the authenticated protocol (issue 12) adds:
+
+- per site: computing the tags (``site_tags``), verifying the signed public context
+  (``verify_context``), and the bytes the tags add to the ciphertext;
+- per round: the key holder's checks (its in-process ``decrypt_aggregate`` minus a bare TenSEAL
+  decryption of the same sum) and the HTTP hop (the service's answer minus the in-process one).
+
+The in-process key holder reads a copy of the service's state folder, taken before the service
+starts: its sites, keys and rules are the same, its ledger is its own. So it decrypts the very sum
+the service decrypts, under the same label (the tags bind the label, so a sum cannot be decrypted
+under another one), and neither ledger sees the query twice.
 """
 
 from __future__ import annotations
 
+import shutil
+import statistics
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+import tenseal as ts
 import torch
 from torch import nn
 
 from bench.common import environment, save_figure, spread, subplots
 from coordinator.aggregator import Aggregator
-from federation.crypto import CKKSParams, encrypt_vector, load_public_context
+from coordinator.keyholder_client import KeyHolderClient
+from federation.crypto import CKKSParams, chunk_sizes, encrypt_contribution, load_public_context, slot_count, unpack
+from federation.identity import verify_context
+from federation.keyholder_api import DecryptRequest
+from federation.tags import TRAILER, QueryLabel, site_tags
 from keyholder.key_holder import KeyHolder
+from keyholder.process import start_key_holder_service
+from keyholder.state import KeyHolderState
 
-__all__ = ["run"]
+__all__ = ["plot", "run", "trailer_bytes"]
 
 # Hidden widths giving about 1k, 100k and 1M parameters on 40 inputs.
 MODELS = {1_000: [24], 100_000: [256, 256, 88], 1_000_000: [1024, 768, 256]}
+TASK = "he-overhead"
+CALLER = "bench-coordinator"
 
 
 def _mlp(n_inputs: int, hidden: Sequence[int]) -> nn.Module:
@@ -47,74 +75,66 @@ def _train_seconds(model: nn.Module, rows: int, epochs: int) -> float:
     return time.perf_counter() - start
 
 
+def trailer_bytes(blob: bytes, *, length: int, slots: int) -> int:
+    """Bytes the tags add to ``blob`` (``length`` data values and the trailer) compared with the same
+    data and its contributor slot alone, the vector sites sent before tags.
+
+    Ciphertexts are whole: while the tags fit in the last chunk's free slots they cost nothing;
+    otherwise each extra chunk costs its serialised size and its 8-byte length in the header.
+    """
+    tagged, untagged = len(chunk_sizes(length + TRAILER, slots)), len(chunk_sizes(length + 1, slots))
+    chunks = unpack(blob)
+    if len(chunks) != tagged:
+        raise ValueError(f"{len(chunks)} chunk(s) for {length} values and the trailer, expected {tagged}")
+    return sum(len(chunk) + 8 for chunk in chunks[untagged:])
+
+
+def _bare_decrypt(secret: ts.Context, blob: bytes) -> np.ndarray:
+    """Deserialise and decrypt ``blob`` with no rule at all: what decryption costs by itself."""
+    return np.concatenate([np.asarray(ts.ckks_vector_from(secret, chunk).decrypt()) for chunk in unpack(blob)])
+
+
+def _timed(fn: Callable[..., object], *args, **kwargs) -> tuple[object, float]:
+    """``fn(*args, **kwargs)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    return result, time.perf_counter() - t0
+
+
 def run(
     *, sizes: Sequence[int] = (1_000, 100_000, 1_000_000), sites: int = 10, repeats: int = 3,
-    rows: int = 400, epochs: int = 1, params: CKKSParams | None = None, progress=None,
+    rows: int = 400, epochs: int = 1, params: CKKSParams | None = None, workdir: Path | None = None,
+    progress=None,
 ) -> dict:
+    """Measure every size ``repeats`` times; ``workdir`` keeps the key holder's folders (default: a
+    temporary folder, removed at the end)."""
     params = params or CKKSParams()
-    key_holder = KeyHolder(min_sites=min(3, sites), params=params)
-    context = load_public_context(key_holder.public_context)
-    aggregator = Aggregator(key_holder.public_context)
-    rng = np.random.default_rng(0)
-    results = []
-    for size in sizes:
-        hidden = MODELS.get(size) or [max(size // 42, 1)]
-        model = _mlp(40, hidden)
-        n_params = sum(p.numel() for p in model.parameters())
-        updates = [np.concatenate([p.detach().numpy().ravel() for p in model.parameters()]) + rng.normal(0, 0.01, n_params)
-                   for _ in range(sites)]
-        weights = rng.integers(50, 1000, sites).astype(float)
-        weights /= weights.sum()
-        plain, enc, train_s, errors, plain_bytes, enc_bytes = [], [], [], [], 0, 0
-        for _ in range(repeats):
-            train_s.append(_train_seconds(model, rows, epochs))
-            t0 = time.perf_counter()
-            payloads = [(w * u).astype(np.float32).tobytes() for w, u in zip(weights, updates)]
-            site_plain = (time.perf_counter() - t0) / sites
-            t0 = time.perf_counter()
-            total = np.sum([np.frombuffer(p, dtype=np.float32) for p in payloads], axis=0)
-            agg_plain = time.perf_counter() - t0
-            plain.append({"site": site_plain, "aggregate": agg_plain, "decrypt": 0.0})
-            plain_bytes = len(payloads[0])
-
-            t0 = time.perf_counter()
-            blobs = [encrypt_vector(context, np.append(w * u, w)) for w, u in zip(weights, updates)]
-            site_enc = (time.perf_counter() - t0) / sites
-            t0 = time.perf_counter()
-            summed = aggregator.add(blobs)
-            agg_enc = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            values = key_holder.decrypt_aggregate(summed, length=n_params + 1)
-            dec = time.perf_counter() - t0
-            enc.append({"site": site_enc, "aggregate": agg_enc, "decrypt": dec})
-            enc_bytes = len(blobs[0])
-            exact = np.sum([w * u for w, u in zip(weights, updates)], axis=0)
-            errors.append(float(np.max(np.abs(values[:-1] - exact))))
-            del total
-            if progress:
-                progress()
-        round_plain = [t + p["site"] + p["aggregate"] for t, p in zip(train_s, plain)]
-        round_enc = [t + e["site"] + e["aggregate"] + e["decrypt"] for t, e in zip(train_s, enc)]
-        results.append({
-            "parameters": n_params, "hidden": hidden,
-            "train_seconds": spread(train_s),
-            "plaintext": {k: spread([p[k] for p in plain]) for k in ("site", "aggregate")},
-            "encrypted": {k: spread([e[k] for e in enc]) for k in ("site", "aggregate", "decrypt")},
-            "round_seconds_plaintext": spread(round_plain),
-            "round_seconds_encrypted": spread(round_enc),
-            "round_time_ratio": spread([e / p for e, p in zip(round_enc, round_plain)]),
-            "bytes_per_site_plaintext_float32": plain_bytes,
-            "bytes_per_site_encrypted": enc_bytes,
-            "bytes_ratio": enc_bytes / plain_bytes,
-            "max_decryption_error": spread(errors),
-        })
+    min_sites = min(3, sites)
+    with tempfile.TemporaryDirectory(prefix="fenji-he-overhead-") as tmp:
+        base = Path(workdir or tmp)
+        state = KeyHolderState(base / "keyholder")
+        state.init(params)
+        enrolments = [state.enrol(f"site-{i:03d}", f"BENCH-{i:03d}") for i in range(sites)]
+        token = state.issue_token(CALLER)
+        # Same keys, sites and rules; a ledger of its own (see the module's docstring).
+        shutil.copytree(state.home, base / "keyholder-in-process")
+        in_process = KeyHolder(KeyHolderState(base / "keyholder-in-process"), min_sites=min_sites)
+        secret = KeyHolderState(base / "keyholder-in-process").secret_context()
+        public, signature = state.public_context(), state.context_signature()
+        with start_key_holder_service(state.home, min_sites=min_sites) as service:
+            client = KeyHolderClient(service.url, token)
+            results = [_measure(size, enrolments=enrolments, public=public, signature=signature,
+                                client=client, in_process=in_process, secret=secret, repeats=repeats, rows=rows,
+                                epochs=epochs, progress=progress)
+                       for size in sizes]
     return {
         "benchmark": "he-overhead",
         "inputs": {"sizes": list(sizes), "sites": sites, "repeats": repeats, "rows_per_site": rows,
                    "local_epochs": epochs, "ckks": {"poly_modulus_degree": params.poly_modulus_degree,
                                                     "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
                                                     "scale_bits": params.scale_bits},
-                   "public_context_bytes": len(key_holder.public_context)},
+                   "public_context_bytes": len(public), "min_sites": min_sites,
+                   "decryption": "key holder service over HTTP on loopback (python -m keyholder serve)"},
         "environment": environment(),
         "results": results,
         "anchors": {"nvflare_he_wall_time_ratio": 2.7, "nvflare_he_message_ratio": 15,
@@ -123,10 +143,100 @@ def run(
     }
 
 
+def _measure(size: int, *, enrolments, public: bytes, signature: bytes, client: KeyHolderClient,
+             in_process: KeyHolder, secret: ts.Context, repeats: int, rows: int, epochs: int, progress) -> dict:
+    """One model size: ``repeats`` rounds, plaintext and encrypted, and the checks' share of them."""
+    rng = np.random.default_rng(size)
+    sites = len(enrolments)
+    context = load_public_context(public)
+    aggregator = Aggregator(public)
+    cohort = [e.site_id for e in enrolments]
+    hidden = MODELS.get(size) or [max(size // 42, 1)]
+    model = _mlp(40, hidden)
+    n_params = sum(p.numel() for p in model.parameters())
+    flat = np.concatenate([p.detach().numpy().ravel() for p in model.parameters()])
+    updates = [flat + rng.normal(0, 0.01, n_params) for _ in range(sites)]
+    weights = rng.integers(50, 1000, sites).astype(float)
+    weights /= weights.sum()
+    # What a site encrypts in a train round: its weighted update and its weight (coordinator.server_app).
+    vectors = [np.append(w * u, w) for w, u in zip(weights, updates)]
+    exact = np.sum(vectors, axis=0)
+    plain, enc, train_s, errors, plain_bytes, enc_bytes = [], [], [], [], 0, 0
+    tags_s, verify_s, kh_checks, http_hop, bare_s, inproc_s, extra = [], [], [], [], [], [], 0
+    for repeat in range(repeats):
+        train_s.append(_train_seconds(model, rows, epochs))
+        t0 = time.perf_counter()
+        payloads = [(w * u).astype(np.float32).tobytes() for w, u in zip(weights, updates)]
+        site_plain = (time.perf_counter() - t0) / sites
+        t0 = time.perf_counter()
+        np.sum([np.frombuffer(p, dtype=np.float32) for p in payloads], axis=0)
+        plain.append({"site": site_plain, "aggregate": time.perf_counter() - t0, "decrypt": 0.0})
+        plain_bytes = len(payloads[0])
+
+        # A fresh run id each repeat: the key holder decrypts one sum per (run, phase, round).
+        label = QueryLabel(run_id=f"bench-{size}-{repeat}", phase="train", round=1, task=TASK)
+        blobs, site_enc = [], 0.0
+        for enrolment, values in zip(enrolments, vectors):
+            key = enrolment.site_key_bytes
+            # The tags alone (also computed inside encrypt_contribution, where the round counts them).
+            tags_s.append(_timed(site_tags, values, key, label)[1])
+            _, verify = _timed(verify_context, public, signature, enrolment.verify_key_bytes)
+            blob, encrypt = _timed(encrypt_contribution, context, values, site_key=key, label=label)
+            verify_s.append(verify)
+            site_enc += verify + encrypt
+            blobs.append(blob)
+        summed, agg_enc = _timed(aggregator.add, blobs, length=n_params + 1, scale_bits=aggregator.scale_bits)
+        request = DecryptRequest.of(label, cohort=cohort, length=n_params + 1, scale_bits=aggregator.scale_bits)
+        _, bare = _timed(_bare_decrypt, secret, summed)
+        _, inproc = _timed(in_process.decrypt_aggregate, summed, request, caller="bench-in-process")
+        values, dec = _timed(client.decrypt_aggregate, summed, request)
+        bare_s.append(bare)
+        inproc_s.append(inproc)
+        kh_checks.append(inproc - bare)
+        http_hop.append(dec - inproc)
+        enc.append({"site": site_enc / sites, "aggregate": agg_enc, "decrypt": dec})
+        enc_bytes = len(blobs[0])
+        extra = trailer_bytes(blobs[0], length=n_params + 1, slots=slot_count(context))
+        errors.append(float(np.max(np.abs(np.asarray(values) - exact))))
+        if progress:
+            progress()
+    round_plain = [t + p["site"] + p["aggregate"] for t, p in zip(train_s, plain)]
+    round_enc = [t + e["site"] + e["aggregate"] + e["decrypt"] for t, e in zip(train_s, enc)]
+    # Sites work in parallel: a round pays one site's checks and the key holder's once.
+    checks_in_round = [t + v + k + h for t, v, k, h in zip(
+        _per_repeat(tags_s, sites), _per_repeat(verify_s, sites), kh_checks, http_hop)]
+    median = statistics.median
+    return {
+        "parameters": n_params, "hidden": hidden,
+        "train_seconds": spread(train_s),
+        "plaintext": {k: spread([p[k] for p in plain]) for k in ("site", "aggregate")},
+        "encrypted": {k: spread([e[k] for e in enc]) for k in ("site", "aggregate", "decrypt")},
+        "round_seconds_plaintext": spread(round_plain),
+        "round_seconds_encrypted": spread(round_enc),
+        "round_time_ratio": spread([e / p for e, p in zip(round_enc, round_plain)]),
+        "bytes_per_site_plaintext_float32": plain_bytes,
+        "bytes_per_site_encrypted": enc_bytes,
+        "bytes_ratio": enc_bytes / plain_bytes,
+        "max_decryption_error": spread(errors),
+        "checks": {
+            "per_site": {"tags_seconds": median(tags_s), "verify_signature_seconds": median(verify_s),
+                         "trailer_bytes": extra},
+            "per_round": {"keyholder_checks_seconds": median(kh_checks), "http_hop_seconds": median(http_hop),
+                          "decrypt_bare_seconds": median(bare_s), "decrypt_in_process_seconds": median(inproc_s),
+                          "share_of_encrypted_round": median(c / r for c, r in zip(checks_in_round, round_enc))},
+        },
+    }
+
+
+def _per_repeat(per_site: list[float], sites: int) -> list[float]:
+    """Mean over the sites of each repeat, from a flat list ordered repeat by repeat."""
+    return [statistics.fmean(per_site[i : i + sites]) for i in range(0, len(per_site), sites)]
+
+
 def plot(report: dict, path) -> None:
     rows = report["results"]
     x = [r["parameters"] for r in rows]
-    fig, ax = subplots(figsize=(6, 4))
+    fig, (ax, checks) = subplots(1, 2, figsize=(11, 4))
     ax.plot(x, [r["round_time_ratio"]["median"] for r in rows], "o-", label="round wall time (encrypted / plaintext)")
     ax.plot(x, [r["bytes_ratio"] for r in rows], "s-", label="bytes per site (encrypted / float32)")
     ax.axhline(1.2, color="tab:blue", ls=":", lw=1, label="goal: time ≤ 1.2×")
@@ -137,4 +247,20 @@ def plot(report: dict, path) -> None:
     ax.set_ylabel("overhead ratio")
     ax.set_title(f"CKKS overhead, {report['inputs']['sites']} sites")
     ax.legend(fontsize=7)
+
+    series = [("per_site", "tags_seconds", "tags (per site)", "o-"),
+              ("per_site", "verify_signature_seconds", "context signature check (per site)", "v-"),
+              ("per_round", "keyholder_checks_seconds", "key holder's checks (per round)", "s-"),
+              ("per_round", "http_hop_seconds", "HTTP hop to the key holder (per round)", "D-")]
+    for part, key, label, style in series:
+        # A difference of two timings can come out at or below zero for tiny sums; a log axis drops it.
+        checks.plot(x, [max(r["checks"][part][key], 1e-6) * 1e3 for r in rows], style, label=label)
+    checks.plot(x, [r["round_seconds_encrypted"]["median"] * 1e3 for r in rows], "k--", lw=1,
+                label="whole encrypted round")
+    checks.set_xscale("log")
+    checks.set_yscale("log")
+    checks.set_xlabel("model parameters")
+    checks.set_ylabel("ms (median)")
+    checks.set_title("What the authenticated protocol adds")
+    checks.legend(fontsize=7)
     save_figure(fig, path)

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 
 from federation import errors as protocol_errors
+from federation.errors import PrivacyError, SettingsError
 from federation.keyholder_api import (
     DECRYPT_PATH,
     INFO_PATH,
@@ -19,7 +20,6 @@ from federation.keyholder_api import (
     KeyHolderInfo,
     encode_request,
 )
-from federation.errors import PrivacyError, SettingsError
 
 __all__ = ["KeyHolderClient"]
 

@@ -40,7 +40,7 @@ from coordinator.strategy import (
     declared_rows,
 )
 from federation.crypto import WIDE_SCALE_BITS
-from federation.keyholder_api import DecryptRequest, Decryptor
+from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 from models.calibration import calibration_statistics_size, fit_calibration
 from models.encoding import Encoder, SiteStatistics

@@ -25,7 +25,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from coordinator.aggregator import Aggregator
 from coordinator.errors import AggregateCheckError, NotEnoughSitesError
 from federation.errors import CiphertextError
-from federation.keyholder_api import DecryptRequest, Decryptor
+from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",

@@ -18,8 +18,11 @@ import os
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from federation.errors import PrivacyError, SettingsError
 
@@ -70,6 +73,17 @@ class Enrolment(BaseModel):
     verify_key: str = Field(description="The key holder's Ed25519 verification key (base64).")
     site_key: str = Field(description="The tag key shared by this site and the key holder (base64).")
     issued_at: str
+
+    @field_validator("verify_key", "site_key")
+    @classmethod
+    def _is_a_32_byte_key(cls, value: str) -> str:
+        try:
+            key = unb64(value)
+        except ValueError as exc:
+            raise ValueError("not base64") from exc
+        if len(key) != 32:
+            raise ValueError(f"a key of {len(key)} bytes, expected 32")
+        return value
 
     @property
     def verify_key_bytes(self) -> bytes:

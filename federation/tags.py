@@ -22,8 +22,9 @@ forged sum passes only if the aggregator guesses ``TAG_SLOTS`` offsets to within
 probability about (tolerance / 2^13) ** TAG_SLOTS, below 1e-17. Sites answer each label once
 (``node_agent``), so two replies never share an offset.
 
-The tolerance covers CKKS noise only: about 1.3e3 * 2^-scale per slot and site (measured with
-TenSEAL at N = 8192), ten standard deviations of the check's error.
+The tolerance covers CKKS noise only: about 1.3e3 * 2^-scale per slot and site on average
+(measured with TenSEAL at N = 8192; the noisiest slots reach ~3.7x that), ten standard deviations
+of the check's error with room for the tag to sit in a slot with 4x the mean noise.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def site_tags(values: np.ndarray, site_key: bytes, label: QueryLabel) -> np.ndar
 def tag_tolerance(*, length: int, sites: int, scale_bits: int) -> float:
     """How far an honest sum's tag check may be off: CKKS noise, ``_SIGMAS`` standard deviations."""
     per_slot = _NOISE_PER_SCALE_UNIT * 2.0**-scale_bits * math.sqrt(max(sites, 1))
-    return _SIGMAS * per_slot * math.sqrt(0.2 * length + 1.0)
+    # The tag's own slot may be one of the noisiest (measured: up to ~3.7x the mean): room for 4x there.
+    return _SIGMAS * per_slot * math.sqrt(0.2 * length + 16.0)
 
 
 def check_tags(values: np.ndarray, tags: np.ndarray, *, site_keys: Mapping[str, bytes] | Sequence[bytes],

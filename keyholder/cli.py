@@ -8,7 +8,7 @@ import ipaddress
 import math
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,7 +29,7 @@ keyholder_app.add_typer(token_app, name="token")
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
 
-Home = Annotated[Optional[Path], typer.Option(
+Home = Annotated[Path | None, typer.Option(
     "--home", help="The key holder's state folder (default: FENJI_KEYHOLDER_HOME, else FENJI_HOME/keyholder).")]
 
 
@@ -85,11 +85,14 @@ def revoke_site_command(
 def token_issue_command(
     name: Annotated[str, typer.Option(help="The caller's name, as the ledger records it.")],
     role: Annotated[str, typer.Option(help="The caller's role.")] = "coordinator",
+    quiet: Annotated[bool, typer.Option("--quiet", help="Print the token alone (for `export X=$(…)`).")] = False,
     home: Home = None,
 ) -> None:
     """Issue a bearer token for a caller (replacing any earlier token of that name). Shown once only."""
     token = _state(home).require().issue_token(name, role)
-    console.print(f"Token for {escape(name)} ({escape(role)}), shown once; only its hash is kept:", soft_wrap=True)
+    if not quiet:
+        console.print(f"Token for {escape(name)} ({escape(role)}), shown once; only its hash is kept:",
+                      soft_wrap=True)
     typer.echo(token)  # plain: no wrapping or markup may touch it
 
 
@@ -130,7 +133,7 @@ def serve_command(
         # Bearer tokens and decrypted sums would cross the network in clear text otherwise.
         err_console.print(f"warning: serving on {escape(host)}, not loopback: terminate TLS in front of the key "
                           "holder (a reverse proxy) and let only the coordinator reach it")
-    key_holder = KeyHolder(state, min_sites=settings.min_sites)
+    key_holder = KeyHolder(state, min_sites=settings.min_sites, max_dp_epsilon=settings.max_dp_epsilon)
     console.print(f"Key holder {state.keyholder_id} at http://{host}:{port} (min-sites {settings.min_sites}, "
                   f"state {escape(str(state.home))})", soft_wrap=True)
     sys.stdout.flush()
@@ -152,6 +155,9 @@ def show_command(home: Home = None) -> None:
     table.add_row("fingerprint", state.keyholder_id)
     table.add_row("min-sites", f"{settings.min_sites} (FENJI_MIN_SITES, set only here): decrypts only sums over "
                                f"≥ {settings.min_sites} sites")
+    table.add_row("differencing rule", "no sum whose cohort, combined with earlier ones, isolates fewer than "
+                  f"min-sites sites; waived only for DP releases at epsilon ≤ {settings.max_dp_epsilon:g} "
+                  "(FENJI_MAX_DP_EPSILON)")
     table.add_row("CKKS ring (poly modulus degree)", f"{degree} ({degree // 2} slots)")
     table.add_row("coefficient modulus", f"{data.total_coeff_modulus_bit_count()} bits")
     table.add_row("scale", f"2^{round(math.log2(context.global_scale))} (wide sums: 2^{WIDE_SCALE_BITS})")

@@ -5,9 +5,11 @@ A decryption is granted when, in this order:
 1. the claimed cohort is at least ``min_sites`` distinct, enrolled sites;
 2. no decryption was made before for the same (run, phase, round): one per query, so no
    leave-one-out within a round and no second try at a forgery;
-3. the cohort differs from every earlier *granted* cohort of the same kind of query (same task and
-   phase) by no site or by at least ``min_sites`` sites, unless the sites themselves declared
-   differential-privacy noise for this release (their tags bind that declaration);
+3. no combination of this cohort with the cohorts of earlier granted sums (of any task or phase:
+   a site's data is the same whatever a query is called) adds up to fewer than ``min_sites`` sites
+   (``exposed_sites``: leave-one-out across queries, or three cohorts that each differ by three
+   but combine to one site), unless the sites themselves declared differential-privacy noise for
+   this release (their tags bind that declaration) at an epsilon no weaker than ``max_dp_epsilon``;
 4. the sum decrypts to finite values at the declared scale, its contributor slot counts exactly the
    cohort, and its tags are exactly the cohort's (``federation.tags``).
 
@@ -18,6 +20,8 @@ A refusal never says by how much a check failed: the size of a mismatch is itsel
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
+from itertools import combinations
 
 import numpy as np
 import tenseal as ts
@@ -36,19 +40,43 @@ from keyholder.errors import (
 )
 from keyholder.state import KeyHolderState
 
-__all__ = ["KeyHolder"]
+__all__ = ["KeyHolder", "exposed_sites"]
 
 _CONSUMING = ("decrypt", "decrypt-refused")
+
+
+def exposed_sites(granted: Iterable[frozenset[str]], cohort: frozenset[str], min_sites: int) -> set[str] | None:
+    """A set of fewer than ``min_sites`` sites that some combination of the cohorts' sums would
+    isolate, once ``cohort``'s sum is decrypted beside ``granted``'s; ``None`` if there is none.
+
+    The sums are linear in the sites' vectors: with the cohorts as 0/1 rows of a matrix ``M``, a
+    combination ``y @ M`` that is non-zero only on a set ``T`` of sites reveals a function of ``T``'s
+    data alone. Such a ``y`` exists iff dropping ``T``'s columns lowers the rank of ``M``; it is
+    enough to test every ``T`` of exactly ``min_sites - 1`` sites (smaller sets are inside one).
+    """
+    rows = sorted({*granted, cohort}, key=sorted)
+    if min_sites <= 1 or len(rows) < 2:
+        return None
+    sites = sorted(set().union(*rows))
+    matrix = np.array([[s in row for s in sites] for row in rows], dtype=float)
+    rank = np.linalg.matrix_rank(matrix)
+    size = min(min_sites - 1, len(sites))
+    for small in combinations(range(len(sites)), size):
+        kept = [j for j in range(len(sites)) if j not in small]
+        if np.linalg.matrix_rank(matrix[:, kept]) < rank if kept else rank > 0:
+            return {sites[j] for j in small}
+    return None
 
 
 class KeyHolder:
     """The key holder's rules over its state folder (``keyholder.service`` serves them over HTTP)."""
 
-    def __init__(self, state: KeyHolderState, *, min_sites: int = 3) -> None:
+    def __init__(self, state: KeyHolderState, *, min_sites: int = 3, max_dp_epsilon: float = 1.0) -> None:
         if min_sites < 1:
             raise ValueError("min_sites must be at least 1")
         self.state = state.require()
         self.min_sites = min_sites
+        self.max_dp_epsilon = max_dp_epsilon
         self.__secret_context = state.secret_context()
         self.public_context = state.public_context()
         self._signature = state.context_signature()
@@ -75,8 +103,8 @@ class KeyHolder:
             Refused after decrypting: the query is consumed and nothing is released.
         """
         with self._lock:
-            record = dict(caller=caller, query=request.label.once_key, kind=request.label.kind,
-                          cohort=sorted(request.cohort), dp_epsilon=request.dp_epsilon, length=request.length)
+            record = {"caller": caller, "query": request.label.once_key, "kind": request.label.kind,
+                          "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length}
             try:
                 keys = self._check_cohort(request)
             except PrivacyError as exc:
@@ -111,19 +139,18 @@ class KeyHolder:
         if any(e["action"] in _CONSUMING and e["details"].get("query") == label.once_key for e in earlier):
             raise ReplayError(f"query {label.once_key} was already decrypted (or refused after decryption): "
                               "one decryption per run, phase and round")
+        if request.dp_epsilon > self.max_dp_epsilon:
+            raise CohortError(f"a release with differential privacy at epsilon {request.dp_epsilon:g} is weaker "
+                              f"than this key holder accepts (at most {self.max_dp_epsilon:g}, FENJI_MAX_DP_EPSILON)")
         if request.dp_epsilon == 0:
-            mine = set(cohort)
-            for entry in earlier:
-                details = entry["details"]
-                if entry["action"] != "decrypt" or details.get("kind") != label.kind:
-                    continue
-                differ = len(mine ^ set(details["cohort"]))
-                if 0 < differ < self.min_sites:
-                    raise CohortError(
-                        f"the cohort differs from an earlier {label.kind} decryption ({details['query']}) by "
-                        f"{differ} site(s), fewer than min-sites ({self.min_sites}): the difference of the two "
-                        "sums would be about those sites alone (differencing); refused unless the sites add "
-                        "differential-privacy noise")
+            granted = {frozenset(e["details"]["cohort"]) for e in earlier
+                       if e["action"] == "decrypt" and not e["details"].get("dp_epsilon")}
+            exposed = exposed_sites(granted, frozenset(cohort), self.min_sites)
+            if exposed:
+                raise CohortError(
+                    f"differencing: with the sums already decrypted, this cohort would let a combination of sums "
+                    f"isolate fewer than min-sites ({self.min_sites}) sites (among {', '.join(sorted(exposed))}); "
+                    "refused unless the sites add differential-privacy noise")
         return keys
 
     def _decrypt_checked(self, blob: bytes, request: DecryptRequest, keys: dict[str, bytes]) -> np.ndarray:

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 
@@ -57,7 +58,7 @@ class KeyHolderService:
                 self.process.kill()
                 self.process.wait()
 
-    def __enter__(self) -> KeyHolderService:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

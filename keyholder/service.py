@@ -23,8 +23,14 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from federation.keyholder_api import DECRYPT_PATH, INFO_PATH, REQUEST_HEADER, DecryptRequest, KeyHolderInfo, \
-    decode_request
+from federation.keyholder_api import (
+    DECRYPT_PATH,
+    INFO_PATH,
+    REQUEST_HEADER,
+    DecryptRequest,
+    KeyHolderInfo,
+    decode_request,
+)
 from keyholder.errors import (
     AggregateCheckError,
     CiphertextError,
@@ -55,7 +61,7 @@ STATUS: list[tuple[type[FenjiError], int]] = [
     (NotEnoughSitesError, 403),
     (CohortError, 403),
     (ReplayError, 409),
-    (InvalidRequest, 400),
+    (InvalidRequest, 422),
     (CiphertextError, 422),
     (AggregateCheckError, 422),
 ]

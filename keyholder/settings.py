@@ -15,11 +15,14 @@ __all__ = ["KeyHolderSettings", "load_keyholder_settings"]
 class KeyHolderSettings(BaseSettings):
     """``FENJI_MIN_SITES``: the fewest distinct enrolled sites a decrypted sum may cover; it is set
     here, at the key holder, and nowhere else. ``FENJI_KEYHOLDER_HOME``: the key holder's folder
-    (keys, enrolments, tokens, ledger); by default ``keyholder`` under ``FENJI_HOME``."""
+    (keys, enrolments, tokens, ledger); by default ``keyholder`` under ``FENJI_HOME``.
+    ``FENJI_MAX_DP_EPSILON``: the weakest differential privacy (largest epsilon, default 1) for which
+    the key holder waives its rule against differencing cohorts."""
 
     model_config = SettingsConfigDict(env_prefix="FENJI_", extra="ignore")
 
     min_sites: int = Field(3, ge=1)
+    max_dp_epsilon: float = Field(1.0, gt=0)
     home: Path = Path(".fenji")
     keyholder_home: Path | None = None
 

@@ -26,7 +26,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.audit import AuditLog
 from federation.crypto import CKKSParams
-from federation.identity import Enrolment, b64, context_signature, fingerprint, unb64, write_secret
+from federation.identity import (
+    Enrolment,
+    b64,
+    context_signature,
+    fingerprint,
+    unb64,
+    write_secret,
+)
 from keyholder.errors import EnrolmentError, KeyHolderStateError
 
 __all__ = ["KeyHolderState"]

@@ -1,4 +1,4 @@
-"""``fenji node …``: the commands a clinic's node agent runs (ingest, serve, tokens)."""
+"""``fenji node …``: the commands a clinic's node agent runs (ingest, enrol, serve, tokens)."""
 
 from __future__ import annotations
 
@@ -103,3 +103,29 @@ def serve_command(
 def _no_registry(settings: NodeSettings) -> str:
     return (f"none at {settings.registry_file} (FENJI_HOME={settings.home}); serving the last good models "
             "this node fetched")
+
+
+@node_app.command("enrol")
+def enrol_command(
+    site_dir: Annotated[Path, typer.Option(help="The site's folder (made by `fenji node ingest`).")],
+    file: Annotated[Path, typer.Option("--file", help="The enrolment file the key holder's admin gave you.")],
+) -> None:
+    """Install this site's enrolment with the key holder (from `fenji keyholder enrol`).
+
+    The file holds the key holder's verification key (the node encrypts only under a public context
+    it signed) and the tag key this site shares with the key holder. It is copied into the site
+    folder readable by its owner only; keep the original safe or delete it.
+    """
+    from federation.identity import ENROLMENT_FILE, load_enrolment
+    from node_agent.store import SiteStore
+
+    site_folder(site_dir, SiteDataError, must_exist=True)
+    enrolment = load_enrolment(file)
+    with store_errors(site_dir), SiteStore(site_dir, read_only=True) as store:
+        site_id = store.site_id
+    if enrolment.site_id != site_id:
+        raise SiteDataError(f"{file} enrols site {enrolment.site_id!r}, but {site_dir} holds site {site_id!r}: "
+                            "ask the key holder's admin for this site's own enrolment")
+    enrolment.save(site_dir / ENROLMENT_FILE)
+    console.print(f"Site [bold]{site_id}[/] enrolled with key holder {enrolment.keyholder} "
+                  f"(institution {enrolment.institution}); saved to {site_dir / ENROLMENT_FILE} (mode 0600).")

@@ -23,7 +23,12 @@ from flwr.app import (
 from flwr.clientapp import ClientApp
 
 from federation.crypto import WIDE_SCALE_BITS, encrypt_contribution, load_public_context
-from federation.identity import ENROLMENT_FILE, Enrolment, load_enrolment, verify_context
+from federation.identity import (
+    ENROLMENT_FILE,
+    Enrolment,
+    load_enrolment,
+    verify_context,
+)
 from federation.tags import QueryLabel
 from models.calibration import Calibration
 from models.encoding import EncodingParams

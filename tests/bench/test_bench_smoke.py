@@ -18,6 +18,8 @@ def test_he_overhead_runs_tiny(tmp_path):
     assert row["bytes_per_site_encrypted"] > row["bytes_per_site_plaintext_float32"]
     assert row["max_decryption_error"]["max"] < 1e-4
     assert set(row["round_time_ratio"]) == {"min", "median", "max", "n"}
+    assert set(row["checks"]) == {"per_site", "per_round"} and row["checks"]["per_site"]["trailer_bytes"] == 0
+    assert "checks" in result.output  # the printed report names what the checks cost
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 

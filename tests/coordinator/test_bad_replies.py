@@ -1,12 +1,14 @@
 """A bad site does not sink a run: its reply is left out and named; an inconsistent aggregate is never adopted.
 
-Unit tests drive the screening and the encrypted FedAvg with real TenSEAL ciphertexts; two real
-Flower simulations stage a misbehaving site with a client mod (``client_mods``).
+Unit tests drive the screening and the encrypted FedAvg with real TenSEAL ciphertexts and a real key
+holder (its own folder, sites enrolled); two real Flower simulations stage a misbehaving site with a
+client mod (``client_mods``).
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import tenseal as ts
 from flwr.app import (
     Array,
     ArrayRecord,
+    ConfigRecord,
     Context,
     Error,
     Message,
@@ -31,24 +34,48 @@ from coordinator.strategy import (
     check_total,
     ciphertext_of,
 )
-from federation.crypto import WIDE_SCALE_BITS, encrypt_vector, load_public_context, pack
+from federation.crypto import (
+    WIDE_SCALE_BITS,
+    CKKSParams,
+    encrypt_contribution,
+    encrypt_vector,
+    load_public_context,
+    pack,
+)
 from federation.errors import AggregateCheckError, NotEnoughSitesError, SiteDataError
+from federation.keyholder_api import DecryptRequest
+from federation.tags import TAG_SLOTS, TRAILER, QueryLabel
+from keyholder.errors import ReplayError
 from keyholder.key_holder import KeyHolder
+from keyholder.state import KeyHolderState
 from models.encoding import SiteStatistics
 from models.spec import TaskSpec
 from simulation.engine import run_simulated_federation, site_dirs_of
 
 N_PARAMS = 17
+SITES = ["site_0", "site_1", "site_2", "site_3"]
 ROWS = [120.0, 80.0, 200.0, 100.0]
 TOTAL = sum(ROWS)
+TRAIN = QueryLabel(run_id="bad-replies", phase="train", round=0, task="referral_risk")
 
 
-@pytest.fixture(scope="module")
-def key_holder() -> KeyHolder:
-    return KeyHolder(min_sites=3)
+@pytest.fixture()
+def enrolled(enrolled_key_holder):
+    """A fresh key holder (min-sites 3) with SITES enrolled: each test's queries are its own."""
+    return enrolled_key_holder(n_sites=len(SITES), min_sites=3)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture()
+def key_holder(enrolled) -> KeyHolder:
+    return enrolled[0]
+
+
+@pytest.fixture()
+def site_keys(enrolled) -> dict[str, bytes]:
+    return {site: enrolment.site_key_bytes for site, enrolment in enrolled[1].items()}
+
+
+@pytest.fixture()
 def aggregator(key_holder) -> Aggregator:
     return Aggregator(key_holder.public_context)
 
@@ -65,45 +92,70 @@ def _ciphertext(blob: bytes) -> ArrayRecord:
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
-def _train_contents(aggregator: Aggregator, rng: np.random.Generator) -> tuple[list[dict], list[np.ndarray]]:
-    """Four honest sites' encrypted updates ``Enc([w_i * theta_i, w_i])``, ``w_i = n_i / N``."""
+def _site(site: str) -> ConfigRecord:
+    return ConfigRecord({"site-id": site})
+
+
+def _foreign_context() -> ts.Context:
+    """The same CKKS parameters under a key of its own (as a coordinator or a site could make)."""
+    params = CKKSParams()
+    other = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
+                       coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+    other.global_scale = 2**params.scale_bits
+    return load_public_context(other.serialize(save_secret_key=False, save_galois_keys=False, save_relin_keys=False))
+
+
+def _train_contents(aggregator: Aggregator, site_keys: dict[str, bytes], rng: np.random.Generator,
+                    server_round: int = 1) -> tuple[list[dict], list[np.ndarray]]:
+    """Four honest sites' encrypted updates ``Enc([w_i * theta_i, w_i])``, ``w_i = n_i / N``, tagged
+    for this round's train query, each in the name of its site."""
     thetas = [rng.normal(0, 1, N_PARAMS) for _ in ROWS]
+    label = replace(TRAIN, round=server_round)
     contents = []
-    for theta, n in zip(thetas, ROWS):
+    for site, theta, n in zip(SITES, thetas, ROWS):
         w = n / TOTAL
-        contents.append({"ciphertext": _ciphertext(encrypt_vector(aggregator.context, np.append(w * theta, w))),
-                         "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5})})
+        blob = encrypt_contribution(aggregator.context, np.append(w * theta, w), site_key=site_keys[site], label=label)
+        contents.append({"ciphertext": _ciphertext(blob), "metrics": MetricRecord({"num-examples": n, "train-loss": 0.5}),
+                         "site": _site(site)})
     return contents, thetas
 
 
 def _strategy(aggregator, key_holder) -> EncryptedFedAvg:
     return EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=N_PARAMS, total_examples=TOTAL,
-                           screen=ReplyScreen(min_sites=3, aggregator=aggregator), min_train_nodes=3,
+                           screen=ReplyScreen(min_sites=3, aggregator=aggregator), label=TRAIN, min_train_nodes=3,
                            min_evaluate_nodes=3, min_available_nodes=3)
 
 
 def _other_params_blob() -> bytes:
     other = ts.context(ts.SCHEME_TYPE.CKKS, 4096, coeff_mod_bit_sizes=[40, 20, 40])
     other.global_scale = 2**20
-    return pack([ts.ckks_vector(other, [0.1] * (N_PARAMS + 2)).serialize()])
+    return pack([ts.ckks_vector(other, [0.1] * (N_PARAMS + 1 + TRAILER)).serialize()])
 
 
-def _corrupt(kind: str, content: dict, aggregator: Aggregator) -> dict | Error:
+def _corrupt(kind: str, content: dict, aggregator: Aggregator, site_key: bytes) -> dict | Error:
+    """The fourth site's reply (round 1), spoilt in one way."""
     blob = ciphertext_of(_reply(4, content))
     w = ROWS[3] / TOTAL
+    label = replace(TRAIN, round=1)
     if kind == "random bytes":
         return content | {"ciphertext": _ciphertext(os.urandom(len(blob)))}
     if kind == "truncated":
         return content | {"ciphertext": _ciphertext(blob[: len(blob) // 2])}
     if kind == "wrong length":
-        return content | {"ciphertext": _ciphertext(encrypt_vector(aggregator.context, np.full(5, w)))}
+        short = encrypt_contribution(aggregator.context, np.full(5, w), site_key=site_key, label=label)
+        return content | {"ciphertext": _ciphertext(short)}
     if kind == "other CKKS parameters":
         return content | {"ciphertext": _ciphertext(_other_params_blob())}
     if kind == "wrong scale":
-        wide = encrypt_vector(aggregator.context, np.full(N_PARAMS + 1, w), scale_bits=25)
+        wide = encrypt_contribution(aggregator.context, np.full(N_PARAMS + 1, w), site_key=site_key, label=label,
+                                    scale_bits=25)
         return content | {"ciphertext": _ciphertext(wide)}
     if kind == "no ciphertext":
-        return {"metrics": content["metrics"]}
+        return {"metrics": content["metrics"], "site": content["site"]}
+    if kind == "no site id":
+        return {"ciphertext": content["ciphertext"], "metrics": content["metrics"]}
+    if kind == "a second reply for a site":  # in the name of site_0, which has already answered
+        return content | {"site": _site("site_0")}
     if kind == "NaN num-examples":
         return content | {"metrics": MetricRecord({"num-examples": float("nan"), "train-loss": 0.5})}
     assert kind == "error reply"
@@ -112,16 +164,18 @@ def _corrupt(kind: str, content: dict, aggregator: Aggregator) -> dict | Error:
 
 BAD_REPLIES = {
     "random bytes": "not a valid ciphertext", "truncated": "not a valid ciphertext",
-    "wrong length": "holds 6 values, expected 19", "other CKKS parameters": "not a CKKS ciphertext under the public",
-    "wrong scale": "scale 2^25.0, expected 2^40", "no ciphertext": "no ciphertext",
+    "wrong length": f"holds {5 + TRAILER} values, expected {N_PARAMS + 1 + TRAILER}",
+    "other CKKS parameters": "not a CKKS ciphertext under the public",
+    "wrong scale": "scale 2^25.0, expected 2^40", "no ciphertext": "no ciphertext", "no site id": "no site id",
+    "a second reply for a site": "a second reply in the name of site 'site_0'",
     "NaN num-examples": "not a row count", "error reply": "out of memory",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_REPLIES))
-def test_a_malformed_train_reply_is_left_out_and_named(kind, key_holder, aggregator):
-    contents, thetas = _train_contents(aggregator, np.random.default_rng(1))
-    contents[3] = _corrupt(kind, contents[3], aggregator)
+def test_a_malformed_train_reply_is_left_out_and_named(kind, key_holder, aggregator, site_keys):
+    contents, thetas = _train_contents(aggregator, site_keys, np.random.default_rng(1))
+    contents[3] = _corrupt(kind, contents[3], aggregator, site_keys["site_3"])
     strategy = _strategy(aggregator, key_holder)
     arrays, metrics = strategy.aggregate_train(1, [_reply(node, c) for node, c in enumerate(contents, start=1)])
     expected = np.average(np.stack(thetas[:3]), axis=0, weights=ROWS[:3])
@@ -130,17 +184,20 @@ def test_a_malformed_train_reply_is_left_out_and_named(kind, key_holder, aggrega
     [excluded] = strategy.screen.excluded
     assert (excluded.round, excluded.phase, excluded.node) == (1, "train", 4)
     assert BAD_REPLIES[kind] in excluded.reason
+    # The sites that counted are named by the replies they sent.
+    assert strategy.screen.site_of == {1: "site_0", 2: "site_1", 3: "site_2"}
 
 
-def test_too_few_usable_replies_fail_the_round_naming_the_sites_left_out(key_holder, aggregator):
-    contents, _ = _train_contents(aggregator, np.random.default_rng(2))
-    contents[1] = _corrupt("truncated", contents[1], aggregator)
-    contents[3] = _corrupt("error reply", contents[3], aggregator)
+def test_too_few_usable_replies_fail_the_round_naming_the_sites_left_out(key_holder, aggregator, site_keys):
+    contents, _ = _train_contents(aggregator, site_keys, np.random.default_rng(2), server_round=3)
+    contents[1] = _corrupt("truncated", contents[1], aggregator, site_keys["site_1"])
+    contents[3] = _corrupt("error reply", contents[3], aggregator, site_keys["site_3"])
     with pytest.raises(NotEnoughSitesError, match=r"train \(round 3\): 2 usable.*node 2: not a valid.*node 4: error"):
         _strategy(aggregator, key_holder).aggregate_train(3, [_reply(n, c) for n, c in enumerate(contents, start=1)])
+    assert not any(e["action"].startswith("decrypt") for e in key_holder.state.ledger.entries())  # never asked
 
 
-def test_a_site_that_does_not_answer_is_named(aggregator):
+def test_a_site_that_does_not_answer_is_named():
     screen = ReplyScreen(min_sites=2, aggregator=None)
     replies = [_reply(n, {"metrics": MetricRecord({"num-examples": 10})}, MessageType.EVALUATE) for n in (1, 2)]
     assert len(screen.usable(replies, phase="evaluate", server_round=1, expected_nodes={1, 2, 3})) == 2
@@ -148,52 +205,67 @@ def test_a_site_that_does_not_answer_is_named(aggregator):
 
 
 @pytest.mark.parametrize("attempt", range(5))
-def test_an_update_encrypted_under_another_key_is_never_adopted(attempt, key_holder, aggregator):
+def test_an_update_encrypted_under_another_key_is_never_adopted(attempt, key_holder, aggregator, site_keys):
     # Same CKKS parameters, another key: nothing tells it apart before decryption. The decrypted sum
     # is garbage; before these checks, about half such sums were released and became the model.
-    contents, _ = _train_contents(aggregator, np.random.default_rng(10 + attempt))
-    foreign = load_public_context(KeyHolder(min_sites=3).public_context)
+    contents, _ = _train_contents(aggregator, site_keys, np.random.default_rng(10 + attempt))
     w = ROWS[3] / TOTAL
-    contents[3]["ciphertext"] = _ciphertext(encrypt_vector(foreign, np.append(np.full(N_PARAMS, w * 0.1), w)))
+    foreign = encrypt_contribution(_foreign_context(), np.append(np.full(N_PARAMS, w * 0.1), w),
+                                   site_key=site_keys["site_3"], label=replace(TRAIN, round=1))
+    contents[3]["ciphertext"] = _ciphertext(foreign)
     strategy = _strategy(aggregator, key_holder)
     with pytest.raises(AggregateCheckError):
         strategy.aggregate_train(1, [_reply(n, c) for n, c in enumerate(contents, start=1)])
     assert strategy.screen.excluded == []  # it looked like a valid ciphertext
+    assert key_holder.state.ledger.entries()[-1]["action"] == "decrypt-refused"
 
 
-def test_a_weight_sum_unlike_the_declared_rows_is_not_adopted(key_holder, aggregator):
-    contents, _ = _train_contents(aggregator, np.random.default_rng(3))
+def test_a_weight_sum_unlike_the_declared_rows_is_not_adopted(key_holder, aggregator, site_keys):
+    contents, _ = _train_contents(aggregator, site_keys, np.random.default_rng(3))
     contents[0]["metrics"] = MetricRecord({"num-examples": 10 * ROWS[0], "train-loss": 0.5})
     with pytest.raises(AggregateCheckError, match="weight sum"):
         _strategy(aggregator, key_holder).aggregate_train(1, [_reply(n, c) for n, c in enumerate(contents, start=1)])
 
 
-def test_statistics_with_a_foreign_key_ciphertext_are_never_released(key_holder, aggregator):
+def test_statistics_with_a_foreign_key_ciphertext_are_never_released(key_holder, aggregator, site_keys):
     stats = [np.array([300.0, 75_000.0, 6.5e7, 300.0]) * (i + 1) for i in range(4)]
-    blobs = [encrypt_vector(aggregator.context, v, scale_bits=25) for v in stats[:3]]
-    foreign = load_public_context(KeyHolder(min_sites=3).public_context)
-    blobs.append(encrypt_vector(foreign, stats[3], scale_bits=25))
-    summed = aggregator.add(blobs, length=4, scale_bits=25)
+
+    def ask(run: str, blobs: list[bytes], cohort: list[str]) -> np.ndarray:
+        label = QueryLabel(run_id=run, phase="stats", round=0, task="referral_risk")
+        request = DecryptRequest.of(label, cohort=cohort, length=4, scale_bits=WIDE_SCALE_BITS)
+        return key_holder.decrypt_aggregate(aggregator.add(blobs, length=4, scale_bits=WIDE_SCALE_BITS), request)
+
+    def encrypted(run: str, context: ts.Context, i: int) -> bytes:
+        label = QueryLabel(run_id=run, phase="stats", round=0, task="referral_risk")
+        return encrypt_contribution(context, stats[i], site_key=site_keys[SITES[i]], label=label,
+                                    scale_bits=WIDE_SCALE_BITS)
+
+    foreign = _foreign_context()
+    blobs = [encrypted("stats-1", aggregator.context, i) for i in range(3)] + [encrypted("stats-1", foreign, 3)]
     with pytest.raises(AggregateCheckError):
-        key_holder.decrypt_aggregate(summed, length=4, contributors=4)
-    honest = aggregator.add(blobs[:3], length=4, scale_bits=25)
-    with pytest.raises(AggregateCheckError, match="counts 3 site"):
-        key_holder.decrypt_aggregate(honest, length=4, contributors=4)  # the aggregator miscounted
-    np.testing.assert_allclose(key_holder.decrypt_aggregate(honest, length=4, contributors=3),
-                               np.sum(stats[:3], axis=0), rtol=1e-6, atol=1e-2)
+        ask("stats-1", blobs, SITES)
+    honest = [encrypted("stats-2", aggregator.context, i) for i in range(3)]
+    with pytest.raises(AggregateCheckError, match="does not count the 4 site"):
+        ask("stats-2", honest, SITES)  # the aggregator claims a fourth site it did not sum
+    with pytest.raises(ReplayError):
+        ask("stats-2", honest, SITES[:3])  # and gets no second try at the same query
+    honest = [encrypted("stats-3", aggregator.context, i) for i in range(3)]
+    np.testing.assert_allclose(ask("stats-3", honest, SITES[:3]), np.sum(stats[:3], axis=0), rtol=1e-6, atol=1e-2)
 
 
-def test_non_finite_values_are_refused_at_the_site_and_left_out_at_the_coordinator(aggregator):
+def test_non_finite_values_are_refused_at_the_site_and_left_out_at_the_coordinator(aggregator, site_keys):
     with pytest.raises(SiteDataError, match="non-finite"):
-        encrypt_vector(aggregator.context, np.array([1.0, np.nan, 2.0]))
+        encrypt_contribution(aggregator.context, np.array([1.0, np.nan, 2.0]), site_key=site_keys["site_0"],
+                             label=TRAIN)
     with pytest.raises(SiteDataError):
-        encrypt_vector(aggregator.context, np.array([np.inf]))
+        encrypt_contribution(aggregator.context, np.array([np.inf]), site_key=site_keys["site_0"], label=TRAIN)
     # A plaintext run has no encryption step to refuse them: the coordinator leaves the reply out.
     strategy = ScreenedFedAvg(screen=ReplyScreen(min_sites=2, aggregator=None), n_params=3, min_train_nodes=2,
                               min_evaluate_nodes=2, min_available_nodes=2)
     updates = [np.ones(3), 3 * np.ones(3), np.array([1.0, np.nan, 1.0])]
-    replies = [_reply(n, {"arrays": ArrayRecord([u]), "metrics": MetricRecord({"num-examples": 10})})
-               for n, u in enumerate(updates, start=1)]
+    replies = [_reply(n, {"arrays": ArrayRecord([u]), "metrics": MetricRecord({"num-examples": 10}),
+                          "site": _site(site)})
+               for n, (u, site) in enumerate(zip(updates, SITES), start=1)]
     arrays, _ = strategy.aggregate_train(1, replies)
     np.testing.assert_allclose(arrays.to_numpy_ndarrays()[0], 2 * np.ones(3))
     assert [(e.node, e.reason) for e in strategy.screen.excluded] == [(3, "update holds non-finite values")]
@@ -240,7 +312,7 @@ def misbehaving_site(message: Message, context: Context, call_next) -> Message:
         blob = blob[: len(blob) // 2]
     else:
         context_ = load_public_context(bytes(message.content["config"]["ckks-context"]))
-        blob = encrypt_vector(context_, np.ones(3), scale_bits=25)
+        blob = encrypt_vector(context_, np.ones(3), tags=np.zeros(TAG_SLOTS), scale_bits=25)
     reply.content["ciphertext"] = _ciphertext(blob)
     return reply
 
@@ -251,14 +323,17 @@ def foreign_key_site(message: Message, context: Context, call_next) -> Message:
     reply = call_next(message, context)
     if _is_bad(context) and message.metadata.message_type == "query.stats" and not reply.has_error():
         spec = TaskSpec.model_validate_json(str(message.content["config"]["task-json"]))
-        foreign = load_public_context(KeyHolder(min_sites=1).public_context)
+        own = ts.context(ts.SCHEME_TYPE.CKKS, 8192, coeff_mod_bit_sizes=[60, 60])
+        own.global_scale = 2**40
+        foreign = load_public_context(own.serialize(save_secret_key=False))
         rows = np.full(SiteStatistics.size(spec), float(reply.content["metrics"]["num-examples"]))
-        reply.content["ciphertext"] = _ciphertext(encrypt_vector(foreign, rows, scale_bits=WIDE_SCALE_BITS))
+        blob = encrypt_vector(foreign, rows, tags=np.zeros(TAG_SLOTS), scale_bits=WIDE_SCALE_BITS)
+        reply.content["ciphertext"] = _ciphertext(blob)
     return reply
 
 
-def test_a_bad_site_is_left_out_and_named_and_the_run_completes(small_federation, referral_spec):
-    outcome = run_simulated_federation(referral_spec, small_federation, rounds=2, min_sites=3,
+def test_a_bad_site_is_left_out_and_named_and_the_run_completes(small_federation, referral_spec, tmp_path):
+    outcome = run_simulated_federation(referral_spec, small_federation, rounds=2, keyholder_home=tmp_path / "kh",
                                        client_mods=[misbehaving_site])
     good = ["site_a", "site_b", "site_c_no_spo2"]
     assert sorted(outcome.sites) == good  # left out of the per-site table
@@ -274,9 +349,12 @@ def test_a_bad_site_is_left_out_and_named_and_the_run_completes(small_federation
     assert "disk is full" in excluded["final-evaluate", 2].reason
 
 
-def test_a_site_encrypting_under_another_key_fails_the_run_and_no_model_is_made(small_federation, referral_spec):
+def test_a_site_encrypting_under_another_key_fails_the_run_and_no_model_is_made(small_federation, referral_spec,
+                                                                                   tmp_path):
     finished_rounds: list[int] = []
     with pytest.raises(AggregateCheckError, match="another key"):
-        run_simulated_federation(referral_spec, small_federation, rounds=2, min_sites=3,
+        run_simulated_federation(referral_spec, small_federation, rounds=2, keyholder_home=tmp_path / "kh",
                                  client_mods=[foreign_key_site], on_round=lambda r, _: finished_rounds.append(r))
     assert finished_rounds == []  # no round was trained: no model, not even one from garbage statistics
+    refused = [e for e in KeyHolderState(tmp_path / "kh").ledger.entries() if e["action"] == "decrypt-refused"]
+    assert [e["details"]["query"].split("|")[1] for e in refused] == ["stats"]

@@ -30,6 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from federation.identity import ENROLMENT_FILE
+from keyholder.process import start_key_holder_service
+from keyholder.state import KeyHolderState
 from models.spec import load_task
 from node_agent.ingest import ingest_file
 from node_agent.mapping import load_mapping
@@ -45,7 +48,7 @@ CLINICS = [
 ]
 SITES = [c.name for c in CLINICS]
 CONNECTION = "fenji-tls"
-RUN_CONFIG = "num-server-rounds=2 min-sites=3"
+RUN_CONFIG = "num-server-rounds=2"
 ROUNDS = 2
 QUIET = {
     "FLWR_TELEMETRY_ENABLED": "0",
@@ -93,9 +96,10 @@ class Processes:
         self.log_dir, self.env = log_dir, env
         self.started: list[subprocess.Popen] = []
 
-    def start(self, name: str, argv: list[str], cwd: Path | None = None) -> subprocess.Popen:
+    def start(self, name: str, argv: list[str], cwd: Path | None = None,
+              extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=cwd, env=self.env | (extra_env or {}), stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         proc.log_file = log  # type: ignore[attr-defined]
         proc.log_path = self.log_dir / f"{name}.log"  # type: ignore[attr-defined]
@@ -237,8 +241,19 @@ def federation(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "FENJI_"))} | QUIET | {
         "FLWR_HOME": str(flwr_home), "FENJI_HOME": str(flwr_home.parent / "coordinator")}
     procs = Processes(logs, env)
+    key_holder = None
     try:
         sites = _make_sites(work)
+        # The key holder: another party's service, with its own folder, started on its own; each
+        # clinic is enrolled (the enrolment file goes into its site folder, as `fenji node enrol`
+        # puts it) and the coordinator gets a token. Only the SuperLink's process is told where it is.
+        state = KeyHolderState(work / "keyholder")
+        state.init()
+        for name, site_dir in sites.items():
+            state.enrol(name, f"TEST-{name}").save(site_dir / ENROLMENT_FILE)
+        key_holder = start_key_holder_service(state.home, min_sites=3)
+        coordinator_env = {"FENJI_KEYHOLDER_URL": key_holder.url,
+                           "FENJI_KEYHOLDER_TOKEN": state.issue_token("coordinator")}
         certs = work / "certs"
         code, out = procs.run("make-tls", [sys.executable, str(MAKE_TLS), str(certs),
                                            *[a for s in [*SITES, "spare", "rogue"] for a in ("--supernode", s)]],
@@ -253,7 +268,7 @@ def federation(tmp_path_factory):
         superlink = procs.start("superlink", [
             "flower-superlink", "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
             "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth", "--port", str(port),
-        ], cwd=work)
+        ], cwd=work, extra_env=coordinator_env)
         _wait_https(port, certs / "ca.crt")
         fed = Federation(procs, work, certs, sites, port, {}, superlink)
 
@@ -271,9 +286,12 @@ def federation(tmp_path_factory):
                 pytest.fail("the three clinics' SuperNodes did not come online:\n"
                             + "\n".join(_tail(Processes.log(p), 1500) for p in procs.started[-3:]))
             time.sleep(1)
+        fed.keyholder = state
         yield fed
     finally:
         procs.stop_all()
+        if key_holder is not None:
+            key_holder.stop()
 
 
 def test_run_completes_over_tls_with_node_auth(federation):
@@ -310,6 +328,11 @@ def test_run_completes_over_tls_with_node_auth(federation):
     model, _, _ = load_task_model(f"sqlite:///{(home / 'mlflow.db').resolve()}", "referral_risk",
                                   version=str(entry["version"]))
     assert model.ref.version == str(entry["version"]) and model.flat.size > 0
+    # Every sum was decrypted by the key holder's service for the three enrolled clinics, once per query.
+    decrypted = [e["details"] for e in fed.keyholder.ledger.entries() if e["action"] == "decrypt"]
+    assert len(decrypted) == ROUNDS + 2, decrypted  # statistics, each round, calibration
+    assert all(d["cohort"] == sorted(SITES) and d["caller"] == "coordinator" for d in decrypted), decrypted
+    assert len({d["query"] for d in decrypted}) == len(decrypted)
 
 
 def _until_exit(fed, argvs: dict[str, list[str]]) -> list[tuple[subprocess.Popen, str]]:

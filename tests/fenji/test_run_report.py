@@ -24,7 +24,7 @@ def _with_mod(monkeypatch, mod) -> None:
 def test_left_out_replies_are_reported_and_audited(tmp_path, monkeypatch, small_federation, referral_spec):
     _with_mod(monkeypatch, misbehaving_site)
     settings = CoordinatorSettings(home=tmp_path / "home")
-    report = run_and_report(spec=referral_spec, site_dirs=small_federation, rounds=2, encrypt=True, min_sites=3,
+    report = run_and_report(spec=referral_spec, site_dirs=small_federation, rounds=2, encrypt=True,
                             json_out=tmp_path / "run.json", register=True, settings=settings, verbose=False,
                             title="bad site")
     written = json.loads((tmp_path / "run.json").read_text())
@@ -37,7 +37,7 @@ def test_a_run_that_fails_its_checks_is_audited_as_failed(tmp_path, monkeypatch,
     _with_mod(monkeypatch, foreign_key_site)
     settings = CoordinatorSettings(home=tmp_path / "home")
     with pytest.raises(AggregateCheckError):
-        run_and_report(spec=referral_spec, site_dirs=small_federation, rounds=2, encrypt=True, min_sites=3,
+        run_and_report(spec=referral_spec, site_dirs=small_federation, rounds=2, encrypt=True,
                        json_out=None, register=True, settings=settings, verbose=False, title="foreign key")
     [entry] = AuditLog(settings.audit_path).entries()
     assert entry["action"] == "training-run-failed" and entry["details"]["error"] == "AggregateCheckError"

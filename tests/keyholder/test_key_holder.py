@@ -13,7 +13,12 @@ from coordinator.aggregator import Aggregator
 from federation.crypto import encrypt_contribution, load_public_context
 from federation.keyholder_api import DecryptRequest
 from federation.tags import QueryLabel
-from keyholder.errors import AggregateCheckError, CohortError, NotEnoughSitesError, ReplayError
+from keyholder.errors import (
+    AggregateCheckError,
+    CohortError,
+    NotEnoughSitesError,
+    ReplayError,
+)
 
 LENGTH = 6
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import socket
 
 import httpx
 import numpy as np
@@ -14,8 +15,14 @@ import pytest
 from coordinator.aggregator import Aggregator
 from federation.crypto import encrypt_contribution, load_public_context
 from federation.identity import verify_context
-from federation.keyholder_api import DECRYPT_PATH, INFO_PATH, REQUEST_HEADER, DecryptRequest, KeyHolderInfo, \
-    encode_request
+from federation.keyholder_api import (
+    DECRYPT_PATH,
+    INFO_PATH,
+    REQUEST_HEADER,
+    DecryptRequest,
+    KeyHolderInfo,
+    encode_request,
+)
 from federation.tags import QueryLabel
 from keyholder import KeyHolderState
 from keyholder.process import start_key_holder_service
@@ -160,3 +167,17 @@ def test_an_invalid_request_header_is_422_with_a_clear_message(service, public_c
     answer = _post(url, blob, request, token, **{REQUEST_HEADER: header})
     assert answer.status_code == 422 and answer.json()["error"] == "InvalidRequest"
     assert REQUEST_HEADER in answer.json()["detail"]
+
+
+def test_a_service_that_cannot_start_says_why(service, tmp_path):
+    from keyholder.errors import KeyHolderStateError
+
+    with pytest.raises(KeyHolderStateError, match="fenji keyholder init"):
+        start_key_holder_service(tmp_path / "empty", min_sites=3)
+    _, state, _, _ = service
+    with socket.socket() as taken:  # the port is someone else's: uvicorn cannot bind and exits
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(KeyHolderStateError, match="exited") as refused:
+            start_key_holder_service(state.home, min_sites=3, port=taken.getsockname()[1], timeout=60)
+    assert "address already in use" in str(refused.value).lower()
