@@ -71,7 +71,7 @@ class QueryLabel:
 
     @property
     def kind(self) -> str:
-        """The kind of query for the cohort ledger: the same computation over the same data."""
+        """The kind of query (task and phase), recorded in the ledger; its differencing rule spans all kinds."""
         return f"{self.task}:{self.phase}"
 
     @property
