@@ -58,3 +58,4 @@ class FederationOutcome:
     train_rows: dict[str, int] = field(default_factory=dict)
     personalisation: dict[str, str] = field(default_factory=dict)
     excluded: list[ExcludedReply] = field(default_factory=list)  # replies left out, phase by phase
+    site_audit_heads: dict[str, str] = field(default_factory=dict)  # each node audit log's head at the end

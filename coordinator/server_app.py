@@ -38,6 +38,7 @@ from coordinator.strategy import (
     ciphertext_of,
     cohort_of,
     declared_rows,
+    site_dp_of,
 )
 from federation.crypto import WIDE_SCALE_BITS
 from federation.keyholder_api import Decryptor, DecryptRequest
@@ -77,7 +78,8 @@ def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decr
     the cohort of enrolled sites whose tags it carries (at least its min-sites)."""
     if settings.encrypt and aggregator is not None and key_holder is not None:
         summed = aggregator.add([ciphertext_of(r) for r in replies], length=length, scale_bits=WIDE_SCALE_BITS)
-        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=length, scale_bits=WIDE_SCALE_BITS)
+        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=length, scale_bits=WIDE_SCALE_BITS,
+                                    site_dp=site_dp_of(replies))
         return np.asarray(key_holder.decrypt_aggregate(summed, request))
     if len(replies) < min_sites:
         raise NotEnoughSitesError(f"{len(replies)} site(s) answered, {min_sites} needed")
@@ -111,7 +113,7 @@ def run_federation(
     spec = settings.task
     run_id = uuid.uuid4().hex
     base = ConfigRecord({"task-json": spec.model_dump_json(), "task-name": spec.name, "run-id": run_id,
-                         "plaintext": not settings.encrypt, "seed": settings.seed})
+                         "plaintext": not settings.encrypt, "seed": settings.seed, "num-rounds": settings.rounds})
     aggregator: Aggregator | None = None
     min_sites = settings.min_sites
     if settings.encrypt:
@@ -162,7 +164,7 @@ def run_federation(
     )
     strategy: ScreenedFedAvg
     if aggregator is not None and key_holder is not None:
-        train_label = replace(label, phase="train", dp_epsilon=float(settings.dp_epsilon or 0.0))
+        train_label = replace(label, phase="train")
         strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size,
                                    total_examples=encoding.n_rows, screen=screen, label=train_label, **common)
     else:
@@ -231,6 +233,8 @@ def run_federation(
         rounds=history, encrypted=settings.encrypt, seconds=time.monotonic() - started, calibration=calibration,
         personalisation=dict(sorted(personalisation.items())), train_rows=dict(sorted(train_rows.items())),
         excluded=screen.named(),
+        site_audit_heads={str(r.content["site"]["site-id"]): str(r.content["site"].get("audit-head", ""))
+                          for r in final},
     )
 
 

@@ -29,7 +29,7 @@ from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
-           "cohort_of", "declared_rows"]
+           "cohort_of", "declared_rows", "site_dp_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,11 @@ def ciphertext_of(message: Message) -> bytes:
 def cohort_of(replies: Iterable[Message]) -> list[str]:
     """The site ids of the replies summed: the cohort the key holder checks the sum's tags against."""
     return [str(r.content["site"]["site-id"]) for r in replies]
+
+
+def site_dp_of(replies: Iterable[Message]) -> dict[str, float]:
+    """The DP epsilon each site declared it applied (set by its own policy; its tags bind it)."""
+    return {str(r.content["site"]["site-id"]): float(r.content["site"].get("dp-epsilon", 0.0)) for r in replies}
 
 
 def declared_rows(replies: Iterable[Message]) -> float:
@@ -134,6 +139,8 @@ class ReplyScreen:
             node = reply.metadata.src_node_id
             answered.add(node)
             problem = self._problem(reply, length=length, scale_bits=scale_bits, need_site=need_site)
+            if not reply.has_error() and "refusal" in reply.content:
+                self.site_of.setdefault(node, str(reply.content["refusal"].get("site-id", node)))
             site = str(reply.content["site"]["site-id"]) if not problem and "site" in reply.content else None
             if site is not None and site in seen_sites:
                 problem = f"a second reply in the name of site {site!r}"
@@ -168,6 +175,9 @@ class ReplyScreen:
         if reply.has_error():
             return f"error reply: {_short(reply.error.reason)}"
         content = reply.content
+        if "refusal" in content:  # the site's policy declined the job: a declared reply
+            refusal = content["refusal"]
+            return f"declined by {refusal.get('site-id', 'the site')}: {str(refusal.get('reason', ''))[:_MAX_REASON]}"
         try:
             rows = float(content["metrics"]["num-examples"])
         except (KeyError, TypeError, ValueError):
@@ -282,7 +292,8 @@ class EncryptedFedAvg(ScreenedFedAvg):
                                      scale_bits=self.aggregator.scale_bits)
         self.aggregation_seconds.append(time.perf_counter() - started)
         request = DecryptRequest.of(replace(self.label, round=server_round), cohort=cohort_of(good),
-                                    length=self.update_length, scale_bits=self.aggregator.scale_bits)
+                                    length=self.update_length, scale_bits=self.aggregator.scale_bits,
+                                    site_dp=site_dp_of(good))
         values = self.key_holder.decrypt_aggregate(summed, request)
         # Same rule as the sites' own weights (node_agent.client_app): n_i / max(N, 1).
         declared = declared_rows(good) / max(self.total_examples, 1.0)

@@ -88,6 +88,15 @@ class AuditLog:
             raise AuditTamperedError(f"audit log {self.path} is broken at entry {n}: not a JSON object")
         return entry
 
+    def head(self) -> str:
+        """The hash of the last entry (the genesis hash for an empty log): publishing it lets others
+        detect a later rewrite of everything up to it."""
+        if not self.path.exists():
+            return GENESIS
+        with self.path.open("rb") as fh:
+            last = self._last_entry(fh)
+        return last["hash"] if last else GENESIS
+
     def check_appendable(self) -> None:
         """Raise ``AuditTamperedError`` now if ``append`` would refuse (run it before a long job)."""
         if self.path.exists():

@@ -59,6 +59,8 @@ class DecryptRequest(BaseModel):
     task: str = Field(min_length=1, max_length=200)
     dp_epsilon: float = Field(0.0, ge=0.0)
     cohort: list[str] = Field(min_length=1, description="The enrolled site ids whose replies were summed.")
+    site_dp: dict[str, float] = Field(default_factory=dict, description="The DP epsilon each site declared it "
+                                      "applied (its tags bind it); a site not named: the label's dp_epsilon.")
     length: int = Field(ge=1, description="Data values in the sum (the trailer not counted).")
     scale_bits: int = Field(ge=1, le=59)
 
@@ -68,8 +70,13 @@ class DecryptRequest(BaseModel):
                           dp_epsilon=self.dp_epsilon)
 
     @classmethod
-    def of(cls, label: QueryLabel, *, cohort: Sequence[str], length: int, scale_bits: int) -> DecryptRequest:
-        return cls(**label.to_dict(), cohort=list(cohort), length=length, scale_bits=scale_bits)
+    def of(cls, label: QueryLabel, *, cohort: Sequence[str], length: int, scale_bits: int,
+           site_dp: dict[str, float] | None = None) -> DecryptRequest:
+        return cls(**label.to_dict(), cohort=list(cohort), length=length, scale_bits=scale_bits,
+                   site_dp=dict(site_dp or {}))
+
+    def epsilon_of(self, site: str) -> float:
+        return float(self.site_dp.get(site, self.dp_epsilon))
 
 
 def encode_request(request: DecryptRequest) -> str:

@@ -33,7 +33,7 @@ import hashlib
 import hmac
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -65,9 +65,10 @@ class QueryLabel:
     task: str
     dp_epsilon: float = 0.0
 
-    def canonical(self) -> bytes:
-        return (f"fenji-query-v1|{self.run_id}|{self.phase}|{self.round}|{self.task}|"
-                f"{float(self.dp_epsilon):.6g}").encode()
+    def canonical(self, *, with_dp: bool = True) -> bytes:
+        """The label as bytes; the public ``a`` leaves out the DP level, which each site binds to its own offsets."""
+        base = f"fenji-query-v1|{self.run_id}|{self.phase}|{self.round}|{self.task}"
+        return (f"{base}|{float(self.dp_epsilon):.6g}" if with_dp else base).encode()
 
     @property
     def kind(self) -> str:
@@ -85,7 +86,7 @@ class QueryLabel:
 
 def mac_vectors(label: QueryLabel, length: int) -> np.ndarray:
     """The public ``a_k`` (``TAG_SLOTS`` x ``length``), derived from the label alone."""
-    seed = int.from_bytes(hashlib.sha256(b"a|" + label.canonical()).digest()[:16], "little")
+    seed = int.from_bytes(hashlib.sha256(b"a|" + label.canonical(with_dp=False)).digest()[:16], "little")
     rng = np.random.default_rng(seed)
     magnitude = rng.uniform(0.25, 0.5, size=(TAG_SLOTS, length))
     return np.where(rng.random((TAG_SLOTS, length)) < 0.5, -magnitude, magnitude)
@@ -112,14 +113,21 @@ def tag_tolerance(*, length: int, sites: int, scale_bits: int) -> float:
 
 
 def check_tags(values: np.ndarray, tags: np.ndarray, *, site_keys: Mapping[str, bytes] | Sequence[bytes],
-               label: QueryLabel, scale_bits: int) -> None:
+               label: QueryLabel, scale_bits: int, site_dp: Mapping[str, float] | None = None) -> None:
     """Raise ``AggregateCheckError`` unless ``tags`` are the sum of the claimed sites' tags of ``values``.
 
     ``values`` is the decrypted data part of the sum (without the trailer), ``site_keys`` the keys
-    of the sites the aggregator claims it summed.
+    of the sites the aggregator claims it summed. ``site_dp`` gives the DP epsilon each site (by
+    id, with ``site_keys`` a mapping) declared it applied; a site not named there is taken at the
+    label's own ``dp_epsilon``.
     """
-    keys = list(site_keys.values()) if isinstance(site_keys, Mapping) else list(site_keys)
-    expected = mac_vectors(label, values.size) @ values + sum(offsets(k, label) for k in keys)
+    if isinstance(site_keys, Mapping):
+        dp = site_dp or {}
+        pairs = [(k, replace(label, dp_epsilon=dp.get(s, label.dp_epsilon))) for s, k in site_keys.items()]
+    else:
+        pairs = [(k, label) for k in site_keys]
+    keys = [k for k, _ in pairs]
+    expected = mac_vectors(label, values.size) @ values + sum(offsets(k, lab) for k, lab in pairs)
     error = np.abs(np.asarray(tags, dtype=float) - expected)
     tolerance = tag_tolerance(length=values.size, sites=len(keys), scale_bits=scale_bits)
     if not np.all(error <= tolerance):  # also false for NaN

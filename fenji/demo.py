@@ -61,10 +61,11 @@ def demo_command(
         table.add_row(name, str(summary.rows_read), str(summary.accepted), str(summary.quarantined),
                       ", ".join(summary.never_recorded) or "–")
     console.print(table)
-    console.print("2. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
+    _approve_plans(site_dirs, specs, rounds)
+    console.print("3. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
                   "the key holder, a service of its own, decrypts only sums whose tags prove they cover ≥ 3 enrolled sites.")
     results = {}
-    for step, spec in enumerate(specs, start=3):
+    for step, spec in enumerate(specs, start=4):
         console.rule(f"[bold]{step}. {spec.name} ({spec.label.kind})")
         results[spec.name] = run_and_report(
             spec=spec, site_dirs=site_dirs, rounds=rounds, encrypt=encryption,
@@ -126,3 +127,23 @@ def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[st
     console.print(f"fenji node serve --site-dir {site_dir}\n"
                   f"then open http://127.0.0.1:8600/ and log in with the doctor token:\n  [bold]{token}[/]\n"
                   f"(more tokens: fenji node token create --site-dir {site_dir} --role site_admin --name ...)")
+
+
+def _approve_plans(site_dirs: list[Path], specs: list, rounds: int) -> None:
+    """Each clinic's admin approves the demo's plans (as `fenji node approve` does); show each
+    clinic's line: the plans it runs, its minimum n, its DP policy and budget."""
+    from node_agent.budget import spent
+    from node_agent.policy import load_site_policy
+    from simulation.engine import approve_at_sites
+
+    digests = {spec.name: approve_at_sites(site_dirs, spec, rounds=rounds) for spec in specs}
+    table = Table("clinic", *[f"{name} ({digest[:8]})" for name, digest in digests.items()], "min n", "DP (ε per run)",
+                  "ε spent / budget", title="2. Each clinic approves the plans it will run; its own policy decides "
+                  "what leaves it (fenji node approve / policy)")
+    for site_dir in site_dirs:
+        policy = load_site_policy(site_dir)
+        dp = policy.dp
+        table.add_row(site_dir.name, *["approved" if d in policy.approved_plans else "–" for d in digests.values()],
+                      str(policy.min_n), f"on ({dp.epsilon_per_run:g})" if dp.enabled else "off",
+                      f"{spent(site_dir, period_days=dp.period_days):g} / {dp.budget_epsilon:g}")
+    console.print(table)

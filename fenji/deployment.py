@@ -50,5 +50,5 @@ def _deployment_main(grid: Grid, context: Context) -> None:
         actor="coordinator", action="training-run", task=settings.task.name, rounds=settings.rounds,
         encrypted=settings.encrypt, sites=sorted(outcome.sites), model=registered.name, version=registered.version,
         run_id=registered.run_id, engine="deployment", flower_run_id=context.run_id,
-        excluded=[e.to_dict() for e in outcome.excluded],
+        excluded=[e.to_dict() for e in outcome.excluded], site_audit_heads=outcome.site_audit_heads,
     )

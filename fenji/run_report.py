@@ -92,7 +92,7 @@ def run_and_report(
         audit_log(settings).append(
             actor="coordinator", action="training-run", task=spec.name, rounds=rounds, encrypted=encrypt,
             sites=sorted(outcome.sites), model=registered.name, version=registered.version, run_id=registered.run_id,
-            excluded=report["excluded"],
+            excluded=report["excluded"], site_audit_heads=outcome.site_audit_heads,
         )
         report["registered"] = {"name": registered.name, "version": registered.version, "run_id": registered.run_id,
                                 "tracking_uri": registered.tracking_uri}

@@ -104,7 +104,9 @@ class KeyHolder:
         """
         with self._lock:
             record = {"caller": caller, "query": request.label.once_key, "kind": request.label.kind,
-                          "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length}
+                          "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length,
+                      "private": bool(request.cohort) and all(0 < request.epsilon_of(s) <= self.max_dp_epsilon
+                                                              for s in request.cohort)}
             try:
                 keys = self._check_cohort(request)
             except PrivacyError as exc:
@@ -139,12 +141,15 @@ class KeyHolder:
         if any(e["action"] in _CONSUMING and e["details"].get("query") == label.once_key for e in earlier):
             raise ReplayError(f"query {label.once_key} was already decrypted (or refused after decryption): "
                               "one decryption per run, phase and round")
-        if request.dp_epsilon > self.max_dp_epsilon:
-            raise CohortError(f"a release with differential privacy at epsilon {request.dp_epsilon:g} is weaker "
+        epsilons = [request.epsilon_of(s) for s in cohort]
+        # A DP release: every site declared noise (bound by its tags), none weaker than this key holder accepts.
+        private = all(0 < e <= self.max_dp_epsilon for e in epsilons)
+        if any(e > self.max_dp_epsilon for e in epsilons):
+            raise CohortError(f"a release with differential privacy at epsilon {max(epsilons):g} is weaker "
                               f"than this key holder accepts (at most {self.max_dp_epsilon:g}, FENJI_MAX_DP_EPSILON)")
-        if request.dp_epsilon == 0:
+        if not private:
             granted = {frozenset(e["details"]["cohort"]) for e in earlier
-                       if e["action"] == "decrypt" and not e["details"].get("dp_epsilon")}
+                       if e["action"] == "decrypt" and not e["details"].get("private")}
             exposed = exposed_sites(granted, frozenset(cohort), self.min_sites)
             if exposed:
                 raise CohortError(
@@ -171,6 +176,6 @@ class KeyHolder:
         if abs(slot - len(request.cohort)) > 0.01:
             raise AggregateCheckError(f"the contributor slot does not count the {len(request.cohort)} site(s) "
                                       "claimed: a ciphertext made under another key, added twice, or forged")
-        check_tags(data, tags, site_keys=[keys[s] for s in request.cohort], label=request.label,
-                   scale_bits=request.scale_bits)
+        check_tags(data, tags, site_keys={s: keys[s] for s in request.cohort}, label=request.label,
+                   scale_bits=request.scale_bits, site_dp=request.site_dp)
         return data

@@ -15,7 +15,8 @@ with ``raise <FenjiError subclass>(...) from exc``::
     │   ├── NotEnoughSitesError            federation.errors    an aggregate over fewer than min-sites sites
     │   ├── CiphertextError                federation.errors    a reply is not a valid ciphertext of the protocol
     │   ├── AggregateCheckError            federation.errors    a decrypted aggregate fails a consistency check
-    │   └── EgressViolation                node_agent.errors    a node reply holds more than it declared
+    │   ├── EgressViolation                node_agent.errors    a node reply holds more than it declared
+    │   └── PolicyRefusal                  node_agent.errors    a job the site's policy does not allow
     ├── MappingError                    3  node_agent.errors    a mapping YAML is missing or invalid
     ├── IngestError                     4  node_agent.errors    an input file cannot be read
     ├── ServeError (HTTP status tree)   1  node_agent.serve.errors

@@ -1,4 +1,4 @@
-"""``fenji node …``: the commands a clinic's node agent runs (ingest, enrol, serve, tokens)."""
+"""``fenji node …``: the commands a clinic's node agent runs (ingest, enrol, serve, tokens, approve, revoke, policy, status)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from node_agent.cli_policy import register as register_policy_commands
 from node_agent.cli_tokens import token_app
 from node_agent.errors import IngestError, SiteDataError
 from node_agent.paths import input_file, removed_if_new, site_folder, store_errors
@@ -129,3 +130,6 @@ def enrol_command(
     enrolment.save(site_dir / ENROLMENT_FILE)
     console.print(f"Site [bold]{site_id}[/] enrolled with key holder {enrolment.keyholder} "
                   f"(institution {enrolment.institution}); saved to {site_dir / ENROLMENT_FILE} (mode 0600).")
+
+
+register_policy_commands(node_app)  # approve, revoke, policy, status (node_agent.cli_policy)

@@ -7,7 +7,7 @@ Node-local facts (where the site's data is) come only from the node: ``context.n
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,12 @@ from federation.identity import (
 from federation.tags import QueryLabel
 from models.calibration import Calibration
 from models.encoding import EncodingParams
-from models.spec import TaskSpec
-from models.training import TrainConfig, dp_noise_multiplier
 from models.training import evaluate as evaluate_model
+from node_agent.admission import Admitted, admit, refusal_content, site_train_config
 from node_agent.answered import claim_query
+from node_agent.budget import node_audit
 from node_agent.egress import make_egress_guard
-from node_agent.errors import EgressViolation
+from node_agent.errors import EgressViolation, PolicyRefusal
 from node_agent.local import (
     SiteData,
     calibration_update,
@@ -48,6 +48,7 @@ from node_agent.local import (
     site_statistics,
     train_update,
 )
+from node_agent.policy import load_site_policy
 
 __all__ = ["app", "build_client_app"]
 
@@ -61,7 +62,7 @@ def _enrolment(site_dir: Path, site_id: str) -> Enrolment:
 
 
 def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, values: np.ndarray, *, phase: str,
-                       round_: int, scale_bits: int | None = None) -> ArrayRecord:
+                       round_: int, dp_epsilon: float = 0.0, scale_bits: int | None = None) -> ArrayRecord:
     """Encrypt ``values`` for one query, under a public context the enrolled key holder signed.
 
     The query's label binds the site's tags to this run, phase and round and to the DP noise the
@@ -73,23 +74,10 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     verify_context(public_context, bytes(config.get("ckks-context-signature", b"")), enrolment.verify_key_bytes)
     context = load_public_context(public_context)
     label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
-                       dp_epsilon=float(config.get("dp-epsilon", 0.0)) if phase == "train" else 0.0)
+                       dp_epsilon=dp_epsilon)
     claim_query(site_dir, enrolment.keyholder, label)
     blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label, scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
-
-
-def _train_config(spec: TaskSpec, config: ConfigRecord, n_rows: int | None = None) -> TrainConfig:
-    overrides = {k.replace("-", "_"): config[k] for k in ("epochs", "learning-rate", "proximal-mu", "seed") if k in config}
-    train_config = TrainConfig.from_spec(spec, **overrides)
-    if n_rows and float(config.get("dp-epsilon", 0.0)) > 0:
-        # The site sets its own noise so that the whole run spends (epsilon, delta) on its records.
-        train_config.dp_max_grad_norm = float(config.get("dp-max-grad-norm", 1.0))
-        train_config.dp_noise_multiplier = dp_noise_multiplier(
-            epsilon=float(config["dp-epsilon"]), delta=float(config.get("dp-delta", 1e-3)), n=n_rows,
-            batch_size=train_config.batch_size, epochs=train_config.epochs * int(config["num-rounds"]),
-        )
-    return train_config
 
 
 def build_client_app(
@@ -99,89 +87,113 @@ def build_client_app(
     allow_plaintext: bool = False,
 ) -> ClientApp:
     """A ClientApp; ``sites`` maps simulation partition ids to site folders."""
-    app = ClientApp(mods=[make_egress_guard(log_dir=egress_log, allow_plaintext=allow_plaintext)])
-
     def site_dir_of(context: Context) -> Path:
         if "site-dir" in context.node_config:
             return Path(str(context.node_config["site-dir"]))
         return Path(sites[int(context.node_config["partition-id"])])  # type: ignore[index]
 
-    def site_data(message: Message, context: Context) -> tuple[SiteData, ConfigRecord]:
-        config = message.content["config"]
-        spec = TaskSpec.model_validate_json(str(config["task-json"]))
-        return load_site_data(site_dir_of(context), spec), config
+    app = ClientApp(mods=[make_egress_guard(log_dir=egress_log, allow_plaintext=allow_plaintext,
+                                            policy_of=lambda context: load_site_policy(site_dir_of(context)))])
 
-    def encrypted(context: Context, data: SiteData, config: ConfigRecord, values: np.ndarray, *, phase: str,
-                  round_: int, scale_bits: int | None = None) -> ArrayRecord:
-        return _ciphertext_record(site_dir_of(context), data.site_id, config, values, phase=phase, round_=round_,
-                                  scale_bits=scale_bits)
+    def guarded(phase: str, handler: Callable[[Message, Context, Admitted, SiteData], Message]):
+        """Admit the message against the site's policy before any record is read; a refusal is a
+        declared reply. A site with fewer training rows than its minimum n declines too."""
+
+        def run(message: Message, context: Context) -> Message:
+            site_dir, config = site_dir_of(context), message.content["config"]
+            try:
+                admitted = admit(site_dir, config, phase, node_allows_plaintext=allow_plaintext)
+                data = load_site_data(site_dir, admitted.spec)
+                min_n = admitted.policy.min_n
+                if len(data.train_frame) < min_n:
+                    raise PolicyRefusal(f"fewer training rows than this site's minimum n ({min_n})")
+                if phase == "evaluate" and len(data.test_frame) < min_n:
+                    raise PolicyRefusal(f"fewer held-out rows than this site's minimum n ({min_n}): metrics withheld")
+            except PolicyRefusal as exc:
+                return reply(message, refusal_content(site_dir, exc, phase=phase, config=config))
+            return handler(message, context, admitted, data)
+
+        return run
+
+    def encrypted(admitted: Admitted, data: SiteData, values: np.ndarray, *, phase: str, round_: int,
+                  scale_bits: int | None = None) -> ArrayRecord:
+        return _ciphertext_record(admitted.site_dir, data.site_id, admitted.config, values, phase=phase,
+                                  round_=round_, scale_bits=scale_bits,
+                                  dp_epsilon=admitted.dp_epsilon if phase == "train" else 0.0)
+
+    def site_record(admitted: Admitted, data: SiteData, phase: str) -> ConfigRecord:
+        # The node audit log's head goes out with every reply: a later rewrite of the log is detectable.
+        return ConfigRecord({"site-id": data.site_id, "dp-epsilon": admitted.dp_epsilon if phase == "train" else 0.0,
+                             "audit-head": node_audit(admitted.site_dir).head()})
 
     def reply(message: Message, records: dict) -> Message:
         return Message(RecordDict(records), reply_to=message)
 
-    @app.query("stats")
-    def stats(message: Message, context: Context) -> Message:
-        data, config = site_data(message, context)
+    def stats(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         vector = site_statistics(data).vector
         n = MetricRecord({"num-examples": len(data.train_frame)})
-        site = ConfigRecord({"site-id": data.site_id})
-        if config.get("plaintext", False):
+        site = site_record(admitted, data, "stats")
+        if admitted.config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
         # Sums of squares run large: encrypted at a smaller scale that leaves room for them.
-        record = encrypted(context, data, config, vector, phase="stats", round_=0, scale_bits=WIDE_SCALE_BITS)
+        record = encrypted(admitted, data, vector, phase="stats", round_=0, scale_bits=WIDE_SCALE_BITS)
         return reply(message, {"ciphertext": record, "metrics": n, "site": site})
 
-    @app.train()
-    def train(message: Message, context: Context) -> Message:
-        data, config = site_data(message, context)
+    def train(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        config = admitted.config
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
         global_flat = message.content["arrays"].to_numpy_ndarrays()[0]
-        flat, n, loss = train_update(data, params, global_flat, _train_config(data.spec, config, len(data.train_frame)))
+        flat, n, loss = train_update(data, params, global_flat, site_train_config(admitted, len(data.train_frame)))
         metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
-        site = ConfigRecord({"site-id": data.site_id})
+        site = site_record(admitted, data, "train")
         if config.get("plaintext", False):
+            # Each round leaves the site once, encrypted or not (a repeat would be another release).
+            claim_query(admitted.site_dir, "plaintext", QueryLabel(run_id=str(config["run-id"]), phase="train",
+                                                                   round=int(config["server-round"]), task=data.spec.name))
             return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics, "site": site})
         # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
         weight = n / max(float(config.get("total-examples", n)), 1.0)
         weighted = np.append(weight * flat, weight)
-        record = encrypted(context, data, config, weighted, phase="train", round_=int(config["server-round"]))
+        record = encrypted(admitted, data, weighted, phase="train", round_=int(config["server-round"]))
         return reply(message, {"ciphertext": record, "metrics": metrics, "site": site})
 
-    @app.query("calibrate")
-    def calibrate(message: Message, context: Context) -> Message:
-        data, config = site_data(message, context)
-        params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
+    def calibrate(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        params = EncodingParams.from_dict(json.loads(str(admitted.config["encoding"])))
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
         vector = calibration_update(data, params, flat)
         n = MetricRecord({"num-examples": len(data.train_frame)})
-        site = ConfigRecord({"site-id": data.site_id})
-        if config.get("plaintext", False):
+        site = site_record(admitted, data, "calibrate")
+        if admitted.config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
-        record = encrypted(context, data, config, vector, phase="calibrate", round_=0, scale_bits=WIDE_SCALE_BITS)
+        record = encrypted(admitted, data, vector, phase="calibrate", round_=0, scale_bits=WIDE_SCALE_BITS)
         return reply(message, {"ciphertext": record, "metrics": n, "site": site})
 
-    @app.evaluate()
-    def evaluate(message: Message, context: Context) -> Message:
-        data, config = site_data(message, context)
+    def evaluate(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        config = admitted.config
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
         calibration = Calibration.from_dict(json.loads(str(config.get("calibration", "null"))))
         metrics = evaluate_flat(data, params, flat, calibration)
         values = {"num-examples": int(metrics["n"]), **metrics}
-        site = {"site-id": data.site_id}
+        site = {"site-id": data.site_id, "audit-head": node_audit(admitted.site_dir).head()}
         if config.get("final", False):
-            train_config = _train_config(data.spec, config)
+            # Local models (personalised, local-only) never leave the site; only their metrics do.
+            train_config = site_train_config(admitted)
             personal = personalise(data, params, flat, calibration, train_config)
             _, _, x_test, y_test = data.encoded(params)
             personal_metrics = evaluate_model(personal.model, data.spec, x_test, y_test, personal.calibration)
             values |= {f"personal-{k}": v for k, v in personal_metrics.items()}
             site["personalisation"] = personal.choice
-            local_config = _train_config(data.spec, config)
+            local_config = site_train_config(admitted)
             local_config.epochs = int(config.get("local-only-epochs", local_config.epochs))
             values |= {f"local-{k}": v for k, v in local_only_metrics(data, local_config).items()}
         return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord(site)})
 
+    app.query("stats")(guarded("stats", stats))
+    app.train()(guarded("train", train))
+    app.query("calibrate")(guarded("calibrate", calibrate))
+    app.evaluate()(guarded("evaluate", evaluate))
     return app
 
 

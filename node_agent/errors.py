@@ -9,7 +9,8 @@ from __future__ import annotations
 from federation.errors import PrivacyError, RegistryError, SiteDataError
 from models.errors import ExitCode, FenjiError
 
-__all__ = ["EgressViolation", "IngestError", "MappingError", "RegistryError", "SiteDataError", "TokenFileError"]
+__all__ = ["EgressViolation", "IngestError", "MappingError", "PolicyRefusal", "RegistryError", "SiteDataError",
+           "TokenFileError"]
 
 
 class MappingError(FenjiError):
@@ -30,3 +31,8 @@ class TokenFileError(FenjiError):
 
 class EgressViolation(PrivacyError):
     """A node's reply holds something other than ciphertexts and declared aggregate numbers."""
+
+
+class PolicyRefusal(PrivacyError):
+    """A job the site's policy does not allow (plan not approved, out of bounds, budget exhausted,
+    too few rows): the node declines it before reading any record, and says why."""

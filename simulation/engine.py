@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.clientapp.typing import Mod
 
-__all__ = ["enrol_sites", "pooled_reference", "run_simulated_federation", "site_dirs_of"]
+__all__ = ["approve_at_sites", "enrol_sites", "pooled_reference", "run_simulated_federation", "site_dirs_of"]
 
 # Ray's defaults reach beyond the machine: it finds its own address by routing a UDP socket towards
 # 8.8.8.8, its servers listen on all interfaces, and its dashboard process (started even with
@@ -127,6 +127,35 @@ def enrol_sites(state: KeyHolderState, site_dirs: Sequence[Path]) -> list[str]:
     return site_ids
 
 
+def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
+                     dp: tuple[float, float] | None = None) -> str:
+    """Put the plan on each site's approved list and set its DP policy, as each site's admin would
+    (``fenji node approve``, ``fenji node policy``); returns the plan's digest. ``dp`` is (epsilon
+    per run, delta), or ``None`` for no DP at the sites."""
+    from node_agent.budget import node_audit
+    from node_agent.policy import PlanBounds, load_site_policy, plan_digest, save_site_policy
+
+    digest = plan_digest(spec)
+    for site_dir in site_dirs:
+        policy = load_site_policy(site_dir)
+        plan = policy.approved_plans.get(digest)
+        changed = plan is None or plan.bounds.max_rounds < rounds
+        if changed:
+            policy.approve(spec, by="simulation (acting as the site's admin)",
+                           bounds=PlanBounds(max_rounds=max(rounds, PlanBounds().max_rounds)))
+        wanted = dp is not None
+        if policy.dp.enabled != wanted or (dp and (policy.dp.epsilon_per_run, policy.dp.delta) != dp):
+            policy.dp.enabled = wanted
+            if dp:
+                policy.dp.epsilon_per_run, policy.dp.delta = dp
+            changed = True
+        if changed:
+            save_site_policy(site_dir, policy)
+            node_audit(site_dir).append(actor="simulation", action="policy-changed", plan=digest, task=spec.name,
+                                        dp=policy.dp.model_dump() if policy.dp.enabled else None)
+    return digest
+
+
 def run_simulated_federation(
     spec: TaskSpec,
     site_dirs: Sequence[Path],
@@ -144,13 +173,17 @@ def run_simulated_federation(
     on_round: Callable[[int, dict[str, float]], None] | None = None,
     verbose: bool = False,
     client_mods: Sequence[Mod] = (),
+    approve: bool = True,
 ):
     """Run statistics + ``rounds`` rounds of (encrypted) FedAvg over the site folders.
 
     The key holder's folder is ``keyholder_home`` (default: ``FENJI_KEYHOLDER_HOME``, else
     ``FENJI_HOME/keyholder``), made on first use; it keeps its keys and its ledger between runs, so
     its cohort rules hold across runs too. min-sites is the key holder's (``FENJI_MIN_SITES``) and
-    nothing here can lower it. ``client_mods`` are Flower mods put around every site's ClientApp
+    nothing here can lower it. With ``approve`` (the default) the runner approves the plan at each
+    site and sets each site's DP policy to ``dp_epsilon`` (``approve_at_sites``), as the sites'
+    admins would; without it, the sites' own policies decide. ``client_mods`` are Flower mods put
+    around every site's ClientApp
     (outermost first): the seam to stage a misbehaving site. The outcome's ``excluded`` lists the
     replies left out.
 
@@ -177,6 +210,8 @@ def run_simulated_federation(
         task=spec, rounds=rounds, encrypt=encrypt, min_sites=keyholder_settings.min_sites, local_epochs=local_epochs,
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
     )
+    if approve:
+        approve_at_sites(site_dirs, spec, rounds=rounds, dp=(dp_epsilon, dp_delta) if dp_epsilon else None)
     outcomes: list[FederationOutcome] = []
     with ExitStack() as stack:
         key_holder = None

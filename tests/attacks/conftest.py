@@ -125,3 +125,109 @@ def key_holder_of(enrolled_key_holder):
         return key_holder, enrolments, key_holder.public_context
 
     return make
+
+
+# --- Issue 13: each clinic holds its own line (site policy, DP budget, small numbers) ---------------
+# A node is reached the way Flower reaches it: its ClientApp called with a Message and a Context.
+
+# Files a site gathers by taking part in jobs; a fresh site has none (no plan approved, nothing audited).
+_JOB_FILES = (*_RUN_FILES, "policy.json", "node-audit.jsonl")
+
+
+def fresh_sites(sources: Sequence[Path], dest: Path) -> list[Path]:
+    """Copies of site folders as sites that never took part in a job: no policy (so no approved
+    plan), no audit log, no privacy budget spent (the session's site folders are shared with tests
+    whose runs approve plans at them)."""
+    from node_agent.store import SiteStore
+
+    dest.mkdir(parents=True, exist_ok=True)
+    copies = []
+    for source in sources:
+        target = dest / Path(source).name
+        shutil.copytree(source, target, ignore=shutil.ignore_patterns(*_JOB_FILES, "*.wal", "*.tmp"))
+        with SiteStore(target) as store:
+            store.connection.execute("DROP TABLE IF EXISTS privacy_budget")
+        copies.append(target)
+    return copies
+
+
+def site_admin(site_dir: Path, spec=None, *, max_rounds: int = 50, min_n: int | None = None,
+               dp: dict | None = None):
+    """Set the site's policy as its admin would: approve ``spec``'s plan (if given), set min n and
+    the DP policy (``dp``: fields of ``DPPolicy``, enabled). Returns the policy saved."""
+    from node_agent.policy import (
+        DPPolicy,
+        PlanBounds,
+        load_site_policy,
+        save_site_policy,
+    )
+
+    policy = load_site_policy(site_dir)
+    if spec is not None:
+        policy.approve(spec, by="site admin (test)", bounds=PlanBounds(max_rounds=max_rounds))
+    if min_n is not None:
+        policy.min_n = min_n
+    if dp is not None:
+        policy.dp = DPPolicy(enabled=True, **dp)
+    save_site_policy(site_dir, policy)
+    return policy
+
+
+def job_config(spec, site_dir: Path, *, run_id: str, num_rounds: int | None = 2, server_round: int = 1,
+               plaintext: bool = True, **extra) -> tuple[ConfigRecord, np.ndarray]:
+    """The config a coordinator sends with a train or evaluate message of a job over ``site_dir``
+    (encoding from that site's own statistics, as if it were the whole federation), and the initial
+    model. Keys given as ``None`` in ``extra`` (or ``num_rounds=None``) are left out."""
+    import json
+
+    from models.encoding import Encoder, SiteStatistics
+    from models.nets import build_model, get_flat
+    from node_agent.local import load_site_data, site_statistics
+
+    params = SiteStatistics(spec, site_statistics(load_site_data(site_dir, spec)).vector).encoding_params()
+    values = {"task-json": spec.model_dump_json(), "task-name": spec.name, "run-id": run_id, "plaintext": plaintext,
+              "seed": 0, "num-rounds": num_rounds, "server-round": server_round,
+              "encoding": json.dumps(params.to_dict()), "total-examples": float(params.n_rows)} | extra
+    initial = get_flat(build_model(spec, Encoder(spec, params).width, seed=0))
+    return ConfigRecord({k: v for k, v in values.items() if v is not None}), initial
+
+
+def node_message(message_type: str, config: ConfigRecord, flat: np.ndarray | None = None) -> Message:
+    """A message from the coordinator to a node, as the node's ClientApp receives it."""
+    import time
+    import uuid
+
+    content: dict = {"config": config}
+    if flat is not None:
+        content["arrays"] = ArrayRecord([np.asarray(flat)])
+    metadata = Metadata(run_id=1, message_id=uuid.uuid4().hex, src_node_id=0, dst_node_id=1, reply_to_message_id="",
+                        group_id="1", created_at=time.time(), ttl=600.0, message_type=message_type)
+    return Message(content=RecordDict(content), metadata=metadata)
+
+
+def call_node(client_app, message: Message) -> Message:
+    """Run ``message`` through the ClientApp (its mods, the egress guard included) as Flower does:
+    ``ClientApp.__call__(message, context)``, the node being partition 0 of a simulation."""
+    from flwr.app import Context
+
+    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    return client_app(message, context)
+
+
+def node_audit_actions(site_dir: Path, action: str) -> list[dict]:
+    """The node audit log's entries with ``action`` (``node-audit.jsonl`` in the site folder)."""
+    from node_agent.budget import node_audit
+
+    return [e for e in node_audit(site_dir).entries() if e["action"] == action]
+
+
+def budget_charges(site_dir: Path) -> list[tuple[str, float]]:
+    """(run id, epsilon) of every row in the site's privacy-budget ledger."""
+    from node_agent.store import SiteStore
+
+    with SiteStore(site_dir, read_only=True) as store:
+        tables = {row[0] for row in store.connection.execute("SHOW TABLES").fetchall()}
+        if "privacy_budget" not in tables:
+            return []
+        return [(str(r), float(e)) for r, e in
+                store.connection.execute("SELECT run_id, epsilon FROM privacy_budget ORDER BY charged_at").fetchall()]

@@ -37,6 +37,7 @@ from models.spec import load_task
 from node_agent.ingest import ingest_file
 from node_agent.mapping import load_mapping
 from node_agent.store import SiteStore
+from simulation.engine import approve_at_sites
 from simulation.synth import ClinicProfile, write_federation
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,6 +252,8 @@ def federation(tmp_path_factory):
         state.init()
         for name, site_dir in sites.items():
             state.enrol(name, f"TEST-{name}").save(site_dir / ENROLMENT_FILE)
+        # Each clinic's admin approves the plan (`fenji node approve`); a SuperNode runs nothing else.
+        approve_at_sites(list(sites.values()), load_task("referral_risk"), rounds=ROUNDS)
         key_holder = start_key_holder_service(state.home, min_sites=3)
         coordinator_env = {"FENJI_KEYHOLDER_URL": key_holder.url,
                            "FENJI_KEYHOLDER_TOKEN": state.issue_token("coordinator")}

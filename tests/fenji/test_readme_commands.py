@@ -81,7 +81,7 @@ def test_readme_using_it_commands_run_after_the_demo(after_demo):
 
     cwd, _, fenji, _ = after_demo
     commands = readme_using_it_commands()
-    by_name = {" ".join(c[1:3] if c[1] in ("coordinator", "node") else c[1:2]): c for c in commands}
+    by_name = {" ".join(c[1:3] if c[1] in ("coordinator", "node", "keyholder") else c[1:2]): c for c in commands}
     assert {"tasks", "coordinator promote"} <= set(by_name), by_name
 
     tasks = fenji(*by_name["tasks"][1:])
@@ -94,6 +94,21 @@ def test_readme_using_it_commands_run_after_the_demo(after_demo):
     assert f"Model registry: {registry}" in promote.stdout
     assert AuditLog(cwd / ".fenji" / "audit.jsonl").verify() == 3 + 3 + 1  # runs, the demo's and README's approvals
     assert not (cwd / "mlruns").exists()
+
+    # A clinic's own line, and the key holder's view, exactly as the README shows them.
+    from node_agent.budget import node_audit
+    from node_agent.policy import load_site_policy
+
+    site = cwd / "fenji-demo" / "sites" / "clinic_01_urban"
+    for name in ("node approve", "node policy", "node status", "keyholder show", "keyholder ledger"):
+        result = fenji(*by_name[name][1:])
+        assert result.returncode == 0, (name, result.stdout + result.stderr)
+    policy = load_site_policy(site)
+    assert policy.dp.enabled and policy.dp.epsilon_per_run == 1
+    assert {p.task for p in policy.approved_plans.values()} >= set(TASKS)
+    actions = [e["action"] for e in node_audit(site).entries()]
+    assert "plan-approved" in actions and "policy-changed" in actions and "job-accepted" in actions
+    assert "chain intact" in fenji(*by_name["keyholder ledger"][1:]).stdout
 
 
 def test_node_serve_uses_the_same_registry_and_finds_the_promoted_versions(after_demo, monkeypatch):

@@ -66,9 +66,10 @@ def test_egress_holds_only_ciphertexts_and_declared_numbers(encrypted_run, small
                 n_ciphertexts += 1
             elif record["type"] == "MetricRecord":
                 assert set(record["items"]) <= DECLARED_METRICS
+                assert "train-loss" not in record["items"]  # the sites' default policy keeps it in
                 assert all(isinstance(v, (int, float)) for v in record["items"].values())
             else:
-                assert record["type"] == "ConfigRecord" and set(record["items"]) <= DECLARED_CONFIG
+                assert record["type"] == "ConfigRecord" and set(record["items"]) <= DECLARED_CONFIG[name]
     assert n_ciphertexts == 4 * (2 + ROUNDS)  # stats, each round's update, calibration
     # a ciphertext is not a column of records: it does not contain the plain float64 values
     sample = next(s for s in snapshots if "ciphertext" in s["records"])
@@ -108,3 +109,19 @@ def test_fewer_sites_than_min_sites_never_decrypts(small_federation, referral_sp
     assert "site" in str(info.value)
     ledger = (tmp_path / "keyholder" / "ledger.jsonl").read_text()
     assert '"action": "decrypt"' not in ledger
+
+
+def test_each_site_reports_its_node_audit_head(encrypted_run, small_federation):
+    """Every reply carries the head of the node's hash-chained audit log; the run keeps the last one,
+    so a later rewrite of a node's log (or a coordinator claiming another head) is detectable."""
+    from node_agent.budget import node_audit
+
+    outcome, _ = encrypted_run
+    assert sorted(outcome.site_audit_heads) == sorted(site.name for site in small_federation)
+    for site in small_federation:
+        log = node_audit(site)
+        assert log.verify() >= 1
+        by_hash = {e["hash"]: e for e in log.entries()}
+        # The head a site sent is an entry of its own chain: the job it accepted for this run.
+        entry = by_hash[outcome.site_audit_heads[site.name]]
+        assert entry["action"] == "job-accepted" and entry["details"]["task"] == "referral_risk"

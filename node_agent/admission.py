@@ -1,0 +1,110 @@
+"""The node decides what it runs: every message is admitted against the site's policy first.
+
+``admit`` runs before any record is read: the plan must be approved and within its bounds, a run
+keeps the number of rounds it started with (the site's DP noise is set for exactly that many), and a
+DP run is charged to the site's budget before its first training step. A refused job gets a declared
+reply (``refusal``: the site and the reason), which the coordinator shows as "declined"; both sides
+audit it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ConfigRecord
+
+from models.spec import TaskSpec
+from models.training import TrainConfig, dp_noise_multiplier
+from node_agent.budget import charge_run, node_audit
+from node_agent.errors import PolicyRefusal
+from node_agent.policy import SitePolicy, load_site_policy
+
+__all__ = ["Admitted", "admit", "refusal_content", "site_train_config"]
+
+
+@dataclass
+class Admitted:
+    """A message the site's policy allows, with what the handlers need to know about it."""
+
+    site_dir: Path
+    spec: TaskSpec
+    config: ConfigRecord
+    policy: SitePolicy
+    digest: str
+    rounds: int  # the rounds this run was accepted for
+
+    @property
+    def dp_epsilon(self) -> float:
+        """The epsilon this site applies to the run's training (0: no DP), declared in its replies."""
+        return self.policy.dp.epsilon_per_run if self.policy.dp.enabled else 0.0
+
+
+def _accepted_rounds(site_dir: Path, run_id: str) -> int | None:
+    for entry in reversed(node_audit(site_dir).entries()):
+        details = entry["details"]
+        if entry["action"] == "job-accepted" and details.get("run_id") == run_id:
+            return int(details["num_rounds"])
+    return None
+
+
+def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plaintext: bool = False) -> Admitted:
+    """Check one message of a job against the site's policy, before any record is read.
+
+    ``node_allows_plaintext``: the node itself was started for an unencrypted comparison run
+    (simulation ``--no-encryption``); otherwise only the policy's ``allow_plaintext`` allows one.
+
+    Raises
+    ------
+    PolicyRefusal
+        With the reason the coordinator will be shown.
+    """
+    policy = load_site_policy(site_dir)
+    spec = TaskSpec.model_validate_json(str(config["task-json"]))
+    if config.get("plaintext", False) and not (policy.allow_plaintext or node_allows_plaintext):
+        raise PolicyRefusal("plaintext updates are not allowed by this site's policy")
+    digest = policy.check_job(spec, dict(config))
+    run_id = str(config.get("run-id", ""))
+    rounds = int(config.get("num-rounds", 0) or 0)
+    if rounds < 1:
+        raise PolicyRefusal("the job does not say how many rounds it runs (num-rounds): the site sets its noise "
+                            "for the rounds it accepts")
+    accepted = _accepted_rounds(site_dir, run_id)
+    if accepted is None:
+        node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name, plan=digest,
+                                    phase=phase, num_rounds=rounds, dp_epsilon=policy.dp.epsilon_per_run
+                                    if policy.dp.enabled else 0.0)
+        accepted = rounds
+    elif rounds != accepted:
+        raise PolicyRefusal(f"run {run_id} started with {accepted} rounds and now asks for {rounds}: the site's "
+                            "noise was set for the rounds it accepted")
+    if phase == "train" and not 1 <= int(config.get("server-round", 0)) <= accepted:
+        raise PolicyRefusal(f"round {config.get('server-round')} of a run accepted for rounds 1 to {accepted}")
+    admitted = Admitted(site_dir, spec, config, policy, digest, accepted)
+    if phase == "train" and policy.dp.enabled:
+        charge_run(site_dir, policy.dp, run_id=run_id, task=spec.name)
+    return admitted
+
+
+def refusal_content(site_dir: Path, exc: PolicyRefusal, *, phase: str, config: ConfigRecord) -> dict:
+    """The declared reply of a refused job (audited at the node)."""
+    entry = node_audit(site_dir).append(actor="node", action="job-refused", run_id=str(config.get("run-id", "")),
+                                        phase=phase, reason=str(exc))
+    return {"refusal": ConfigRecord({"site-id": Path(site_dir).name, "reason": str(exc), "audit-head": entry["hash"]})}
+
+
+def site_train_config(admitted: Admitted, n_rows: int | None = None) -> TrainConfig:
+    """Training settings: the plan's, within its bounds; DP noise from the site's policy only."""
+    spec, config = admitted.spec, admitted.config
+    overrides = {k.replace("-", "_"): config[k] for k in ("epochs", "learning-rate", "proximal-mu", "seed") if k in config}
+    train_config = TrainConfig.from_spec(spec, **overrides)
+    dp = admitted.policy.dp
+    if n_rows and dp.enabled:
+        # The site sets its own noise so that the whole run spends its (epsilon, delta) on its records;
+        # any dp-* value in the server's config is ignored.
+        train_config.dp_max_grad_norm = dp.max_grad_norm
+        train_config.dp_noise_multiplier = dp_noise_multiplier(
+            epsilon=dp.epsilon_per_run, delta=dp.delta, n=n_rows, batch_size=train_config.batch_size,
+            epochs=train_config.epochs * admitted.rounds,
+        )
+    return train_config

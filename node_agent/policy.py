@@ -1,0 +1,138 @@
+"""The site's own line: which training plans it runs, its differential-privacy noise and budget,
+and the smallest n any number that leaves it may describe.
+
+The policy is a file in the site folder (``policy.json``), edited only by the site's admin
+(``fenji node approve / revoke / policy``). The coordinator's messages cannot change it:
+
+- **Approved plans.** A plan is a task spec (features, label, model family and its settings),
+  identified by the SHA-256 of its canonical JSON, with bounds on rounds, local epochs and learning
+  rate. A job for any other spec, or outside the bounds, is refused before any record is read.
+- **DP at the site.** When ``dp.enabled``, the site trains with DP-SGD at *its* ``epsilon_per_run``
+  and ``delta`` whatever the round's config says, and a run that would take the site past its budget
+  for the period (``budget_epsilon`` per ``period_days``) is refused. Each DP run is recorded in the
+  node's budget ledger (``node_agent.budget``).
+- **Minimum n.** A site with fewer than ``min_n`` training rows declines; metrics over fewer than
+  ``min_n`` held-out rows are withheld and counts are rounded (``node_agent.egress``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.spec import TaskSpec
+from node_agent.errors import PolicyRefusal, SiteDataError
+
+__all__ = ["POLICY_FILE", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy", "load_site_policy",
+           "plan_digest", "save_site_policy"]
+
+POLICY_FILE = "policy.json"
+
+
+def plan_digest(spec: TaskSpec) -> str:
+    """The plan's identity: SHA-256 of the task spec's canonical JSON (any change is another plan)."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class PlanBounds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_rounds: int = Field(50, ge=1)
+    max_local_epochs: int = Field(20, ge=1)
+    max_learning_rate: float = Field(0.5, gt=0)
+
+
+class ApprovedPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str
+    family: str
+    bounds: PlanBounds = Field(default_factory=PlanBounds)
+    approved_by: str
+    approved_at: str
+
+
+class DPPolicy(BaseModel):
+    """Record-level DP-SGD at this site; the site's numbers, never the server's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    epsilon_per_run: float = Field(1.0, gt=0)
+    delta: float = Field(1e-3, gt=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    budget_epsilon: float = Field(10.0, gt=0, description="Total epsilon this site's records may spend per period.")
+    period_days: int = Field(365, ge=1)
+
+
+class SitePolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = 1
+    approved_plans: dict[str, ApprovedPlan] = Field(default_factory=dict)
+    dp: DPPolicy = Field(default_factory=DPPolicy)
+    min_n: int = Field(10, ge=1, description="No number about fewer rows than this leaves the site.")
+    release_train_loss: bool = False
+    allow_plaintext: bool = False
+
+    def approve(self, spec: TaskSpec, *, by: str, bounds: PlanBounds | None = None) -> str:
+        digest = plan_digest(spec)
+        self.approved_plans[digest] = ApprovedPlan(
+            task=spec.name, family=spec.model.family, bounds=bounds or PlanBounds(), approved_by=by,
+            approved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return digest
+
+    def check_job(self, spec: TaskSpec, config: dict) -> str:
+        """The approved plan's digest for this job, or a ``PolicyRefusal`` saying why not.
+
+        ``config`` is the round's config: its ``num-rounds``, ``epochs`` and ``learning-rate`` (when
+        present) must be within the plan's bounds.
+        """
+        digest = plan_digest(spec)
+        plan = self.approved_plans.get(digest)
+        if plan is None:
+            raise PolicyRefusal(f"plan not approved: task {spec.name!r} (plan {digest[:12]}) is not on this site's "
+                                "approved list (`fenji node approve`)")
+        bounds = plan.bounds
+        rounds = int(config.get("num-rounds", 0) or 0)
+        if rounds > bounds.max_rounds:
+            raise PolicyRefusal(f"plan outside its bounds: {rounds} rounds, at most {bounds.max_rounds} approved")
+        epochs = config.get("epochs", spec.model.local_epochs)
+        if int(epochs) > bounds.max_local_epochs:
+            raise PolicyRefusal(f"plan outside its bounds: {epochs} local epochs, at most "
+                                f"{bounds.max_local_epochs} approved")
+        rate = config.get("learning-rate")
+        if rate is not None and float(rate) > bounds.max_learning_rate:
+            raise PolicyRefusal(f"plan outside its bounds: learning rate {rate}, at most "
+                                f"{bounds.max_learning_rate} approved")
+        return digest
+
+
+def load_site_policy(site_dir: Path) -> SitePolicy:
+    """The site's policy; a site without a policy file has the default one (no plan approved).
+
+    Raises
+    ------
+    SiteDataError
+        If the file exists but is not a valid policy (a broken policy never means "anything goes").
+    """
+    path = Path(site_dir) / POLICY_FILE
+    if not path.is_file():
+        return SitePolicy()
+    try:
+        return SitePolicy.model_validate_json(path.read_text(encoding="utf-8"))
+    except (ValidationError, ValueError, OSError) as exc:
+        raise SiteDataError(f"the site policy {path} is not valid: {str(exc).splitlines()[0]}") from exc
+
+
+def save_site_policy(site_dir: Path, policy: SitePolicy) -> Path:
+    path = Path(site_dir) / POLICY_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(policy.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path

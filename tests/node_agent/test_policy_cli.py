@@ -1,0 +1,190 @@
+"""``fenji node approve / revoke / policy / status``: the site admin's commands, run through the real
+``fenji`` CLI on a copy of a real site folder."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from fenji.cli import app
+from models.errors import ExitCode
+from node_agent.budget import NODE_AUDIT_FILE, charge_run, node_audit
+from node_agent.policy import (
+    POLICY_FILE,
+    ApprovedPlan,
+    DPPolicy,
+    SitePolicy,
+    load_site_policy,
+    plan_digest,
+    save_site_policy,
+)
+from node_agent.store import SiteStore
+
+_JOB_FILES = ("enrolment.json", POLICY_FILE, NODE_AUDIT_FILE, "answered-*", "*.wal", "*.tmp")
+
+
+@pytest.fixture()
+def site(small_federation, tmp_path) -> Path:
+    """A copy of a session site that never took part in a job: no policy, no audit, no budget spent."""
+    site = tmp_path / "clinic"
+    shutil.copytree(small_federation[0], site, ignore=shutil.ignore_patterns(*_JOB_FILES))
+    with SiteStore(site) as store:
+        store.connection.execute("DROP TABLE IF EXISTS privacy_budget")
+    return site
+
+
+def fenji(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _actions(site: Path) -> list[str]:
+    return [e["action"] for e in node_audit(site).entries()]
+
+
+def test_approve_policy_revoke_status_round_trip(site, referral_spec):
+    result = fenji("node", "approve", "--site-dir", site, "--task", "referral_risk", "--max-rounds", 5,
+                   "--max-learning-rate", 0.1, "--by", "Dr Wang")
+    assert result.exit_code == 0, result.output
+    digest = plan_digest(referral_spec)
+    assert f"digest: {digest}" in result.stdout and "≤ 5 rounds" in result.stdout
+    plan = load_site_policy(site).approved_plans[digest]
+    assert (plan.task, plan.approved_by, plan.bounds.max_rounds, plan.bounds.max_learning_rate) == (
+        "referral_risk", "Dr Wang", 5, 0.1)
+    assert load_site_policy(site).check_job(referral_spec, {"num-rounds": 5}) == digest
+
+    shown = fenji("node", "policy", "--site-dir", site)
+    assert shown.exit_code == 0, shown.output
+    assert "referral_risk" in shown.stdout and digest[:12] in shown.stdout and "Dr Wang" in shown.stdout
+    assert "5/20/0.1" in shown.stdout and "Minimum n: 10" in shown.stdout
+
+    status = fenji("node", "status", "--site-dir", site)
+    assert status.exit_code == 0, status.output
+    assert "plan-approved" in status.stdout and "chain verifies (1 entries" in status.stdout
+
+    revoked = fenji("node", "revoke", "--site-dir", site, "--digest", digest[:8], "--by", "Dr Li")
+    assert revoked.exit_code == 0, revoked.output
+    assert load_site_policy(site).approved_plans == {}
+    entries = node_audit(site).entries()
+    assert [e["action"] for e in entries] == ["plan-approved", "plan-revoked"]
+    assert entries[0]["details"]["plan"] == digest and entries[0]["details"]["by"] == "Dr Wang"
+    assert entries[0]["details"]["bounds"]["max_rounds"] == 5
+    assert entries[1]["details"] == {"task": "referral_risk", "plan": digest, "by": "Dr Li"}
+    assert node_audit(site).verify() == 2
+
+
+def test_approve_a_task_yaml_and_revoke_by_task_name(site, referral_spec, tmp_path):
+    data = referral_spec.model_dump(mode="json")
+    data["model"]["family"] = "mlp"
+    path = tmp_path / "referral_mlp.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    assert fenji("node", "approve", "--site-dir", site, "--task", path).exit_code == 0
+    assert fenji("node", "approve", "--site-dir", site, "--task", "referral_risk").exit_code == 0
+    plans = load_site_policy(site).approved_plans
+    assert len(plans) == 2 and {p.family for p in plans.values()} == {"logistic", "mlp"}
+    result = fenji("node", "revoke", "--site-dir", site, "--task", "referral_risk")
+    assert result.exit_code == 0, result.output
+    assert load_site_policy(site).approved_plans == {}
+    assert _actions(site) == ["plan-approved", "plan-approved", "plan-revoked", "plan-revoked"]
+
+
+def test_revoke_needs_one_plan_it_can_name(site, referral_spec):
+    policy = SitePolicy()
+    plan = ApprovedPlan(task="referral_risk", family="logistic", approved_by="x", approved_at="2025-01-01T00:00:00")
+    policy.approved_plans = {"abc1" + "0" * 60: plan, "abc2" + "0" * 60: plan}
+    save_site_policy(site, policy)
+    before = (site / POLICY_FILE).read_bytes()
+    for args, message, in [(("--digest", "abc"), "matches 2 plans"), (("--digest", "fff"), "no approved plan"),
+                           (("--task", "triage"), "no approved plan for task 'triage'"),
+                           ((), "exactly one"), (("--task", "referral_risk", "--digest", "abc1"), "exactly one")]:
+        result = fenji("node", "revoke", "--site-dir", site, *args)
+        assert result.exit_code == ExitCode.SITE_DATA and message in result.stderr, (args, result.output)
+    assert (site / POLICY_FILE).read_bytes() == before
+    assert not (site / NODE_AUDIT_FILE).exists()
+    assert fenji("node", "revoke", "--site-dir", site, "--digest", "ABC1").exit_code == 0
+    assert list(load_site_policy(site).approved_plans) == ["abc2" + "0" * 60]
+
+
+def test_policy_changes_are_validated_and_audited_with_old_and_new_values(site):
+    result = fenji("node", "policy", "--site-dir", site, "--min-n", 20, "--dp", "--dp-epsilon", 0.5,
+                   "--dp-budget", 3, "--release-train-loss", "--by", "Dr Wang")
+    assert result.exit_code == 0, result.output
+    policy = load_site_policy(site)
+    assert (policy.min_n, policy.dp.enabled, policy.dp.epsilon_per_run, policy.dp.budget_epsilon,
+            policy.release_train_loss) == (20, True, 0.5, 3.0, True)
+    (entry,) = node_audit(site).entries()
+    assert entry["action"] == "policy-changed" and entry["details"]["by"] == "Dr Wang"
+    assert entry["details"]["old"] == {"min_n": 10, "dp.enabled": False, "dp.epsilon_per_run": 1.0,
+                                       "dp.budget_epsilon": 10.0, "release_train_loss": False}
+    assert entry["details"]["new"] == {"min_n": 20, "dp.enabled": True, "dp.epsilon_per_run": 0.5,
+                                       "dp.budget_epsilon": 3.0, "release_train_loss": True}
+    # Setting what is already set, or only showing, changes and audits nothing.
+    before = (site / POLICY_FILE).read_bytes()
+    assert fenji("node", "policy", "--site-dir", site, "--min-n", 20).exit_code == 0
+    assert fenji("node", "policy", "--site-dir", site).exit_code == 0
+    assert (site / POLICY_FILE).read_bytes() == before and len(node_audit(site).entries()) == 1
+
+
+@pytest.mark.parametrize("bad", [
+    ("--min-n", "0"), ("--dp-delta", "1.5"), ("--dp-epsilon", "-1"), ("--dp-budget", "0"),
+    ("--dp-period-days", "0"), ("--min-n", "20", "--dp-delta", "2"),
+], ids=["min-n-0", "delta-1.5", "epsilon-negative", "budget-0", "period-0", "good-and-bad"])
+def test_bad_policy_values_leave_the_file_unchanged(site, bad):
+    assert fenji("node", "policy", "--site-dir", site, "--min-n", 15).exit_code == 0
+    before = (site / POLICY_FILE).read_bytes()
+    result = fenji("node", "policy", "--site-dir", site, *bad)
+    assert result.exit_code == ExitCode.SITE_DATA, result.output
+    assert "invalid policy value" in result.stderr and "nothing was changed" in result.stderr
+    assert (site / POLICY_FILE).read_bytes() == before
+    assert _actions(site) == ["policy-changed"]
+
+
+def test_bad_bounds_or_an_unknown_task_approve_nothing(site):
+    result = fenji("node", "approve", "--site-dir", site, "--task", "referral_risk", "--max-rounds", 0)
+    assert result.exit_code == ExitCode.SITE_DATA and "invalid plan bounds: max_rounds" in result.stderr
+    result = fenji("node", "approve", "--site-dir", site, "--task", "no_such_task")
+    assert result.exit_code == ExitCode.TASK_SPEC and "unknown task" in result.stderr
+    assert not (site / POLICY_FILE).exists() and not (site / NODE_AUDIT_FILE).exists()
+    result = fenji("node", "approve", "--site-dir", site.parent / "missing", "--task", "referral_risk")
+    assert result.exit_code == ExitCode.SITE_DATA and "no site folder" in result.stderr
+
+
+def test_a_broken_policy_file_stops_every_command(site):
+    (site / POLICY_FILE).write_text("{not json", encoding="utf-8")
+    for args in (("approve", "--task", "referral_risk"), ("revoke", "--task", "referral_risk"),
+                 ("policy",), ("policy", "--min-n", "20"), ("status",)):
+        result = fenji("node", args[0], "--site-dir", site, *args[1:])
+        assert result.exit_code == ExitCode.SITE_DATA and "is not valid" in result.stderr, (args, result.output)
+    assert (site / POLICY_FILE).read_text(encoding="utf-8") == "{not json"
+
+
+def test_status_shows_budget_spent_and_left_and_the_last_ten_entries(site):
+    assert fenji("node", "policy", "--site-dir", site, "--dp", "--dp-epsilon", 1.5, "--dp-budget", 4).exit_code == 0
+    charge_run(site, load_site_policy(site).dp, run_id="run-7", task="referral_risk")
+    log = node_audit(site)
+    for name in "abcdefghij":
+        log.append(actor="node", action=f"event-{name}", reason=f"because {name}")
+    result = fenji("node", "status", "--site-dir", site)
+    assert result.exit_code == 0, result.output
+    assert "spent epsilon 1.5 in the last 365 days, 2.5 of 4 left" in result.stdout
+    # 12 entries: the policy change and the charge are older than the last ten.
+    assert "event-a" in result.stdout and "because j" in result.stdout and "event-j" in result.stdout
+    assert "policy-changed" not in result.stdout and "run-7" not in result.stdout
+    log.append(actor="node", action="event-k")
+    assert "run-7" not in fenji("node", "status", "--site-dir", site).stdout
+    assert "chain verifies (13 entries" in fenji("node", "status", "--site-dir", site).stdout
+
+
+def test_status_with_a_charge_in_view_and_a_tampered_chain(site):
+    dp = DPPolicy(enabled=True, epsilon_per_run=1.0)
+    charge_run(site, dp, run_id="run-7", task="referral_risk")
+    shown = fenji("node", "status", "--site-dir", site)
+    assert shown.exit_code == 0 and "dp-charge" in shown.stdout and "run-7" in shown.stdout and "referral_risk" in shown.stdout
+    lines = (site / NODE_AUDIT_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    (site / NODE_AUDIT_FILE).write_text(lines[0].replace('"epsilon": 1.0', '"epsilon": 0.1'), encoding="utf-8")
+    result = fenji("node", "status", "--site-dir", site)
+    assert result.exit_code == ExitCode.AUDIT, result.output
+    assert "does NOT verify" in result.stdout and "broken at entry 1" in result.stderr
