@@ -38,13 +38,24 @@ class OrdinalModel(nn.Module):
         if n_classes < 2:
             raise ValueError("an ordinal model needs at least two classes")
         self.n_classes = n_classes
-        # Cut points start evenly spaced one logit apart, centred on 0.
-        self.first_cut = nn.Parameter(torch.tensor([-(n_classes - 2) / 2.0]))
-        self.gaps = nn.Parameter(torch.full((n_classes - 2,), math.log(math.e - 1.0)))  # softplus = 1
+        # The raw cut parameters [first cut, gap_1 .. gap_{K-2}] are the one row of an embedding looked
+        # up once per example: the same values and the same flat layout as two plain parameters, but
+        # a layer Opacus computes per-sample gradients for (DP-SGD for ordinal tasks). Cut points
+        # start evenly spaced one logit apart, centred on 0 (softplus of the gap = 1).
+        self.cuts = nn.Embedding(1, n_classes - 1)
+        with torch.no_grad():
+            self.cuts.weight[0, 0] = -(n_classes - 2) / 2.0
+            self.cuts.weight[0, 1:] = math.log(math.e - 1.0)
         self.body = body
 
+    @staticmethod
+    def _ordered(raw: torch.Tensor) -> torch.Tensor:
+        """Cut points from raw parameters (last axis): the first cut plus positive gaps."""
+        first = raw[..., :1]
+        return torch.cat([first, first + torch.cumsum(F.softplus(raw[..., 1:]), dim=-1)], dim=-1)
+
     def cutpoints(self) -> torch.Tensor:
-        return torch.cat([self.first_cut, self.first_cut + torch.cumsum(F.softplus(self.gaps), 0)])
+        return self._ordered(self.cuts.weight[0])
 
     def score(self, x: torch.Tensor) -> torch.Tensor:
         """The latent score, shape (n,); higher means a later class."""
@@ -52,7 +63,8 @@ class OrdinalModel(nn.Module):
 
     def cumulative(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """``P(Y <= k)`` for k = 1 .. K-1, shape (n, K-1), non-decreasing along k."""
-        return torch.sigmoid((self.cutpoints()[None, :] - self.score(x)[:, None]) / temperature)
+        cuts = self._ordered(self.cuts(torch.zeros(x.shape[0], dtype=torch.long, device=x.device)))
+        return torch.sigmoid((cuts - self.score(x)[:, None]) / temperature)
 
     def forward(self, x: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         cum = self.cumulative(x, temperature)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -28,7 +28,7 @@ def ingest_command(
     site_dir: Annotated[Path, typer.Option(help="The site's folder; its DuckDB file is site.duckdb there.")],
     task: Annotated[str, typer.Option(help="Built-in task name or path of a task YAML file.")],
     input: Annotated[Path, typer.Option("--input", help="Clinic export: CSV (any encoding) or Parquet.")],
-    mapping: Annotated[Optional[str], typer.Option(help="Mapping YAML (path or built-in name).")] = None,
+    mapping: Annotated[str | None, typer.Option(help="Mapping YAML (path or built-in name).")] = None,
 ) -> None:
     """Load a clinic export into the site's DuckDB: each row accepted or quarantined with a reason."""
     from models.spec import load_task
@@ -43,6 +43,11 @@ def ingest_command(
     with removed_if_new(site_dir), store_errors(site_dir), SiteStore(site_dir) as store:
         summary = ingest_file(store, spec, input, mapping_)
         total = store.count(spec)
+    from node_agent.budget import node_audit
+
+    node_audit(site_dir).append(actor="site-admin", action="ingest", task=spec.name, file=input.name,
+                                rows_read=summary.rows_read, accepted=summary.accepted,
+                                quarantined=summary.quarantined, already_ingested=summary.already_ingested)
     if summary.already_ingested:
         console.print(f"{input} was already ingested for task {spec.name} with this mapping: nothing added.")
         return
@@ -67,12 +72,12 @@ def ingest_command(
 @node_app.command("serve")
 def serve_command(
     site_dir: Annotated[Path, typer.Option(help="The site's folder (its DuckDB, tokens and model cache).")],
-    registry: Annotated[Optional[str], typer.Option(help="MLflow tracking URI of the coordinator's registry "
+    registry: Annotated[str | None, typer.Option(help="MLflow tracking URI of the coordinator's registry "
                                                     "(default: the one in FENJI_HOME, or FENJI_MLFLOW_URI).")] = None,
     alias: Annotated[str, typer.Option(help="The registry alias governance approves versions under.")] = "production",
-    host: Annotated[Optional[str], typer.Option(help="Bind address, the clinic's own network "
+    host: Annotated[str | None, typer.Option(help="Bind address, the clinic's own network "
                                                 "(default FENJI_SERVE_HOST or 127.0.0.1).")] = None,
-    port: Annotated[Optional[int], typer.Option(min=1, max=65535, help="Port (default FENJI_SERVE_PORT or 8600).")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port (default FENJI_SERVE_PORT or 8600).")] = None,
 ) -> None:
     """Serve the workstation page and the scoring API at the clinic, with the approved models.
 

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from models.errors import first_line
+from node_agent.budget import node_audit
 from node_agent.errors import SiteDataError, TokenFileError
 from node_agent.paths import site_folder
 from node_agent.serve.access import Role
@@ -29,7 +30,10 @@ SiteDir = Annotated[Path, typer.Option(help="The site's folder (tokens are kept 
 
 
 def create_token(site_dir: Path, *, role: Role | str, name: str) -> IssuedToken:
-    return TokenStore.for_site(site_dir).create(role=role, name=name)
+    issued = TokenStore.for_site(site_dir).create(role=role, name=name)
+    node_audit(site_dir).append(actor="site-admin", action="token-created", token_id=issued.info.token_id,
+                                name=issued.info.name, role=issued.info.role.value)
+    return issued
 
 
 def list_tokens(site_dir: Path) -> list[TokenInfo]:
@@ -37,7 +41,10 @@ def list_tokens(site_dir: Path) -> list[TokenInfo]:
 
 
 def revoke_token(site_dir: Path, token_id: str, *, force: bool = False) -> TokenInfo:
-    return TokenStore.for_site(site_dir).revoke(token_id, keep_last_admin=not force)
+    info = TokenStore.for_site(site_dir).revoke(token_id, keep_last_admin=not force)
+    node_audit(site_dir).append(actor="site-admin", action="token-revoked", token_id=info.token_id, name=info.name,
+                                role=info.role.value)
+    return info
 
 
 @contextlib.contextmanager
