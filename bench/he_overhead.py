@@ -22,6 +22,7 @@ under another one), and neither ledger sees the query twice.
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import tempfile
@@ -110,6 +111,8 @@ def run(
     temporary folder, removed at the end)."""
     params = params or CKKSParams()
     min_sites = min(3, sites)
+    # Timings on a shared machine say little; the load around the run says how shared it was.
+    load_before = list(os.getloadavg())
     with tempfile.TemporaryDirectory(prefix="fenji-he-overhead-") as tmp:
         base = Path(workdir or tmp)
         state = KeyHolderState(base / "keyholder")
@@ -136,6 +139,7 @@ def run(
                    "public_context_bytes": len(public), "min_sites": min_sites,
                    "decryption": "key holder service over HTTP on loopback (python -m keyholder serve)"},
         "environment": environment(),
+        "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "results": results,
         "anchors": {"nvflare_he_wall_time_ratio": 2.7, "nvflare_he_message_ratio": 15,
                     "tenseal_defaults_8192_60_40_40_60_ratio": 20.7},

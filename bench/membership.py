@@ -31,19 +31,29 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from bench.common import environment, save_figure, spread, subplots
+from bench.errors import BenchUnavailable
 from models.encoding import Encoder, SiteStatistics, encode_labels
 from models.errors import FenjiError
 from models.nets import build_model
 from models.spec import TaskSpec, load_task
-from models.training import TrainConfig, dp_noise_multiplier, evaluate, predict_proba, train
+from models.training import (
+    TrainConfig,
+    dp_noise_multiplier,
+    evaluate,
+    predict_proba,
+    train,
+)
+from simulation.synth import DEFAULT_CLINICS, ClinicProfile
 
-__all__ = ["ATTACK", "EPSILONS", "attack_metrics", "dp_auroc_bound", "load_clinic", "load_heart", "plot", "run",
-           "run_setting", "with_family"]
+__all__ = ["ATTACK", "EPSILONS", "attack_metrics", "default_datasets", "dp_auroc_bound", "load_clinic", "load_heart",
+           "plot", "run", "run_setting", "table", "with_family"]
 
 EPSILONS = (8.0, 1.0)
 DELTA = 1e-3
 EPOCHS = 75  # the demo's 15 rounds × the tasks' 5 local epochs
 MLP_HIDDEN = [64, 64]
+FAMILIES = {"logistic": "logistic regression (the tasks' own model)",
+            "mlp": f"MLP, hidden layers {MLP_HIDDEN} (a model that can memorise its rows)"}
 ATTACK = {
     "name": "loss threshold (Yeom et al. 2018)",
     "score": "minus the record's cross-entropy under the released model",
@@ -51,10 +61,13 @@ ATTACK = {
         "the attacker can query the released model's class probabilities (or holds its parameters)",
         "the attacker holds the candidate record's features and its true label",
         "members and non-members are drawn from the same rows, as many of each (a 50 % prior)",
-        "AUROC is over every threshold, i.e. the best an attacker who could calibrate one would do; "
-        "the threshold attack uses the mean training loss, as a site's reported train-loss gives it",
+        ("AUROC is over every threshold, i.e. the best an attacker who could calibrate one would do; "
+         "the threshold attack uses the mean training loss, as a site's reported train-loss gives it"),
     ],
     "not_assumed": "no shadow models, no access to other training rows, no auxiliary data",
+    "scope": "the model is trained on the members alone, as one site's local model: a worst case for a federated "
+             "model, where each site's update is averaged with the others'; the encoding's standardisation "
+             "statistics are not attacked",
 }
 
 
@@ -98,7 +111,7 @@ def run_setting(spec: TaskSpec, members: pd.DataFrame, nonmembers: pd.DataFrame,
     """Train on ``members`` (DP-SGD at ``epsilon`` unless None), evaluate on ``nonmembers``, attack both.
 
     Returns the model's held-out metrics and the attack's, or ``{"unsupported": reason}`` when DP-SGD
-    does not support the model (e.g. an ordinal task's cut points).
+    refuses the model (a layer Opacus has no per-sample gradients for; ordinal models were refused before).
     """
     encoder = Encoder(spec, SiteStatistics.from_frame(spec, members).encoding_params())
     x_in, y_in = encoder.transform(members), encode_labels(spec, members)
@@ -110,7 +123,8 @@ def run_setting(spec: TaskSpec, members: pd.DataFrame, nonmembers: pd.DataFrame,
     model = build_model(spec, x_in.shape[1], seed=seed)
     try:
         train(model, spec, x_in, y_in, config)
-    except FenjiError as exc:  # a typed refusal (DP-SGD has no per-sample gradients for this model)
+    # Fenji's typed refusal, or Opacus' own for a layer it has no per-sample gradients for.
+    except (FenjiError, NotImplementedError) as exc:
         if epsilon is None:
             raise
         return {"unsupported": str(exc)}
@@ -126,6 +140,8 @@ def load_heart(data_dir: Path, workdir: Path) -> tuple[TaskSpec, pd.DataFrame]:
     from bench.heart import HOSPITALS, prepare_sites
     from node_agent.local import load_site_data
 
+    if not (data_dir / "uci_heart_disease").is_dir():
+        raise BenchUnavailable(f"UCI heart disease data not found under {data_dir} (set FENJI_DATA_DIR)")
     spec = load_task("heart_disease")
     prepare_sites(data_dir, workdir)
     frames = []
@@ -135,19 +151,26 @@ def load_heart(data_dir: Path, workdir: Path) -> tuple[TaskSpec, pd.DataFrame]:
     return spec, pd.concat(frames, ignore_index=True)
 
 
-def load_clinic(workdir: Path, task: str, clinic: str, *, clinics: Sequence | None = None) -> tuple[TaskSpec, pd.DataFrame]:
-    """One synthetic clinic's accepted rows of ``task``, through the clinic's export and Fenji's ingest."""
+def load_clinic(workdir: Path, task: str, clinic: ClinicProfile, *, seed: int = 0) -> tuple[TaskSpec, pd.DataFrame]:
+    """One synthetic clinic's accepted rows of ``task``, through its export and Fenji's ingest."""
     from node_agent.ingest import ingest_file
     from node_agent.mapping import load_mapping
     from node_agent.store import SiteStore
     from simulation.synth import write_federation
 
     spec = load_task(task)
-    exports = {name: (path, mapping) for name, path, mapping in write_federation(workdir / "exports", clinics=clinics)}
-    path, mapping = exports[clinic]
-    with SiteStore(workdir / task / clinic) as store:
+    ((_, path, mapping),) = write_federation(workdir / "exports", clinics=[clinic], seed=seed)
+    with SiteStore(workdir / "site") as store:
         ingest_file(store, spec, path, load_mapping(mapping))
         return spec, store.load(spec)
+
+
+def default_datasets(data_dir: Path) -> dict[str, Callable[[Path], tuple[TaskSpec, pd.DataFrame]]]:
+    """Heart disease (four hospitals pooled) and the largest synthetic clinic's referral and triage tasks."""
+    clinic = DEFAULT_CLINICS[0]
+    return {"heart": lambda workdir: load_heart(data_dir, workdir),
+            "clinic_referral": lambda workdir: load_clinic(workdir, "referral_risk", clinic),
+            "clinic_triage": lambda workdir: load_clinic(workdir, "triage", clinic)}
 
 
 def _split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -168,43 +191,64 @@ def _summary(runs: list[dict]) -> dict:
     return out
 
 
+def _measure(name: str, spec: TaskSpec, frame: pd.DataFrame, *, seeds: int, epochs: int, epsilons: Sequence[float],
+             delta: float, progress: Callable[[], None] | None) -> list[dict]:
+    """One data set and model family at every privacy level, over the seeds."""
+    out = []
+    for epsilon in [None, *epsilons]:
+        runs = []
+        for seed in range(seeds):
+            members, nonmembers = _split(frame, seed)
+            runs.append(run_setting(spec, members, nonmembers, epochs=epochs, seed=seed, epsilon=epsilon, delta=delta))
+            if progress:
+                progress()
+            if "unsupported" in runs[-1]:
+                break  # the same refusal for every seed
+        out.append({"dataset": name, "task": spec.name, "family": spec.model.family, "epsilon": epsilon,
+                    "delta": None if epsilon is None else delta,
+                    "attack_auroc_bound": 1.0 if epsilon is None else dp_auroc_bound(epsilon, delta), **_summary(runs)})
+    return out
+
+
 def run(*, datasets: dict[str, Callable[[Path], tuple[TaskSpec, pd.DataFrame]]], seeds: int = 5,
         epochs: int = EPOCHS, epsilons: Sequence[float] = EPSILONS, delta: float = DELTA,
-        families: Sequence[str] = ("logistic", "mlp"), unavailable: dict[str, str] | None = None,
-        progress: Callable[[], None] | None = None) -> dict:
-    """Every data set × model family × privacy level × seed; ``datasets`` maps a name to a loader
-    that builds the data under a temporary folder."""
-    results = []
-    rows = {}
-    with tempfile.TemporaryDirectory(prefix="fenji-membership-") as tmp:
-        for name, loader in datasets.items():
-            base, frame = loader(Path(tmp) / name)
-            rows[name] = {"task": base.name, "rows": len(frame), "members": len(frame) // 2,
-                          "nonmembers": len(frame) // 2}
-            for family in families:
-                spec = with_family(base, family)
-                for epsilon in [None, *epsilons]:
-                    runs = []
-                    for seed in range(seeds):
-                        members, nonmembers = _split(frame, seed)
-                        runs.append(run_setting(spec, members, nonmembers, epochs=epochs, seed=seed,
-                                                epsilon=epsilon, delta=delta))
-                        if progress:
-                            progress()
-                    bound = 1.0 if epsilon is None else dp_auroc_bound(epsilon, delta)
-                    results.append({"dataset": name, "task": base.name, "family": family, "epsilon": epsilon,
-                                    "delta": None if epsilon is None else delta,
-                                    "attack_auroc_bound": bound, **_summary(runs)})
+        families: Sequence[str] = ("logistic", "mlp"), progress: Callable[[], None] | None = None) -> dict:
+    """Every data set × model family × privacy level × seed.
+
+    ``datasets`` maps a name to a loader that builds its rows under a given temporary folder; a loader
+    that raises ``BenchUnavailable`` (no data here) is recorded as unavailable and skipped.
+    """
+    results, rows, unavailable = [], {}, {}
+    # Models of a few thousand parameters: torch's intra-op threads cost more than they save (3-10×
+    # slower on 2 busy cores), so each model trains on one thread.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fenji-membership-") as tmp:
+            for name, loader in datasets.items():
+                try:
+                    base, frame = loader(Path(tmp) / name)
+                except BenchUnavailable as exc:
+                    unavailable[name] = str(exc)
+                    continue
+                half = len(frame) // 2
+                rows[name] = {"task": base.name, "label": base.label.kind, "rows": len(frame), "members": half,
+                              "nonmembers": half}
+                for family in families:
+                    results += _measure(name, with_family(base, family), frame, seeds=seeds, epochs=epochs,
+                                        epsilons=epsilons, delta=delta, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     return {
         "benchmark": "membership",
         "inputs": {"seeds": seeds, "epochs": epochs, "epsilons": list(epsilons), "delta": delta,
-                   "families": {f: ("the task's model" if f == "logistic" else f"MLP, hidden {MLP_HIDDEN}")
-                                for f in families},
-                   "training": "centrally on the members, models.training.train with the task's learning rate, "
-                               "batch size and weight decay; DP-SGD (Opacus, Poisson sampling, clipping norm 1, "
-                               "RDP accountant) spends (ε, δ) over the whole run",
+                   "families": {f: FAMILIES.get(f, f) for f in families},
+                   "training": "centrally on the members with models.training.train and the task's learning rate, "
+                               "batch size and weight decay, for the given epochs; with DP, DP-SGD (Opacus: Poisson "
+                               "sampling, per-record clipping at norm 1, RDP accountant) spends (ε, δ) over the "
+                               "whole run",
                    "split": "each seed: a random half of the rows are members, the other half non-members",
-                   "data": rows, "unavailable": unavailable or {}},
+                   "data": rows, "unavailable": unavailable},
         "attack": ATTACK,
         "environment": environment(),
         "results": results,
@@ -212,28 +256,53 @@ def run(*, datasets: dict[str, Callable[[Path], tuple[TaskSpec, pd.DataFrame]]],
 
 
 def plot(report: dict, path) -> None:
-    """Attack AUROC against model AUROC, one marker per setting (median, whiskers min–max over seeds)."""
-    fig, ax = subplots(figsize=(7, 4.5))
+    """Attack AUROC against model AUROC, one panel per data set: median, whiskers min–max over seeds."""
     colours = {None: "tab:red", 8.0: "tab:orange", 1.0: "tab:green"}
     markers = {"logistic": "o", "mlp": "s"}
-    shapes = {"heart": "", "clinic": ""}
-    for r in report["results"]:
-        if "unsupported" in r:
-            continue
-        x, y = r["auroc"], r["attack_auroc"]
-        colour = colours.get(r["epsilon"], "tab:blue")
-        ax.errorbar(x["median"], y["median"], xerr=[[x["median"] - x["min"]], [x["max"] - x["median"]]],
-                    yerr=[[y["median"] - y["min"]], [y["max"] - y["median"]]], fmt=markers.get(r["family"], "^"),
-                    color=colour, ms=7, capsize=2, lw=1, mfc=colour if r["dataset"].startswith("heart") else "white")
-        ax.annotate(r["dataset"].split("_")[0], (x["median"], y["median"]), fontsize=6, xytext=(4, 3),
-                    textcoords="offset points")
-    del shapes
-    ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.text(ax.get_xlim()[0], 0.5, " chance", va="bottom", fontsize=7, color="grey")
-    handles = [ax.scatter([], [], color=c, label="no DP" if e is None else f"DP ε = {e:g}") for e, c in colours.items()]
-    handles += [ax.scatter([], [], marker=m, color="black", mfc="white", label=f) for f, m in markers.items()]
-    ax.legend(handles=handles, fontsize=7, title="filled: heart; open: clinic", title_fontsize=7)
-    ax.set_xlabel("model AUROC on held-out rows (median, min–max over seeds)")
-    ax.set_ylabel("membership attack AUROC")
-    ax.set_title("Loss-threshold membership inference: what ε buys")
+    datasets = list(dict.fromkeys(r["dataset"] for r in report["results"]))
+    fig, axes = subplots(1, max(len(datasets), 1), figsize=(4 * max(len(datasets), 1), 4.2), sharey=True, squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for r in report["results"]:
+            if r["dataset"] != dataset or "unsupported" in r:
+                continue
+            x, y = r["auroc"], r["attack_auroc"]
+            ax.errorbar(x["median"], y["median"], xerr=[[x["median"] - x["min"]], [x["max"] - x["median"]]],
+                        yerr=[[y["median"] - y["min"]], [y["max"] - y["median"]]], fmt=markers.get(r["family"], "^"),
+                        color=colours.get(r["epsilon"], "tab:blue"), ms=7, capsize=2, lw=1)
+        ax.axhline(0.5, color="grey", ls="--", lw=1)
+        for epsilon in report["inputs"]["epsilons"]:
+            bound = dp_auroc_bound(epsilon, report["inputs"]["delta"])
+            if bound < 0.99:  # ε = 8 bounds nothing an attack on these data reaches
+                ax.axhline(bound, color=colours.get(epsilon, "tab:blue"), ls=":", lw=1)
+        task = report["inputs"]["data"][dataset]["task"]
+        ax.set_title(f"{dataset} ({task})", fontsize=9)
+        ax.set_xlabel("model AUROC, held-out rows")
+    axes[0][0].set_ylabel("membership attack AUROC (loss threshold)")
+    handles = [axes[0][0].plot([], [], "o", color=c, label="no DP" if e is None else f"DP ε = {e:g}")[0]
+               for e, c in colours.items()]
+    handles += [axes[0][0].plot([], [], m, color="black", mfc="white", label=f)[0] for f, m in markers.items()]
+    handles += [axes[0][0].plot([], [], "--", color="grey", lw=1, label="chance")[0],
+                axes[0][0].plot([], [], ":", color=colours[1.0], lw=1, label="ε = 1: no attack above")[0]]
+    axes[0][0].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.suptitle("Membership inference on the released model: what ε buys (median, min–max over seeds)", fontsize=10)
     save_figure(fig, path)
+
+
+def table(report: dict):
+    """The printed summary: one row per data set, model and privacy level."""
+    from rich.table import Table
+
+    inputs = report["inputs"]
+    out = Table("data", "model", "ε (δ)", "accuracy", "AUROC", "attack AUROC median [min, max]", "attack advantage",
+                "any attack ≤", title=f"Loss-threshold membership inference, {inputs['seeds']} seed(s), "
+                                      f"{inputs['epochs']} epochs (model metrics: held-out medians)")
+    for r in report["results"]:
+        privacy = "no DP" if r["epsilon"] is None else f"{r['epsilon']:g} ({r['delta']:g})"
+        if "unsupported" in r:
+            out.add_row(r["dataset"], r["family"], privacy, "unsupported", "", r["unsupported"][:60], "", "")
+            continue
+        a = r["attack_auroc"]
+        out.add_row(r["dataset"], r["family"], privacy, f"{r['accuracy']['median']:.3f}", f"{r['auroc']['median']:.3f}",
+                    f"{a['median']:.3f} [{a['min']:.3f}, {a['max']:.3f}]", f"{r['attack_advantage']['median']:+.3f}",
+                    f"{r['attack_auroc_bound']:.3f}")
+    return out

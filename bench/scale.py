@@ -43,7 +43,7 @@ def run_one(sites: int, rounds: int, rows: int) -> dict:
             site_dirs.append(Path(tmp) / "sites" / name)
         stamps = [time.perf_counter()]
         started = time.perf_counter()
-        outcome = run_simulated_federation(spec, site_dirs, rounds=rounds, min_sites=3,
+        outcome = run_simulated_federation(spec, site_dirs, rounds=rounds, keyholder_home=Path(tmp) / "keyholder",
                                            on_round=lambda r, m: stamps.append(time.perf_counter()))
         total = time.perf_counter() - started
     round_seconds = [b - a for a, b in zip(stamps[1:], stamps[2:])]  # rounds 2.. (round 1 includes start-up)

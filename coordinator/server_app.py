@@ -38,6 +38,7 @@ from coordinator.strategy import (
     ciphertext_of,
     cohort_of,
     declared_rows,
+    inputs_of,
     site_dp_of,
 )
 from federation.crypto import WIDE_SCALE_BITS
@@ -78,7 +79,8 @@ def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decr
     the cohort of enrolled sites whose tags it carries (at least its min-sites)."""
     if settings.encrypt and aggregator is not None and key_holder is not None:
         summed = aggregator.add([ciphertext_of(r) for r in replies], length=length, scale_bits=WIDE_SCALE_BITS)
-        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=length, scale_bits=WIDE_SCALE_BITS,
+        request = DecryptRequest.of(replace(label, inputs=inputs_of(replies)), cohort=cohort_of(replies),
+                                    length=length, scale_bits=WIDE_SCALE_BITS,
                                     site_dp=site_dp_of(replies))
         return np.asarray(key_holder.decrypt_aggregate(summed, request))
     if len(replies) < min_sites:

@@ -29,7 +29,7 @@ from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
-           "cohort_of", "declared_rows", "site_dp_of"]
+           "cohort_of", "declared_rows", "inputs_of", "site_dp_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ def ciphertext_of(message: Message) -> bytes:
 def cohort_of(replies: Iterable[Message]) -> list[str]:
     """The site ids of the replies summed: the cohort the key holder checks the sum's tags against."""
     return [str(r.content["site"]["site-id"]) for r in replies]
+
+
+def inputs_of(replies: Iterable[Message]) -> str:
+    """The digest of the inputs the sites say they answered (the same for all when the coordinator
+    sent all of them the same message; the key holder's tag check holds it to that)."""
+    digests = [str(r.content["site"].get("inputs", "")) for r in replies]
+    return max(set(digests), key=digests.count) if digests else ""
 
 
 def site_dp_of(replies: Iterable[Message]) -> dict[str, float]:
@@ -291,7 +298,8 @@ class EncryptedFedAvg(ScreenedFedAvg):
         summed = self.aggregator.add([ciphertext_of(m) for m in good], length=self.update_length,
                                      scale_bits=self.aggregator.scale_bits)
         self.aggregation_seconds.append(time.perf_counter() - started)
-        request = DecryptRequest.of(replace(self.label, round=server_round), cohort=cohort_of(good),
+        request = DecryptRequest.of(replace(self.label, round=server_round, inputs=inputs_of(good)),
+                                    cohort=cohort_of(good),
                                     length=self.update_length, scale_bits=self.aggregator.scale_bits,
                                     site_dp=site_dp_of(good))
         values = self.key_holder.decrypt_aggregate(summed, request)

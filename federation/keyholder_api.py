@@ -58,6 +58,7 @@ class DecryptRequest(BaseModel):
     round: int = Field(ge=0)
     task: str = Field(min_length=1, max_length=200)
     dp_epsilon: float = Field(0.0, ge=0.0)
+    inputs: str = Field("", max_length=64, description="Digest of the inputs every site of the cohort was sent.")
     cohort: list[str] = Field(min_length=1, description="The enrolled site ids whose replies were summed.")
     site_dp: dict[str, float] = Field(default_factory=dict, description="The DP epsilon each site declared it "
                                       "applied (its tags bind it); a site not named: the label's dp_epsilon.")
@@ -67,7 +68,7 @@ class DecryptRequest(BaseModel):
     @property
     def label(self) -> QueryLabel:
         return QueryLabel(run_id=self.run_id, phase=self.phase, round=self.round, task=self.task,
-                          dp_epsilon=self.dp_epsilon)
+                          dp_epsilon=self.dp_epsilon, inputs=self.inputs)
 
     @classmethod
     def of(cls, label: QueryLabel, *, cohort: Sequence[str], length: int, scale_bits: int,

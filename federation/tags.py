@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,8 +40,8 @@ import numpy as np
 
 from federation.errors import AggregateCheckError
 
-__all__ = ["TAG_SLOTS", "TRAILER", "QueryLabel", "check_tags", "mac_vectors", "offsets", "site_tags",
-           "tag_tolerance"]
+__all__ = ["TAG_SLOTS", "TRAILER", "QueryLabel", "check_tags", "inputs_digest", "mac_vectors", "offsets",
+           "site_tags", "tag_tolerance"]
 
 TAG_SLOTS = 4
 # Values after the data in every encrypted vector: the contributor slot (1 per site), then the tags.
@@ -56,7 +57,10 @@ class QueryLabel:
     """What one decryption is for. Sites bind their tags to it; the key holder grants it once.
 
     ``dp_epsilon`` is the differential-privacy budget the *sites* applied to this release (0: none);
-    a coordinator that claims noise the sites did not add fails the tag check.
+    a coordinator that claims noise the sites did not add fails the tag check. ``inputs`` is the
+    digest of the message each site answered (its config and arrays): sites sent different inputs
+    (another weight, learning rate or model for some of them) bind different digests, and no single
+    claimed label makes their tags add up, so such a sum is never released.
     """
 
     run_id: str
@@ -64,10 +68,11 @@ class QueryLabel:
     round: int
     task: str
     dp_epsilon: float = 0.0
+    inputs: str = ""  # SHA-256 of what the site was sent for this query (``inputs_digest``)
 
     def canonical(self, *, with_dp: bool = True) -> bytes:
         """The label as bytes; the public ``a`` leaves out the DP level, which each site binds to its own offsets."""
-        base = f"fenji-query-v1|{self.run_id}|{self.phase}|{self.round}|{self.task}"
+        base = f"fenji-query-v1|{self.run_id}|{self.phase}|{self.round}|{self.task}|{self.inputs}"
         return (f"{base}|{float(self.dp_epsilon):.6g}" if with_dp else base).encode()
 
     @property
@@ -135,3 +140,15 @@ def check_tags(values: np.ndarray, tags: np.ndarray, *, site_keys: Mapping[str, 
             f"the sum's tags do not match the {len(keys)} site(s) claimed: a reply added twice, left out, masked, "
             "replayed or forged, or made under another key; not released"
         )
+
+
+def inputs_digest(config: Mapping[str, object], arrays: Sequence[np.ndarray] = ()) -> str:
+    """SHA-256 of a query's inputs: its config (canonical JSON, bytes as hex) and its arrays."""
+    digest = hashlib.sha256()
+    plain = {k: (v.hex() if isinstance(v, bytes | bytearray) else v) for k, v in sorted(config.items())}
+    digest.update(json.dumps(plain, sort_keys=True, default=str).encode())
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()

@@ -86,7 +86,9 @@ def sim_command(
     min_sites: Annotated[Optional[int], typer.Option(hidden=True, help="Removed: min-sites is the key holder's.")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write per-site metrics here.")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the model in MLflow.")] = True,
-    dp_epsilon: Annotated[Optional[float], typer.Option(help="Record-level DP-SGD at each site: epsilon for the run.")] = None,
+    dp_epsilon: Annotated[Optional[float], typer.Option(
+        help="Set each site's DP policy (as its admin): DP-SGD at this epsilon per run, charged to its budget.",
+    )] = None,
     dp_delta: Annotated[float, typer.Option(help="DP delta.")] = 1e-3,
     verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
 ) -> None:

@@ -32,7 +32,7 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-BENCHMARKS = ("heart", "he-overhead", "scale", "serving")
+BENCHMARKS = ("heart", "he-overhead", "membership", "scale", "serving")
 
 
 def bench_command(
@@ -42,8 +42,9 @@ def bench_command(
     sizes: Annotated[str, typer.Option(help="he-overhead: model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
     sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="heart: seeds (model init and shuffling).")] = 5,
+    seeds: Annotated[int, typer.Option(min=1, help="heart, membership: seeds (model init and shuffling).")] = 5,
     rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
+    epochs: Annotated[int, typer.Option(min=1, help="membership: training epochs per model.")] = 75,
     duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
 ) -> None:
@@ -58,6 +59,9 @@ def bench_command(
         output_file(plot, "--plot file")
     if name == "heart":
         _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
+        return
+    if name == "membership":
+        _bench_membership(json_out, plot, seeds=seeds, epochs=epochs)
         return
     if name == "scale":
         _bench_scale(json_out, plot, sites=_ints(sites or "10,50,100", "--sites"))
@@ -158,6 +162,26 @@ def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration:
     write_json(json_out, report)
     if plot:
         serving.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: int) -> None:
+    from bench import membership
+    from bench.common import write_json
+
+    datasets = membership.default_datasets(load_shell_settings().data_dir)
+    total = len(datasets) * 2 * (1 + len(membership.EPSILONS)) * seeds
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("membership: models", total=total)
+        report = membership.run(datasets=datasets, seeds=seeds, epochs=epochs, progress=lambda: progress.advance(bar))
+        progress.update(bar, completed=total)  # refused DP settings and absent data sets train nothing
+    console.print(membership.table(report))
+    for name, reason in report["inputs"]["unavailable"].items():
+        console.print(f"[yellow]{name} skipped[/]: {reason}")
+    write_json(json_out, report)
+    if plot:
+        membership.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 

@@ -17,6 +17,8 @@ import hmac
 import json
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -129,6 +131,15 @@ class KeyHolderState:
             result = change(data)
             write_secret(self.home / name, json.dumps(data, indent=2, sort_keys=True) + "\n")
             return result
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the folder's decryption lock (across processes): a check against the ledger and the
+        entry that records its outcome happen with no other decryption in between."""
+        with (self.home / ".decrypt.lock").open("a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     # -- enrolment ---------------------------------------------------------------------------
     def enrol(self, site_id: str, institution: str) -> Enrolment:

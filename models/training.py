@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import secrets
 import warnings
 from dataclasses import dataclass
 
@@ -68,7 +69,9 @@ def _train_dp(model: nn.Module, spec: TaskSpec, xt: torch.Tensor, yt: torch.Tens
 
     n = len(xt)
     sample_rate = min(config.batch_size / n, 1.0)
-    generator = torch.Generator().manual_seed(config.seed)
+    # The noise must be unpredictable: seeded from the OS, never from ``config.seed`` (which a
+    # coordinator may choose, and could then subtract the noise).
+    generator = torch.Generator().manual_seed(secrets.randbits(63))
     sampler = UniformWithReplacementSampler(num_samples=n, sample_rate=sample_rate, generator=generator)
     wrapped = GradSampleModule(model)
     optimiser = DPOptimizer(

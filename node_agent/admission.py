@@ -16,7 +16,7 @@ from flwr.app import ConfigRecord
 
 from models.spec import TaskSpec
 from models.training import TrainConfig, dp_noise_multiplier
-from node_agent.budget import charge_run, node_audit
+from node_agent.budget import node_audit
 from node_agent.errors import PolicyRefusal
 from node_agent.policy import SitePolicy, load_site_policy
 
@@ -33,6 +33,7 @@ class Admitted:
     policy: SitePolicy
     digest: str
     rounds: int  # the rounds this run was accepted for
+    inputs: str = ""  # digest of what the site was sent for this message (federation.tags.inputs_digest)
 
     @property
     def dp_epsilon(self) -> float:
@@ -80,10 +81,7 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
                             "noise was set for the rounds it accepted")
     if phase == "train" and not 1 <= int(config.get("server-round", 0)) <= accepted:
         raise PolicyRefusal(f"round {config.get('server-round')} of a run accepted for rounds 1 to {accepted}")
-    admitted = Admitted(site_dir, spec, config, policy, digest, accepted)
-    if phase == "train" and policy.dp.enabled:
-        charge_run(site_dir, policy.dp, run_id=run_id, task=spec.name)
-    return admitted
+    return Admitted(site_dir, spec, config, policy, digest, accepted)
 
 
 def refusal_content(site_dir: Path, exc: PolicyRefusal, *, phase: str, config: ConfigRecord) -> dict:

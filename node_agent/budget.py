@@ -65,7 +65,11 @@ def charge_run(site_dir: Path, dp: DPPolicy, *, run_id: str, task: str) -> bool:
         If the charge would take the site past ``dp.budget_epsilon`` for the period.
     """
     since = datetime.now(timezone.utc) - timedelta(days=dp.period_days)
-    with _store(site_dir) as store:
+    try:
+        store = _store(site_dir)
+    except IngestError as exc:
+        raise PolicyRefusal(f"the budget ledger cannot be written now ({exc}); nothing is released") from exc
+    with store:
         connection = store.connection
         try:
             connection.execute("BEGIN TRANSACTION")

@@ -29,13 +29,14 @@ from federation.identity import (
     load_enrolment,
     verify_context,
 )
-from federation.tags import QueryLabel
+from federation.tags import QueryLabel, inputs_digest
 from models.calibration import Calibration
 from models.encoding import EncodingParams
+from models.errors import first_line
 from models.training import evaluate as evaluate_model
 from node_agent.admission import Admitted, admit, refusal_content, site_train_config
 from node_agent.answered import claim_query
-from node_agent.budget import node_audit
+from node_agent.budget import charge_run, node_audit
 from node_agent.egress import make_egress_guard
 from node_agent.errors import EgressViolation, PolicyRefusal
 from node_agent.local import (
@@ -62,7 +63,8 @@ def _enrolment(site_dir: Path, site_id: str) -> Enrolment:
 
 
 def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, values: np.ndarray, *, phase: str,
-                       round_: int, dp_epsilon: float = 0.0, scale_bits: int | None = None) -> ArrayRecord:
+                       round_: int, dp_epsilon: float = 0.0, scale_bits: int | None = None,
+                       inputs: str = "") -> ArrayRecord:
     """Encrypt ``values`` for one query, under a public context the enrolled key holder signed.
 
     The query's label binds the site's tags to this run, phase and round and to the DP noise the
@@ -74,7 +76,7 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     verify_context(public_context, bytes(config.get("ckks-context-signature", b"")), enrolment.verify_key_bytes)
     context = load_public_context(public_context)
     label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
-                       dp_epsilon=dp_epsilon)
+                       dp_epsilon=dp_epsilon, inputs=inputs)
     claim_query(site_dir, enrolment.keyholder, label)
     blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label, scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
@@ -102,13 +104,31 @@ def build_client_app(
         def run(message: Message, context: Context) -> Message:
             site_dir, config = site_dir_of(context), message.content["config"]
             try:
-                admitted = admit(site_dir, config, phase, node_allows_plaintext=allow_plaintext)
+                try:
+                    admitted = admit(site_dir, config, phase, node_allows_plaintext=allow_plaintext)
+                    # What this site was sent, bound into its tags: sites sent different inputs cannot be summed.
+                    arrays = message.content["arrays"].to_numpy_ndarrays() if "arrays" in message.content else []
+                    admitted.inputs = inputs_digest(dict(config), arrays)
+                except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+                    raise PolicyRefusal(f"a malformed job: {first_line(str(exc))}") from exc
                 data = load_site_data(site_dir, admitted.spec)
                 min_n = admitted.policy.min_n
                 if len(data.train_frame) < min_n:
                     raise PolicyRefusal(f"fewer training rows than this site's minimum n ({min_n})")
                 if phase == "evaluate" and len(data.test_frame) < min_n:
                     raise PolicyRefusal(f"fewer held-out rows than this site's minimum n ({min_n}): metrics withheld")
+                if phase == "evaluate":
+                    # One evaluation per round and one final one: the coordinator chooses the model
+                    # evaluated, so every extra evaluation is another release of exact metrics.
+                    final = bool(config.get("final", False))
+                    claim_query(site_dir, "evaluate", QueryLabel(
+                        run_id=str(config.get("run-id", "")), phase="final-evaluate" if final else "evaluate",
+                        round=int(config.get("server-round", 0)), task=admitted.spec.name))
+                if phase == "train" and admitted.policy.dp.enabled:
+                    # Charged only now that the site will train and release (not for a job it declines).
+                    charge_run(site_dir, admitted.policy.dp, run_id=str(config["run-id"]), task=admitted.spec.name)
+            except EgressViolation as exc:
+                return reply(message, refusal_content(site_dir, PolicyRefusal(str(exc)), phase=phase, config=config))
             except PolicyRefusal as exc:
                 return reply(message, refusal_content(site_dir, exc, phase=phase, config=config))
             return handler(message, context, admitted, data)
@@ -118,13 +138,13 @@ def build_client_app(
     def encrypted(admitted: Admitted, data: SiteData, values: np.ndarray, *, phase: str, round_: int,
                   scale_bits: int | None = None) -> ArrayRecord:
         return _ciphertext_record(admitted.site_dir, data.site_id, admitted.config, values, phase=phase,
-                                  round_=round_, scale_bits=scale_bits,
+                                  round_=round_, scale_bits=scale_bits, inputs=admitted.inputs,
                                   dp_epsilon=admitted.dp_epsilon if phase == "train" else 0.0)
 
     def site_record(admitted: Admitted, data: SiteData, phase: str) -> ConfigRecord:
         # The node audit log's head goes out with every reply: a later rewrite of the log is detectable.
         return ConfigRecord({"site-id": data.site_id, "dp-epsilon": admitted.dp_epsilon if phase == "train" else 0.0,
-                             "audit-head": node_audit(admitted.site_dir).head()})
+                             "audit-head": node_audit(admitted.site_dir).head(), "inputs": admitted.inputs})
 
     def reply(message: Message, records: dict) -> Message:
         return Message(RecordDict(records), reply_to=message)

@@ -36,7 +36,7 @@ EVALUATION_METRICS = {"auroc", "accuracy", "log-loss", "ece", "n", "top3-accurac
 DECLARED_METRICS = {"num-examples", "train-loss"} | {
     prefix + name for prefix in ("", "local-", "personal-") for name in EVALUATION_METRICS
 }
-DECLARED_CONFIG = {"site": {"site-id", "personalisation", "dp-epsilon", "audit-head"},
+DECLARED_CONFIG = {"site": {"site-id", "personalisation", "dp-epsilon", "audit-head", "inputs"},
                    "refusal": {"site-id", "reason", "audit-head"}}
 # Counts that describe held-out rows: rounded to COUNT_ROUNDING before they leave.
 EVALUATION_COUNTS = {"n", "local-n", "personal-n"}

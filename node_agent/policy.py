@@ -100,13 +100,22 @@ class SitePolicy(BaseModel):
                                 "approved list (`fenji node approve`)")
         bounds = plan.bounds
         rounds = int(config.get("num-rounds", 0) or 0)
+        local_only = int(config.get("local-only-epochs", 0) or 0)
+        if local_only > bounds.max_local_epochs * max(rounds, 1):
+            raise PolicyRefusal(f"plan outside its bounds: {local_only} local-only epochs, at most "
+                                f"{bounds.max_local_epochs * max(rounds, 1)}")
         if rounds > bounds.max_rounds:
             raise PolicyRefusal(f"plan outside its bounds: {rounds} rounds, at most {bounds.max_rounds} approved")
         epochs = config.get("epochs", spec.model.local_epochs)
+        if int(epochs) < 1:
+            raise PolicyRefusal(f"plan outside its bounds: {epochs} local epochs (a site trains at least one)")
         if int(epochs) > bounds.max_local_epochs:
             raise PolicyRefusal(f"plan outside its bounds: {epochs} local epochs, at most "
                                 f"{bounds.max_local_epochs} approved")
         rate = config.get("learning-rate")
+        if rate is not None and not float(rate) > 0:
+            raise PolicyRefusal(f"plan outside its bounds: learning rate {rate} (a site's update would be the "
+                                "coordinator's own model)")
         if rate is not None and float(rate) > bounds.max_learning_rate:
             raise PolicyRefusal(f"plan outside its bounds: learning rate {rate}, at most "
                                 f"{bounds.max_learning_rate} approved")

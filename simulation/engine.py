@@ -128,10 +128,11 @@ def enrol_sites(state: KeyHolderState, site_dirs: Sequence[Path]) -> list[str]:
 
 
 def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
-                     dp: tuple[float, float] | None = None) -> str:
+                     dp: tuple[float, float] | None = None, learning_rate: float | None = None,
+                     local_epochs: int | None = None) -> str:
     """Put the plan on each site's approved list and set its DP policy, as each site's admin would
     (``fenji node approve``, ``fenji node policy``); returns the plan's digest. ``dp`` is (epsilon
-    per run, delta), or ``None`` for no DP at the sites."""
+    per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is."""
     from node_agent.budget import node_audit
     from node_agent.policy import PlanBounds, load_site_policy, plan_digest, save_site_policy
 
@@ -139,15 +140,19 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
     for site_dir in site_dirs:
         policy = load_site_policy(site_dir)
         plan = policy.approved_plans.get(digest)
-        changed = plan is None or plan.bounds.max_rounds < rounds
+        default = PlanBounds()
+        wanted = PlanBounds(max_rounds=max(rounds, default.max_rounds),
+                            max_local_epochs=max(local_epochs or 0, default.max_local_epochs),
+                            max_learning_rate=max(learning_rate or 0.0, default.max_learning_rate))
+        changed = plan is None or (plan.bounds.max_rounds < rounds
+                                   or plan.bounds.max_learning_rate < (learning_rate or 0.0)
+                                   or plan.bounds.max_local_epochs < (local_epochs or 0))
         if changed:
-            policy.approve(spec, by="simulation (acting as the site's admin)",
-                           bounds=PlanBounds(max_rounds=max(rounds, PlanBounds().max_rounds)))
-        wanted = dp is not None
-        if policy.dp.enabled != wanted or (dp and (policy.dp.epsilon_per_run, policy.dp.delta) != dp):
-            policy.dp.enabled = wanted
-            if dp:
-                policy.dp.epsilon_per_run, policy.dp.delta = dp
+            policy.approve(spec, by="simulation (acting as the site's admin)", bounds=wanted)
+        # DP is set only when asked for: a site's own DP policy is never switched off by a simulation.
+        if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp):
+            policy.dp.enabled = True
+            policy.dp.epsilon_per_run, policy.dp.delta = dp
             changed = True
         if changed:
             save_site_policy(site_dir, policy)
@@ -181,8 +186,8 @@ def run_simulated_federation(
     ``FENJI_HOME/keyholder``), made on first use; it keeps its keys and its ledger between runs, so
     its cohort rules hold across runs too. min-sites is the key holder's (``FENJI_MIN_SITES``) and
     nothing here can lower it. With ``approve`` (the default) the runner approves the plan at each
-    site and sets each site's DP policy to ``dp_epsilon`` (``approve_at_sites``), as the sites'
-    admins would; without it, the sites' own policies decide. ``client_mods`` are Flower mods put
+    site and, with ``dp_epsilon``, switches each site's DP on at that epsilon (``approve_at_sites``),
+    as the sites' admins would; without it, the sites' own policies decide. ``client_mods`` are Flower mods put
     around every site's ClientApp
     (outermost first): the seam to stage a misbehaving site. The outcome's ``excluded`` lists the
     replies left out.
@@ -211,7 +216,8 @@ def run_simulated_federation(
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
     )
     if approve:
-        approve_at_sites(site_dirs, spec, rounds=rounds, dp=(dp_epsilon, dp_delta) if dp_epsilon else None)
+        approve_at_sites(site_dirs, spec, rounds=rounds, dp=(dp_epsilon, dp_delta) if dp_epsilon else None,
+                         learning_rate=learning_rate, local_epochs=local_epochs)
     outcomes: list[FederationOutcome] = []
     with ExitStack() as stack:
         key_holder = None
