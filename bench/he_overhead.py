@@ -113,6 +113,21 @@ def run(
     min_sites = min(3, sites)
     # Timings on a shared machine say little; the load around the run says how shared it was.
     load_before = list(os.getloadavg())
+    # One thread per site's training: with more, torch's threads spin against any other busy process
+    # (40x slower for the 1k model at a load of 2 on 2 cores), which would inflate the plaintext round.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = _run(sizes=sizes, sites=sites, repeats=repeats, rows=rows, epochs=epochs, params=params,
+                      min_sites=min_sites, workdir=workdir, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    report["load_average"] = {"before": load_before, "after": list(os.getloadavg())}
+    return report
+
+
+def _run(*, sizes: Sequence[int], sites: int, repeats: int, rows: int, epochs: int, params: CKKSParams,
+         min_sites: int, workdir: Path | None, progress) -> dict:
     with tempfile.TemporaryDirectory(prefix="fenji-he-overhead-") as tmp:
         base = Path(workdir or tmp)
         state = KeyHolderState(base / "keyholder")
@@ -133,13 +148,12 @@ def run(
     return {
         "benchmark": "he-overhead",
         "inputs": {"sizes": list(sizes), "sites": sites, "repeats": repeats, "rows_per_site": rows,
-                   "local_epochs": epochs, "ckks": {"poly_modulus_degree": params.poly_modulus_degree,
+                   "local_epochs": epochs, "torch_threads": 1, "ckks": {"poly_modulus_degree": params.poly_modulus_degree,
                                                     "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
                                                     "scale_bits": params.scale_bits},
                    "public_context_bytes": len(public), "min_sites": min_sites,
                    "decryption": "key holder service over HTTP on loopback (python -m keyholder serve)"},
         "environment": environment(),
-        "load_average": {"before": load_before, "after": list(os.getloadavg())},
         "results": results,
         "anchors": {"nvflare_he_wall_time_ratio": 2.7, "nvflare_he_message_ratio": 15,
                     "tenseal_defaults_8192_60_40_40_60_ratio": 20.7},
