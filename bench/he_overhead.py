@@ -2,7 +2,8 @@
 
 A round is measured in its parts, in one run: local training (sites train in parallel, so the
 slowest site counts), the site's work on its update (serialise float32; or check the key holder's
-signature on the public context and encrypt with tags), the aggregator's sum, and the decryption by
+signature on the public context, digest the round's inputs and encrypt with tags bound to that
+digest, as ``node_agent.client_app`` does), the aggregator's sum, and the decryption by
 the key holder's own service over HTTP (``keyholder.process``), with every rule of the protocol:
 enrolled sites, a bearer token, one decryption per query, tags checked. Bytes are what one site
 sends per round.
@@ -10,7 +11,8 @@ sends per round.
 The ``checks`` block of each size says what the authenticated protocol (issue 12) adds:
 
 - per site: computing the tags (``site_tags``), verifying the signed public context
-  (``verify_context``), and the bytes the tags add to the ciphertext;
+  (``verify_context``), digesting the round's inputs (``inputs_digest``: its config, which carries
+  the public context, and the global model), and the bytes the tags add to the ciphertext;
 - per round: the key holder's checks (its in-process ``decrypt_aggregate`` minus a bare TenSEAL
   decryption of the same sum) and the HTTP hop (the service's answer minus the in-process one).
 
@@ -38,10 +40,17 @@ from torch import nn
 from bench.common import environment, save_figure, spread, subplots
 from coordinator.aggregator import Aggregator
 from coordinator.keyholder_client import KeyHolderClient
-from federation.crypto import CKKSParams, chunk_sizes, encrypt_contribution, load_public_context, slot_count, unpack
+from federation.crypto import (
+    CKKSParams,
+    chunk_sizes,
+    encrypt_contribution,
+    load_public_context,
+    slot_count,
+    unpack,
+)
 from federation.identity import verify_context
 from federation.keyholder_api import DecryptRequest
-from federation.tags import TRAILER, QueryLabel, site_tags
+from federation.tags import TRAILER, QueryLabel, inputs_digest, site_tags
 from keyholder.key_holder import KeyHolder
 from keyholder.process import start_key_holder_service
 from keyholder.state import KeyHolderState
@@ -180,7 +189,8 @@ def _measure(size: int, *, enrolments, public: bytes, signature: bytes, client: 
     vectors = [np.append(w * u, w) for w, u in zip(weights, updates)]
     exact = np.sum(vectors, axis=0)
     plain, enc, train_s, errors, plain_bytes, enc_bytes = [], [], [], [], 0, 0
-    tags_s, verify_s, kh_checks, http_hop, bare_s, inproc_s, extra = [], [], [], [], [], [], 0
+    tags_s, verify_s, digest_s, kh_checks, http_hop, bare_s, inproc_s, extra = [], [], [], [], [], [], [], 0
+    global_model = flat.astype(np.float64)  # as the coordinator sends it (models.nets.get_flat)
     for repeat in range(repeats):
         train_s.append(_train_seconds(model, rows, epochs))
         t0 = time.perf_counter()
@@ -192,16 +202,22 @@ def _measure(size: int, *, enrolments, public: bytes, signature: bytes, client: 
         plain_bytes = len(payloads[0])
 
         # A fresh run id each repeat: the key holder decrypts one sum per (run, phase, round).
-        label = QueryLabel(run_id=f"bench-{size}-{repeat}", phase="train", round=1, task=TASK)
+        run_id = f"bench-{size}-{repeat}"
+        # What every site is sent this round (the public context travels in it): its digest goes into the tags.
+        config = {"run-id": run_id, "server-round": 1, "task-name": TASK, "ckks-context": public,
+                  "ckks-context-signature": signature, "total-examples": 1000}
         blobs, site_enc = [], 0.0
         for enrolment, values in zip(enrolments, vectors):
             key = enrolment.site_key_bytes
+            _, verify = _timed(verify_context, public, signature, enrolment.verify_key_bytes)
+            digest, digesting = _timed(inputs_digest, config, [global_model])
+            label = QueryLabel(run_id=run_id, phase="train", round=1, task=TASK, inputs=digest)
             # The tags alone (also computed inside encrypt_contribution, where the round counts them).
             tags_s.append(_timed(site_tags, values, key, label)[1])
-            _, verify = _timed(verify_context, public, signature, enrolment.verify_key_bytes)
             blob, encrypt = _timed(encrypt_contribution, context, values, site_key=key, label=label)
             verify_s.append(verify)
-            site_enc += verify + encrypt
+            digest_s.append(digesting)
+            site_enc += verify + digesting + encrypt
             blobs.append(blob)
         summed, agg_enc = _timed(aggregator.add, blobs, length=n_params + 1, scale_bits=aggregator.scale_bits)
         request = DecryptRequest.of(label, cohort=cohort, length=n_params + 1, scale_bits=aggregator.scale_bits)
@@ -220,10 +236,10 @@ def _measure(size: int, *, enrolments, public: bytes, signature: bytes, client: 
             progress()
     round_plain = [t + p["site"] + p["aggregate"] for t, p in zip(train_s, plain)]
     round_enc = [t + e["site"] + e["aggregate"] + e["decrypt"] for t, e in zip(train_s, enc)]
-    # Sites work in parallel: a round pays one site's checks and the key holder's once.
-    checks_in_round = [t + v + k + h for t, v, k, h in zip(
-        _per_repeat(tags_s, sites), _per_repeat(verify_s, sites), kh_checks, http_hop)]
     median = statistics.median
+    # Sites work in parallel: a round pays one site's checks and the key holder's once. Medians over
+    # the round's median, so that the share agrees with the figures printed next to it.
+    checks_in_round = median(tags_s) + median(verify_s) + median(digest_s) + median(kh_checks) + median(http_hop)
     return {
         "parameters": n_params, "hidden": hidden,
         "train_seconds": spread(train_s),
@@ -238,17 +254,13 @@ def _measure(size: int, *, enrolments, public: bytes, signature: bytes, client: 
         "max_decryption_error": spread(errors),
         "checks": {
             "per_site": {"tags_seconds": median(tags_s), "verify_signature_seconds": median(verify_s),
+                         "inputs_digest_seconds": median(digest_s),
                          "trailer_bytes": extra},
             "per_round": {"keyholder_checks_seconds": median(kh_checks), "http_hop_seconds": median(http_hop),
                           "decrypt_bare_seconds": median(bare_s), "decrypt_in_process_seconds": median(inproc_s),
-                          "share_of_encrypted_round": median(c / r for c, r in zip(checks_in_round, round_enc))},
+                          "share_of_encrypted_round": checks_in_round / median(round_enc)},
         },
     }
-
-
-def _per_repeat(per_site: list[float], sites: int) -> list[float]:
-    """Mean over the sites of each repeat, from a flat list ordered repeat by repeat."""
-    return [statistics.fmean(per_site[i : i + sites]) for i in range(0, len(per_site), sites)]
 
 
 def plot(report: dict, path) -> None:
@@ -268,6 +280,7 @@ def plot(report: dict, path) -> None:
 
     series = [("per_site", "tags_seconds", "tags (per site)", "o-"),
               ("per_site", "verify_signature_seconds", "context signature check (per site)", "v-"),
+              ("per_site", "inputs_digest_seconds", "digest of the round's inputs (per site)", "^-"),
               ("per_round", "keyholder_checks_seconds", "key holder's checks (per round)", "s-"),
               ("per_round", "http_hop_seconds", "HTTP hop to the key holder (per round)", "D-")]
     for part, key, label, style in series:
