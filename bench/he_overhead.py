@@ -150,10 +150,13 @@ def _run(*, sizes: Sequence[int], sites: int, repeats: int, rows: int, epochs: i
         public, signature = state.public_context(), state.context_signature()
         with start_key_holder_service(state.home, min_sites=min_sites) as service:
             client = KeyHolderClient(service.url, token)
-            results = [_measure(size, enrolments=enrolments, public=public, signature=signature,
-                                client=client, in_process=in_process, secret=secret, repeats=repeats, rows=rows,
-                                epochs=epochs, progress=progress)
-                       for size in sizes]
+            try:
+                results = [_measure(size, enrolments=enrolments, public=public, signature=signature,
+                                    client=client, in_process=in_process, secret=secret, repeats=repeats,
+                                    rows=rows, epochs=epochs, progress=progress)
+                           for size in sizes]
+            finally:
+                client.close()
     return {
         "benchmark": "he-overhead",
         "inputs": {"sizes": list(sizes), "sites": sites, "repeats": repeats, "rows_per_site": rows,

@@ -104,9 +104,8 @@ class KeyHolder:
         """
         with self._lock, self.state.exclusive():
             record = {"caller": caller, "query": request.label.once_key, "kind": request.label.kind,
-                          "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length,
-                      "private": bool(request.cohort) and all(0 < request.epsilon_of(s) <= self.max_dp_epsilon
-                                                              for s in request.cohort)}
+                      "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length,
+                      "private": self._private(request)}
             try:
                 keys = self._check_cohort(request)
             except PrivacyError as exc:
@@ -121,6 +120,11 @@ class KeyHolder:
                 raise
             self.state.ledger.append(actor=caller, action="decrypt", **record)
             return values
+
+    def _private(self, request: DecryptRequest) -> bool:
+        """A DP release: every site declared noise (bound by its tags), none weaker than this key holder
+        accepts (noise weaker than FENJI_MAX_DP_EPSILON buys no waiver of the differencing rule)."""
+        return bool(request.cohort) and all(0 < request.epsilon_of(s) <= self.max_dp_epsilon for s in request.cohort)
 
     def _check_cohort(self, request: DecryptRequest) -> dict[str, bytes]:
         cohort = request.cohort
@@ -141,11 +145,7 @@ class KeyHolder:
         if any(e["action"] in _CONSUMING and e["details"].get("query") == label.once_key for e in earlier):
             raise ReplayError(f"query {label.once_key} was already decrypted (or refused after decryption): "
                               "one decryption per run, phase and round")
-        epsilons = [request.epsilon_of(s) for s in cohort]
-        # A DP release: every site declared noise (bound by its tags), none weaker than this key holder accepts.
-        # (noise weaker than FENJI_MAX_DP_EPSILON buys no waiver: such a sum is held to the differencing rule)
-        private = all(0 < e <= self.max_dp_epsilon for e in epsilons)
-        if not private:
+        if not self._private(request):
             granted = {frozenset(e["details"]["cohort"]) for e in earlier
                        if e["action"] == "decrypt" and not e["details"].get("private")}
             exposed = exposed_sites(granted, frozenset(cohort), self.min_sites)

@@ -149,15 +149,18 @@ def build_client_app(
     def reply(message: Message, records: dict) -> Message:
         return Message(RecordDict(records), reply_to=message)
 
-    def stats(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
-        vector = site_statistics(data).vector
+    def summed_reply(message: Message, admitted: Admitted, data: SiteData, vector: np.ndarray, phase: str) -> Message:
+        """A statistics-like reply (federated statistics, calibration): counts and sums of squares run
+        large, so they are encrypted at the wide scale that leaves room for them."""
         n = MetricRecord({"num-examples": len(data.train_frame)})
-        site = site_record(admitted, data, "stats")
+        site = site_record(admitted, data, phase)
         if admitted.config.get("plaintext", False):
             return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
-        # Sums of squares run large: encrypted at a smaller scale that leaves room for them.
-        record = encrypted(admitted, data, vector, phase="stats", round_=0, scale_bits=WIDE_SCALE_BITS)
+        record = encrypted(admitted, data, vector, phase=phase, round_=0, scale_bits=WIDE_SCALE_BITS)
         return reply(message, {"ciphertext": record, "metrics": n, "site": site})
+
+    def stats(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        return summed_reply(message, admitted, data, site_statistics(data).vector, "stats")
 
     def train(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         config = admitted.config
@@ -181,13 +184,7 @@ def build_client_app(
     def calibrate(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         params = EncodingParams.from_dict(json.loads(str(admitted.config["encoding"])))
         flat = message.content["arrays"].to_numpy_ndarrays()[0]
-        vector = calibration_update(data, params, flat)
-        n = MetricRecord({"num-examples": len(data.train_frame)})
-        site = site_record(admitted, data, "calibrate")
-        if admitted.config.get("plaintext", False):
-            return reply(message, {"arrays": ArrayRecord([vector]), "metrics": n, "site": site})
-        record = encrypted(admitted, data, vector, phase="calibrate", round_=0, scale_bits=WIDE_SCALE_BITS)
-        return reply(message, {"ciphertext": record, "metrics": n, "site": site})
+        return summed_reply(message, admitted, data, calibration_update(data, params, flat), "calibrate")
 
     def evaluate(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         config = admitted.config

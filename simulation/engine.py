@@ -231,6 +231,7 @@ def run_simulated_federation(
             service = stack.enter_context(
                 start_key_holder_service(state.home, min_sites=keyholder_settings.min_sites))
             key_holder = KeyHolderClient(service.url, token)
+            stack.callback(key_holder.close)
         server_app = build_server_app(settings, key_holder, n_sites=len(site_dirs), on_round=on_round,
                                       on_done=outcomes.append)
         client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
