@@ -8,8 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import tenseal as ts
 
-from federation.crypto import chunk_sizes, load_public_context, pack, slot_count, unpack
-from federation.errors import CiphertextError, PrivacyError
+from coordinator.streaming import RunningSum
+from federation.crypto import chunk_sizes, load_public_context, slot_count, unpack
+from federation.errors import CiphertextError
+from federation.packing import packed_length, read_packed
 from federation.tags import TRAILER
 
 __all__ = ["Aggregator"]
@@ -18,8 +20,10 @@ __all__ = ["Aggregator"]
 class Aggregator:
     """Adds encrypted vectors. Holds the public context only: it cannot decrypt anything."""
 
-    def __init__(self, public_context: bytes) -> None:
+    def __init__(self, public_context: bytes, packed_context: bytes | None = None) -> None:
         self.context = load_public_context(public_context)
+        # Model updates packed as fixed-point lanes in BFV (federation.packing), when the key holder offers it.
+        self.packed_context = load_public_context(packed_context) if packed_context else None
 
     @property
     def scale_bits(self) -> int:
@@ -62,20 +66,20 @@ class Aggregator:
             vectors.append(vector)
         return vectors
 
+    def running(self, *, length: int | None = None, scale_bits: int | None = None, packed: bool = False) -> RunningSum:
+        """An empty encrypted sum that replies are added to one by one (``RunningSum.add``); ``packed``:
+        model updates of ``length`` values (the weight included) packed by ``federation.packing``."""
+        if packed:
+            if self.packed_context is None:
+                raise CiphertextError("no packed context: the key holder offers none")
+            context = self.packed_context
+            return RunningSum(lambda blob, length, scale_bits: read_packed(context, blob, length=length),
+                              length=None if length is None else packed_length(length - 1), scale_bits=None)
+        return RunningSum(self.read, length=length, scale_bits=scale_bits)
+
     def add(self, blobs: Sequence[bytes], *, length: int | None = None, scale_bits: int | None = None) -> bytes:
         """The encrypted sum of ``blobs``, each read (and checked) as in ``read``."""
-        if not blobs:
-            raise PrivacyError("nothing to aggregate")
-        parts = [self.read(b, length=length, scale_bits=scale_bits) for b in blobs]
-        if len({len(p) for p in parts}) != 1:
-            raise CiphertextError("encrypted vectors of different lengths cannot be added")
-        summed = []
-        for group in zip(*parts):
-            total = group[0]
-            try:
-                for vector in group[1:]:
-                    total += vector
-            except Exception as exc:  # sizes or scales that differ
-                raise CiphertextError(f"encrypted vectors that cannot be added: {exc}") from exc
-            summed.append(total.serialize())
-        return pack(summed)
+        total = self.running(length=length, scale_bits=scale_bits)
+        for blob in blobs:
+            total.add(blob)
+        return total.serialize()

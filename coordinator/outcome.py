@@ -30,6 +30,7 @@ class RunSettings:
     dp_epsilon: float | None = None
     dp_delta: float = 1e-3
     dp_max_grad_norm: float = 1.0
+    packed: bool = True  # model updates packed (federation.packing) when the key holder offers a packed context
 
     @classmethod
     def from_run_config(cls, run_config: dict) -> RunSettings:
@@ -39,6 +40,7 @@ class RunSettings:
             encrypt=bool(run_config.get("encrypt", True)),
             min_sites=int(run_config.get("min-sites", 3)),
             proximal_mu=float(run_config.get("proximal-mu", 0.0)),
+            packed=bool(run_config.get("packed", True)),
         )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 
 import numpy as np
@@ -35,12 +35,12 @@ from coordinator.strategy import (
     ReplyScreen,
     ScreenedFedAvg,
     check_total,
-    ciphertext_of,
     cohort_of,
     declared_rows,
     inputs_of,
     site_dp_of,
 )
+from coordinator.streaming import RunningSum, StreamingGrid
 from federation.crypto import WIDE_SCALE_BITS
 from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
@@ -67,18 +67,22 @@ def _wait_for_nodes(grid: Grid, expected: int, min_sites: int, timeout: float) -
     return nodes
 
 
-def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, timeout: float) -> list[Message]:
+def _send(grid: Grid, nodes: list[int], message_type: str, content: RecordDict, timeout: float) -> Iterable[Message]:
     messages = [Message(content=content, message_type=message_type, dst_node_id=n) for n in nodes]
-    return list(grid.send_and_receive(messages, timeout=timeout))
+    return grid.send_and_receive(messages, timeout=timeout)  # a generator on a StreamingGrid
 
 
-def _decrypt_sum(replies: list[Message], settings: RunSettings, key_holder: Decryptor | None,
-                 aggregator: Aggregator | None,
+def _running(aggregator: Aggregator | None, length: int) -> RunningSum | None:
+    return None if aggregator is None else aggregator.running(length=length, scale_bits=WIDE_SCALE_BITS)
+
+
+def _decrypt_sum(replies: list[Message], running: RunningSum | None, key_holder: Decryptor | None,
                  length: int, label: QueryLabel, min_sites: int) -> np.ndarray:
-    """The sum of the sites' (screened) vectors: encrypted, and decrypted by the key holder only for
-    the cohort of enrolled sites whose tags it carries (at least its min-sites)."""
-    if settings.encrypt and aggregator is not None and key_holder is not None:
-        summed = aggregator.add([ciphertext_of(r) for r in replies], length=length, scale_bits=WIDE_SCALE_BITS)
+    """The sum of the sites' (screened) vectors: encrypted (added as they arrived into ``running``),
+    and decrypted by the key holder only for the cohort of enrolled sites whose tags it carries (at
+    least its min-sites)."""
+    if running is not None and key_holder is not None:
+        summed = running.serialize()
         request = DecryptRequest.of(replace(label, inputs=inputs_of(replies)), cohort=cohort_of(replies),
                                     length=length, scale_bits=WIDE_SCALE_BITS,
                                     site_dp=site_dp_of(replies))
@@ -112,6 +116,7 @@ def run_federation(
         If a decrypted aggregate is inconsistent (e.g. a ciphertext made under another key).
     """
     started = time.monotonic()
+    grid = StreamingGrid(grid)  # replies are screened and added as they arrive, then dropped
     spec = settings.task
     run_id = uuid.uuid4().hex
     base = ConfigRecord({"task-json": spec.model_dump_json(), "task-name": spec.name, "run-id": run_id,
@@ -126,7 +131,8 @@ def run_federation(
         min_sites = max(settings.min_sites, info.min_sites)
         base["ckks-context"] = info.public_context_bytes
         base["ckks-context-signature"] = info.signature_bytes
-        aggregator = Aggregator(info.public_context_bytes)
+        packed = info.packed_context_bytes if settings.packed and info.packed_context else None
+        aggregator = Aggregator(info.public_context_bytes, packed)
     nodes = _wait_for_nodes(grid, n_sites or min_sites, min_sites, settings.timeout)
     label = QueryLabel(run_id=run_id, phase="stats", round=0, task=spec.name)
     # Every reply is screened before it counts; a bad one is left out and named (coordinator.strategy).
@@ -134,10 +140,11 @@ def run_federation(
 
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
     size = SiteStatistics.size(spec)
+    running = _running(aggregator, size)
     replies = screen.usable(_send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout),
                             phase="stats", server_round=0, expected_nodes=nodes, length=size,
-                            scale_bits=WIDE_SCALE_BITS)
-    totals = _decrypt_sum(replies, settings, key_holder, aggregator, size, label, min_sites)
+                            scale_bits=WIDE_SCALE_BITS, into=running)
+    totals = _decrypt_sum(replies, running, key_holder, size, label, min_sites)
     encoding = SiteStatistics(spec, totals).encoding_params()
     check_total("stats: the row count", encoding.n_rows, declared_rows(replies), absolute=0.5)
     rows_by_node = {r.metadata.src_node_id: int(r.content["metrics"]["num-examples"]) for r in replies}
@@ -155,12 +162,15 @@ def run_federation(
     if settings.proximal_mu:
         train_config["proximal-mu"] = settings.proximal_mu
     train_config["num-rounds"] = settings.rounds
+    if aggregator is not None and aggregator.packed_context is not None:
+        train_config["packed-context"] = info.packed_context_bytes
+        train_config["packed-context-signature"] = info.packed_signature_bytes
     if settings.dp_epsilon:
         train_config["dp-epsilon"] = settings.dp_epsilon
         train_config["dp-delta"] = settings.dp_delta
         train_config["dp-max-grad-norm"] = settings.dp_max_grad_norm
-    evaluate_config = ConfigRecord({k: v for k, v in train_config.items()
-                                    if k not in ("ckks-context", "ckks-context-signature")})
+    evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k not in (
+        "ckks-context", "ckks-context-signature", "packed-context", "packed-context-signature")})
     common = dict(
         min_train_nodes=min_sites, min_evaluate_nodes=min_sites, min_available_nodes=min_sites,
     )
@@ -168,7 +178,8 @@ def run_federation(
     if aggregator is not None and key_holder is not None:
         train_label = replace(label, phase="train")
         strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size,
-                                   total_examples=encoding.n_rows, screen=screen, label=train_label, **common)
+                                   total_examples=encoding.n_rows, screen=screen, label=train_label,
+                                   packed=aggregator.packed_context is not None, **common)
     else:
         strategy = ScreenedFedAvg(screen=screen, n_params=initial.size, **common)
 
@@ -201,13 +212,14 @@ def run_federation(
 
     # 3. Federated calibration: one more encrypted sum (see models.calibration).
     size = calibration_statistics_size(spec)
+    running = _running(aggregator, size)
     replies = screen.usable(
         _send(grid, nodes, "query.calibrate", RecordDict({"arrays": ArrayRecord([flat]), "config": train_config}),
               settings.timeout),
         phase="calibrate", server_round=settings.rounds, expected_nodes=nodes, length=size, scale_bits=WIDE_SCALE_BITS,
+        into=running,
     )
-    summed = _decrypt_sum(replies, settings, key_holder, aggregator, size, replace(label, phase="calibrate"),
-                          min_sites)
+    summed = _decrypt_sum(replies, running, key_holder, size, replace(label, phase="calibrate"), min_sites)
     check_total("calibration: the row count", _calibration_rows(spec, summed), declared_rows(replies), absolute=0.5)
     calibration = fit_calibration(spec, summed)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -24,8 +24,10 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from coordinator.aggregator import Aggregator
 from coordinator.errors import AggregateCheckError, NotEnoughSitesError
+from coordinator.streaming import RunningSum
 from federation.errors import CiphertextError
 from federation.keyholder_api import Decryptor, DecryptRequest
+from federation.packing import packing_bound
 from federation.tags import QueryLabel
 
 __all__ = ["EncryptedFedAvg", "ExcludedReply", "ReplyScreen", "ScreenedFedAvg", "check_total", "ciphertext_of",
@@ -127,11 +129,14 @@ class ReplyScreen:
         length: int | None = None,
         scale_bits: int | None = None,
         need_site: bool = False,
+        into: RunningSum | None = None,
     ) -> list[Message]:
         """The replies that may count; the others are recorded, logged and left out.
 
         ``length`` is the number of values an update must hold (``None``: metrics only), and
-        ``scale_bits`` the scale its ciphertext must be at.
+        ``scale_bits`` the scale its ciphertext must be at. With ``into``, each usable reply's
+        ciphertext is added to that running sum as the reply arrives and then dropped from the reply
+        (``coordinator.streaming``): ``replies`` may be a generator, and memory holds one reply at a time.
 
         Raises
         ------
@@ -145,12 +150,15 @@ class ReplyScreen:
         for reply in replies:
             node = reply.metadata.src_node_id
             answered.add(node)
-            problem = self._problem(reply, length=length, scale_bits=scale_bits, need_site=need_site)
+            problem = self._problem(reply, length=length, scale_bits=scale_bits, need_site=need_site,
+                                    read=into is None)
             if not reply.has_error() and "refusal" in reply.content:
                 self.site_of.setdefault(node, str(reply.content["refusal"].get("site-id", node)))
             site = str(reply.content["site"]["site-id"]) if not problem and "site" in reply.content else None
             if site is not None and site in seen_sites:
                 problem = f"a second reply in the name of site {site!r}"
+            if not problem and into is not None:
+                problem = self._fold(reply, into)
             if problem:
                 self._exclude(server_round, phase, node, problem)
                 continue
@@ -178,7 +186,20 @@ class ReplyScreen:
         self.excluded.append(entry)
         logger.warning("left out %s in %s (round %d): %s", entry.label, phase, server_round, entry.reason)
 
-    def _problem(self, reply: Message, *, length: int | None, scale_bits: int | None, need_site: bool) -> str | None:
+    @staticmethod
+    def _fold(reply: Message, into: RunningSum) -> str | None:
+        """Add the reply's ciphertext to ``into`` and drop it from the reply; the problem, if any."""
+        try:
+            into.add(ciphertext_of(reply))
+        except (KeyError, TypeError, AttributeError):
+            return "no ciphertext"
+        except CiphertextError as exc:
+            return f"not a valid ciphertext: {exc}"
+        del reply.content["ciphertext"]
+        return None
+
+    def _problem(self, reply: Message, *, length: int | None, scale_bits: int | None, need_site: bool,
+                 read: bool = True) -> str | None:
         if reply.has_error():
             return f"error reply: {_short(reply.error.reason)}"
         content = reply.content
@@ -196,6 +217,8 @@ class ReplyScreen:
         if length is None:
             return None
         if self.aggregator is not None:
+            if not read:  # checked when it is added (``_fold``)
+                return None
             try:
                 self.aggregator.read(ciphertext_of(reply), length=length, scale_bits=scale_bits)
             except (KeyError, TypeError, AttributeError):
@@ -278,9 +301,12 @@ class EncryptedFedAvg(ScreenedFedAvg):
     """
 
     def __init__(self, *, aggregator: Aggregator, key_holder: Decryptor, n_params: int, total_examples: float,
-                 screen: ReplyScreen, label: QueryLabel, **kwargs) -> None:
+                 screen: ReplyScreen, label: QueryLabel, packed: bool = False, **kwargs) -> None:
         super().__init__(screen=screen, n_params=n_params, **kwargs)
         self.aggregator = aggregator
+        # Packed updates (federation.packing): fixed point in BFV lanes, each round with its own bound.
+        self.packed = packed and aggregator.packed_context is not None
+        self._bounds: dict[int, float] = {}
         self.key_holder = key_holder
         self.label = label  # the run's train label; each round's decryption is asked for with its round
         self.total_examples = total_examples
@@ -293,15 +319,43 @@ class EncryptedFedAvg(ScreenedFedAvg):
     def _scale_bits(self) -> int | None:
         return self.aggregator.scale_bits
 
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if self.packed:
+            # Every site checks its model against this bound before it encrypts (overflow is impossible).
+            self._bounds[server_round] = packing_bound(arrays.to_numpy_ndarrays()[0])
+            config = ConfigRecord(dict(config) | {"packing-bound": self._bounds[server_round]})
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        # Streaming: each ciphertext is added as its reply arrives and dropped (coordinator.streaming).
+        self._running = self.aggregator.running(length=self.update_length, scale_bits=self.aggregator.scale_bits,
+                                                packed=self.packed)
+        self._adding_seconds = 0.0
+        good = self.screen.usable(self._timed(replies), phase="train", server_round=server_round,
+                                  expected_nodes=self._sent["train"], length=self.update_length,
+                                  scale_bits=None if self.packed else self._scale_bits(), into=self._running)
+        logger.info("aggregate_train: %d usable of the replies received (round %d)", len(good), server_round)
+        arrays = self._aggregate(server_round, good)
+        return arrays, self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
+
+    def _timed(self, replies: Iterable[Message]) -> Iterator[Message]:
+        """The replies, timing the coordinator's work on each (screen and add), not the wait for it."""
+        for reply in replies:
+            started = time.perf_counter()
+            yield reply
+            self._adding_seconds += time.perf_counter() - started
+
     def _aggregate(self, server_round: int, good: list[Message]) -> ArrayRecord:
-        started = time.perf_counter()
-        summed = self.aggregator.add([ciphertext_of(m) for m in good], length=self.update_length,
-                                     scale_bits=self.aggregator.scale_bits)
-        self.aggregation_seconds.append(time.perf_counter() - started)
+        summed = self._running.serialize()
+        self.aggregation_seconds.append(self._adding_seconds)
         request = DecryptRequest.of(replace(self.label, round=server_round, inputs=inputs_of(good)),
                                     cohort=cohort_of(good),
                                     length=self.update_length, scale_bits=self.aggregator.scale_bits,
-                                    site_dp=site_dp_of(good))
+                                    site_dp=site_dp_of(good), scheme="packed" if self.packed else "ckks",
+                                    bound=self._bounds.get(server_round, 0.0))
         values = self.key_holder.decrypt_aggregate(summed, request)
         # Same rule as the sites' own weights (node_agent.client_app): n_i / max(N, 1).
         declared = declared_rows(good) / max(self.total_examples, 1.0)

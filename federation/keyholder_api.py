@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,6 +38,9 @@ class KeyHolderInfo(BaseModel):
     context_signature: str = Field(description="Ed25519 signature over sha256(public context) (base64).")
     min_sites: int = Field(ge=1, description="Fewest distinct enrolled sites a decrypted sum may cover.")
     enrolled_sites: int = Field(ge=0)
+    packed_context: str = Field("", description="The BFV public context for packed model updates (base64; "
+                                "federation.packing); empty from a key holder without one.")
+    packed_signature: str = Field("", description="Ed25519 signature over sha256(packed context) (base64).")
 
     @property
     def public_context_bytes(self) -> bytes:
@@ -46,6 +49,14 @@ class KeyHolderInfo(BaseModel):
     @property
     def signature_bytes(self) -> bytes:
         return base64.b64decode(self.context_signature)
+
+    @property
+    def packed_context_bytes(self) -> bytes:
+        return base64.b64decode(self.packed_context)
+
+    @property
+    def packed_signature_bytes(self) -> bytes:
+        return base64.b64decode(self.packed_signature)
 
 
 class DecryptRequest(BaseModel):
@@ -64,6 +75,9 @@ class DecryptRequest(BaseModel):
                                       "applied (its tags bind it); a site not named: the label's dp_epsilon.")
     length: int = Field(ge=1, description="Data values in the sum (the trailer not counted).")
     scale_bits: int = Field(ge=1, le=59)
+    scheme: Literal["ckks", "packed"] = Field("ckks", description="ckks: one value per slot; packed: fixed-point "
+                                              "lanes in BFV (federation.packing), the data a model update and its weight.")
+    bound: float = Field(0.0, ge=0.0, le=2.0**20, description="packed: the round's bound on |theta| (sets the step).")
 
     @property
     def label(self) -> QueryLabel:
@@ -72,9 +86,9 @@ class DecryptRequest(BaseModel):
 
     @classmethod
     def of(cls, label: QueryLabel, *, cohort: Sequence[str], length: int, scale_bits: int,
-           site_dp: dict[str, float] | None = None) -> DecryptRequest:
+           site_dp: dict[str, float] | None = None, scheme: str = "ckks", bound: float = 0.0) -> DecryptRequest:
         return cls(**label.to_dict(), cohort=list(cohort), length=length, scale_bits=scale_bits,
-                   site_dp=dict(site_dp or {}))
+                   site_dp=dict(site_dp or {}), scheme=scheme, bound=bound)
 
     def epsilon_of(self, site: str) -> float:
         return float(self.site_dp.get(site, self.dp_epsilon))

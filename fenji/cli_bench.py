@@ -32,7 +32,7 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-BENCHMARKS = ("heart", "he-overhead", "membership", "scale", "serving")
+BENCHMARKS = ("coordinator-memory", "heart", "he-overhead", "membership", "scale", "serving")
 
 
 def bench_command(
@@ -62,6 +62,10 @@ def bench_command(
         return
     if name == "membership":
         _bench_membership(json_out, plot, seeds=seeds, epochs=epochs)
+        return
+    if name == "coordinator-memory":
+        _bench_coordinator_memory(json_out, plot, sites=_ints(sites or "10,100,300", "--sites"),
+                                  params=_ints(sizes if sizes != "1000,100000,1000000" else "100000", "--sizes")[0])
         return
     if name == "scale":
         _bench_scale(json_out, plot, sites=_ints(sites or "10,50,100", "--sites"))
@@ -104,6 +108,21 @@ def bench_command(
     write_json(json_out, report)
     if plot:
         he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[int], params: int) -> None:
+    from bench import coordinator_memory
+    from bench.common import write_json
+
+    table = Table("sites", "mode", "peak memory MB", "seconds", title=f"Coordinator memory, one round, {params:,} parameters")
+    with console.status("coordinator-memory: one fresh process per point…"):
+        report = coordinator_memory.run(sites=sites, params=params, on_point=lambda p: table.add_row(
+            str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['seconds']:.1f}"))
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        coordinator_memory.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 

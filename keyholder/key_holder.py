@@ -29,6 +29,14 @@ import tenseal as ts
 from federation.crypto import WIDE_SCALE_BITS, unpack
 from federation.identity import b64
 from federation.keyholder_api import DecryptRequest, KeyHolderInfo
+from federation.packing import (
+    PackedParams,
+    check_packed_tags,
+    check_weight_sum,
+    decrypt_packed,
+    packed_length,
+    unpack_values,
+)
 from federation.tags import TRAILER, check_tags
 from keyholder.errors import (
     AggregateCheckError,
@@ -37,6 +45,12 @@ from keyholder.errors import (
     NotEnoughSitesError,
     PrivacyError,
     ReplayError,
+)
+from keyholder.packed import (
+    ensure_packed,
+    packed_public_context,
+    packed_secret_context,
+    packed_signature,
 )
 from keyholder.state import KeyHolderState
 
@@ -81,6 +95,10 @@ class KeyHolder:
         self.public_context = state.public_context()
         self._signature = state.context_signature()
         self._verify_key = state.verify_key
+        ensure_packed(state)
+        self.__packed_context = packed_secret_context(state)
+        self.packed_public_context = packed_public_context(state)
+        self._packed_signature = packed_signature(state)
         scale = self.__secret_context.global_scale
         self.scales = {round(float(np.log2(scale))), WIDE_SCALE_BITS}
         self._lock = threading.Lock()
@@ -89,7 +107,8 @@ class KeyHolder:
         return KeyHolderInfo(
             keyholder=self.state.keyholder_id, verify_key=b64(self._verify_key), public_context=b64(self.public_context),
             context_signature=b64(self._signature), min_sites=self.min_sites,
-            enrolled_sites=len(self.state.enrolments()),
+            enrolled_sites=len(self.state.enrolments()), packed_context=b64(self.packed_public_context),
+            packed_signature=b64(self._packed_signature),
         )
 
     def decrypt_aggregate(self, blob: bytes, request: DecryptRequest, *, caller: str = "coordinator") -> np.ndarray:
@@ -105,7 +124,7 @@ class KeyHolder:
         with self._lock, self.state.exclusive():
             record = {"caller": caller, "query": request.label.once_key, "kind": request.label.kind,
                       "cohort": sorted(request.cohort), "dp_epsilon": request.dp_epsilon, "length": request.length,
-                      "private": self._private(request)}
+                      "private": self._private(request), "scheme": request.scheme}
             try:
                 keys = self._check_cohort(request)
             except PrivacyError as exc:
@@ -138,7 +157,7 @@ class KeyHolder:
         if len(cohort) < self.min_sites:
             raise NotEnoughSitesError(f"refusing to decrypt a sum over {len(cohort)} site(s): at least "
                                       f"{self.min_sites} (min-sites, set at the key holder) are required")
-        if request.scale_bits not in self.scales:
+        if request.scheme == "ckks" and request.scale_bits not in self.scales:
             raise CohortError(f"scale 2^{request.scale_bits} is not one of the protocol's "
                               f"({', '.join(f'2^{s}' for s in sorted(self.scales))})")
         label, earlier = request.label, self.state.ledger.entries()
@@ -157,6 +176,8 @@ class KeyHolder:
         return keys
 
     def _decrypt_checked(self, blob: bytes, request: DecryptRequest, keys: dict[str, bytes]) -> np.ndarray:
+        if request.scheme == "packed":
+            return self._decrypt_packed(blob, request, keys)
         try:
             vectors = [ts.ckks_vector_from(self.__secret_context, chunk) for chunk in unpack(blob)]
             scales = {round(float(np.log2(v.ciphertext()[0].scale))) for v in vectors}
@@ -177,3 +198,14 @@ class KeyHolder:
         check_tags(data, tags, site_keys={s: keys[s] for s in request.cohort}, label=request.label,
                    scale_bits=request.scale_bits, site_dp=request.site_dp)
         return data
+
+    def _decrypt_packed(self, blob: bytes, request: DecryptRequest, keys: dict[str, bytes]) -> np.ndarray:
+        """A packed sum (``federation.packing``): exact tags, then the weight sum (overflow), then the lanes."""
+        if request.bound <= 0:
+            raise AggregateCheckError("a packed sum needs the round's bound")
+        slots = decrypt_packed(self.__packed_context, blob)
+        length = packed_length(request.length - 1)
+        check_packed_tags(slots, length=length, site_keys={s: keys[s] for s in request.cohort}, label=request.label,
+                          t=PackedParams().plain_modulus, site_dp=request.site_dp)
+        check_weight_sum(slots, length=length, sites=len(request.cohort))
+        return unpack_values(slots[:length], n_values=request.length - 1, bound=request.bound)

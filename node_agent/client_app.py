@@ -29,6 +29,7 @@ from federation.identity import (
     load_enrolment,
     verify_context,
 )
+from federation.packing import encrypt_packed
 from federation.tags import QueryLabel, inputs_digest
 from models.calibration import Calibration
 from models.encoding import EncodingParams
@@ -64,11 +65,12 @@ def _enrolment(site_dir: Path, site_id: str) -> Enrolment:
 
 def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, values: np.ndarray, *, phase: str,
                        round_: int, dp_epsilon: float = 0.0, scale_bits: int | None = None,
-                       inputs: str = "") -> ArrayRecord:
+                       inputs: str = "", packed_weight: float | None = None) -> ArrayRecord:
     """Encrypt ``values`` for one query, under a public context the enrolled key holder signed.
 
     The query's label binds the site's tags to this run, phase and round and to the DP noise the
-    site applied; the site answers each query once (``node_agent.answered``).
+    site applied; the site answers each query once (``node_agent.answered``). With ``packed_weight``,
+    ``values`` is a weighted model update ``w * theta`` sent packed with its weight ``w``.
     """
     enrolment = _enrolment(site_dir, site_id)
     public_context = bytes(config["ckks-context"])
@@ -78,7 +80,15 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
                        dp_epsilon=dp_epsilon, inputs=inputs)
     claim_query(site_dir, enrolment.keyholder, label)
-    blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label, scale_bits=scale_bits)
+    if packed_weight is not None:
+        # A model update, packed (federation.packing): under the key holder's BFV context, which it signed too.
+        packed = bytes(config["packed-context"])
+        verify_context(packed, bytes(config.get("packed-context-signature", b"")), enrolment.verify_key_bytes)
+        blob = encrypt_packed(load_public_context(packed), values, weight=packed_weight,
+                              bound=float(config["packing-bound"]), site_key=enrolment.site_key_bytes, label=label)
+    else:
+        blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label,
+                                    scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
@@ -136,9 +146,10 @@ def build_client_app(
         return run
 
     def encrypted(admitted: Admitted, data: SiteData, values: np.ndarray, *, phase: str, round_: int,
-                  scale_bits: int | None = None) -> ArrayRecord:
+                  scale_bits: int | None = None, packed_weight: float | None = None) -> ArrayRecord:
         return _ciphertext_record(admitted.site_dir, data.site_id, admitted.config, values, phase=phase,
                                   round_=round_, scale_bits=scale_bits, inputs=admitted.inputs,
+                                  packed_weight=packed_weight,
                                   dp_epsilon=admitted.dp_epsilon if phase == "train" else 0.0)
 
     def site_record(admitted: Admitted, data: SiteData, phase: str) -> ConfigRecord:
@@ -177,8 +188,12 @@ def build_client_app(
         # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
         weight = n / max(float(config.get("total-examples", n)), 1.0)
-        weighted = np.append(weight * flat, weight)
-        record = encrypted(admitted, data, weighted, phase="train", round_=int(config["server-round"]))
+        if "packed-context" in config:
+            record = encrypted(admitted, data, weight * flat, phase="train", round_=int(config["server-round"]),
+                               packed_weight=weight)
+        else:
+            record = encrypted(admitted, data, np.append(weight * flat, weight), phase="train",
+                               round_=int(config["server-round"]))
         return reply(message, {"ciphertext": record, "metrics": metrics, "site": site})
 
     def calibrate(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:

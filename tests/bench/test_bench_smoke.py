@@ -79,3 +79,14 @@ def test_serving_runs_tiny_against_real_servers(tmp_path):
     assert set(report["goals"]) == {"single_throughput_ratio_at_32", "single_p99_ms_at_32", "batch_rows_ratio",
                                     "failed_requests_during_switch"}
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_coordinator_memory_benchmark_measures_both_modes_in_fresh_processes():
+    from bench import coordinator_memory
+
+    report = coordinator_memory.run(sites=[3], params=3000)
+    modes = {p["mode"]: p for p in report["points"]}
+    assert set(modes) == set(coordinator_memory.MODES)
+    # Same replies, same sum: only how long the replies are held differs.
+    assert len({p["sum_bytes"] for p in modes.values()}) == 1
+    assert all(p["peak_rss_mb"] >= p["baseline_rss_mb"] > 0 for p in modes.values())

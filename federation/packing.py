@@ -1,0 +1,292 @@
+"""Packed model updates: fixed-point values, two per slot, in BFV ciphertexts whose every coefficient
+carries data (issue 17).
+
+CKKS (``federation.crypto``) spends a whole slot, 32 bytes of ciphertext, on each value: 8x the
+bytes of a float32 update. Model updates do not need CKKS's approximate reals; they need a sum.
+So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
+
+- **fixed point**: each value ``w_i * theta_j`` becomes ``round(w_i * theta_j / step)``, with
+  ``step = bound / 2^16`` for a per-round ``bound`` on ``|theta_j|`` (``packing_bound``) that every
+  site checks before it encrypts (a site whose model leaves the bound refuses, it never clips);
+- **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi``;
+- **BFV batching** (TenSEAL ``bfv_vector``): N = 8192 slots per ciphertext, not CKKS's N/2, a
+  56-bit data prime (stored compressed) and a 38-bit plaintext modulus ``t``.
+
+**Overflow is impossible by construction.** The weights sum to 1 (``w_i = n_i / N``), so with every
+``|theta_j| <= bound`` the summed lane holds at most ``2^16 * sum(w_i) + S/2`` in magnitude, inside
+its ``+-2^17`` with a factor of 2 to spare. The weight itself is a slot of its own at ``WEIGHT_SCALE``,
+which cannot overflow below 2^12 sites; the key holder decrypts, reads the weight sum and refuses
+(``check_weight_sum``) any sum whose weights exceed 1 (a coordinator that lied about N to inflate
+them), before a lane is read. BFV decryption is exact; its noise (std about 2^8.4 per site at
+N = 8192) stays far below the ``2^17`` half-step of ``q/t``, even at 10,000 sites.
+
+**Error budget.** Each site's rounding moves a value by at most ``step / 2``; the sum of S sites by
+at most ``S * step / 2`` (``max_error``): at bound 8, ``1.2e-4 * S / 2``, and in practice about
+``step * sqrt(S / 12)``. That is the only error: there is no encryption noise in the result.
+
+**Tags**, as for CKKS (``federation.tags``) but exact, modulo ``t``: ``tag_k = <a_k, slots> + b_k``
+over the data slots (lanes packed, weight slot included), with ``a_k`` public from the label and
+``b_k`` from HMAC of the label under the site's key; the contributor slot counts the sites.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+import tenseal as ts
+
+from federation.crypto import pack, unpack
+from federation.errors import (
+    AggregateCheckError,
+    CiphertextError,
+    PrivacyError,
+    SiteDataError,
+)
+from federation.tags import TAG_SLOTS, QueryLabel
+
+__all__ = [
+    "LANE_BITS",
+    "PackedParams",
+    "check_packed_tags",
+    "check_weight_sum",
+    "decrypt_packed",
+    "encrypt_packed",
+    "make_packed_context",
+    "max_error",
+    "packed_length",
+    "packing_bound",
+    "read_packed",
+    "step_of",
+    "unpack_values",
+]
+
+LANE_BITS = 19
+_LANE = 1 << LANE_BITS
+_FRACTION_BITS = 16  # |q| <= 2^16 for |value| <= bound: a factor of 2 below the lane's 2^17 (see module)
+WEIGHT_SCALE = 2.0**24
+MAX_SITES = 1 << 12
+
+
+@dataclass(frozen=True)
+class PackedParams:
+    """BFV for additions only. 56 + 60 bits stay far inside the 218 bits allowed at N = 8192 for
+    128-bit security; the 60-bit prime is the special prime (only the 56-bit one is sent)."""
+
+    poly_modulus_degree: int = 8192
+    coeff_mod_bit_sizes: tuple[int, ...] = (56, 60)
+    plain_modulus_bits: int = 38
+
+    @property
+    def slots(self) -> int:
+        return self.poly_modulus_degree
+
+    @property
+    def plain_modulus(self) -> int:
+        return _batching_prime(self.plain_modulus_bits, self.poly_modulus_degree)
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
+    for p in small:
+        if n % p == 0:
+            return n == p
+    d, s = n - 1, 0
+    while d % 2 == 0:
+        d, s = d // 2, s + 1
+    for a in small:  # deterministic for n < 3.3e24
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(s - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+@functools.lru_cache(maxsize=8)
+def _batching_prime(bits: int, degree: int) -> int:
+    """The largest prime below 2^bits that is 1 modulo 2N (BFV batching needs it)."""
+    k = (1 << bits) // (2 * degree)
+    while not _is_prime(k * 2 * degree + 1):
+        k -= 1
+    return k * 2 * degree + 1
+
+
+def make_packed_context(params: PackedParams | None = None) -> ts.Context:
+    """The key holder's BFV context (with its secret key): made once, at ``keyholder init``."""
+    params = params or PackedParams()
+    return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=params.poly_modulus_degree,
+                      plain_modulus=params.plain_modulus,
+                      coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+
+
+def _plain_modulus(context: ts.Context) -> int:
+    """The protocol's ``t`` (TenSEAL does not expose a context's own): a context made with another ``t``
+    decrypts to sums whose tags do not check, so a mismatch is refused, never released."""
+    del context
+    return PackedParams().plain_modulus
+
+
+def _slots(context: ts.Context) -> int:
+    return context.seal_context().data.key_context_data().parms().poly_modulus_degree()
+
+
+def packing_bound(flat: np.ndarray) -> float:
+    """The round's bound on ``|theta|``: twice the global model's largest value, a power of 2, at least 8."""
+    largest = float(np.max(np.abs(flat))) if np.size(flat) else 0.0
+    return float(2.0 ** max(3, math.ceil(math.log2(max(2.0 * largest, 1e-12)))))
+
+
+def step_of(bound: float) -> float:
+    return float(bound) / 2.0**_FRACTION_BITS
+
+
+def max_error(bound: float, sites: int) -> float:
+    """The largest error of a decrypted packed sum of ``sites`` replies (rounding only)."""
+    return sites * step_of(bound) / 2.0
+
+
+def packed_length(n_values: int) -> int:
+    """Data slots for ``n_values`` values and the weight: two values per slot, then the weight slot."""
+    return (n_values + 1) // 2 + 1
+
+
+def _mac(label: QueryLabel, length: int) -> np.ndarray:
+    seed = int.from_bytes(hashlib.sha256(b"packed-a|" + label.canonical(with_dp=False)).digest()[:16], "little")
+    return np.random.default_rng(seed).integers(1, 1 << 20, size=(TAG_SLOTS, length), dtype=np.int64)
+
+
+def _offsets(site_key: bytes, label: QueryLabel, t: int) -> list[int]:
+    digest = hmac.new(site_key, b"packed-b|" + label.canonical(), hashlib.sha256).digest()
+    return [int.from_bytes(digest[8 * k : 8 * k + 8], "little") % t for k in range(TAG_SLOTS)]
+
+
+def _dot_mod(a: np.ndarray, slots: np.ndarray, t: int) -> list[int]:
+    """``a @ slots mod t`` exactly: |a| < 2^20 and 0 <= slots < 2^38 keep each product below 2^58."""
+    residues = np.mod(slots, t).astype(np.int64)
+    if residues.size >= 1 << 25:  # the int64 sum of as many products below 2^38 could overflow
+        raise ValueError("too many slots for one packed vector")
+    return [int(np.sum((row * residues) % t, dtype=np.int64) % t) for row in a]
+
+
+def _tags(slots: np.ndarray, site_key: bytes, label: QueryLabel, t: int) -> list[int]:
+    macs = _dot_mod(_mac(label, slots.size), slots, t)
+    return [(m + b) % t for m, b in zip(macs, _offsets(site_key, label, t))]
+
+
+def _lanes(values: np.ndarray, step: float) -> np.ndarray:
+    q = np.rint(values / step).astype(np.int64)
+    if q.size % 2:
+        q = np.append(q, 0)
+    return q[0::2] + q[1::2] * _LANE
+
+
+def encrypt_packed(context: ts.Context, values: np.ndarray, *, weight: float, bound: float, site_key: bytes,
+                   label: QueryLabel) -> bytes:
+    """A site's packed reply ``Enc([w * theta (two per slot), w, 1, tags])``; ``values`` is ``w * theta``.
+
+    Raises
+    ------
+    SiteDataError
+        If a value is not finite, ``weight`` is outside [0, 1], or ``|values| > weight * bound``
+        (the site's model left the round's bound: it refuses rather than clip).
+    """
+    values = np.asarray(values, dtype=float).ravel()
+    if not (np.isfinite(values).all() and math.isfinite(weight)):
+        raise SiteDataError("refusing to encrypt non-finite values (NaN or infinity)")
+    if not 0.0 <= weight <= 1.0:
+        raise SiteDataError(f"a site's weight must lie in [0, 1], not {weight}")
+    if values.size and float(np.max(np.abs(values))) > weight * bound + 1e-12:
+        raise SiteDataError(f"the model holds values beyond the round's packing bound ±{bound:g}: not sent "
+                            "(a bound is never clipped silently)")
+    t = _plain_modulus(context)
+    data = np.append(_lanes(values, step_of(bound)), np.int64(round(weight * WEIGHT_SCALE)))
+    tags = _tags(data, site_key, label, t)
+    centred = [x - t if x > t // 2 else x for x in tags]
+    slots = [int(x) for x in data] + [1] + centred
+    n = _slots(context)
+    return pack([ts.bfv_vector(context, slots[i : i + n]).serialize() for i in range(0, len(slots), n)])
+
+
+def read_packed(context: ts.Context, blob: bytes, *, length: int | None = None) -> list[ts.BFVVector]:
+    """A packed reply's ciphertexts, checked (``length``: the data slots, without the trailer)."""
+    vectors = []
+    for i, chunk in enumerate(unpack(blob)):
+        try:
+            vectors.append(ts.bfv_vector_from(context, chunk))
+        except Exception as exc:  # TenSEAL raises ValueError or RuntimeError, by cause
+            raise CiphertextError(f"chunk {i} is not a BFV ciphertext under the packed context ({exc})") from exc
+    if length is not None:
+        n = _slots(context)
+        total = length + 1 + TAG_SLOTS
+        expected = [min(n, total - start) for start in range(0, total, n)]
+        if [v.size() for v in vectors] != expected:
+            raise CiphertextError(f"holds {[v.size() for v in vectors]} values per chunk, expected {expected}")
+    return vectors
+
+
+def decrypt_packed(secret: ts.Context, blob: bytes) -> np.ndarray:
+    """The decrypted slots of a packed sum, centred in (-t/2, t/2] (key holder only)."""
+    if not secret.has_secret_key():
+        raise PrivacyError("decrypting needs the secret key")
+    t = _plain_modulus(secret)
+    try:
+        slots = np.concatenate([np.asarray(ts.bfv_vector_from(secret, c).decrypt(), dtype=np.int64)
+                                for c in unpack(blob)])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CiphertextError("the sum is not a ciphertext under this key holder's packed context") from exc
+    slots = np.mod(slots, t)
+    return np.where(slots > t // 2, slots - t, slots)
+
+
+def check_packed_tags(slots: np.ndarray, *, length: int, site_keys: Mapping[str, bytes], label: QueryLabel,
+                      t: int, site_dp: Mapping[str, float] | None = None) -> None:
+    """Raise ``AggregateCheckError`` unless the sum holds exactly the claimed sites' tagged replies."""
+    if slots.size != length + 1 + TAG_SLOTS:
+        raise AggregateCheckError(f"expected {length} data slots and a trailer of {1 + TAG_SLOTS}, got {slots.size}")
+    data, count, tags = slots[:length], int(slots[length]), slots[length + 1 :]
+    if count != len(site_keys):
+        raise AggregateCheckError(f"the contributor slot counts {count}, not the {len(site_keys)} site(s) claimed")
+    dp = site_dp or {}
+    macs = _dot_mod(_mac(label, length), data, t)
+    expected = list(macs)
+    for site, key in site_keys.items():
+        offsets = _offsets(key, replace(label, dp_epsilon=dp.get(site, label.dp_epsilon)), t)
+        expected = [(e + b) % t for e, b in zip(expected, offsets)]
+    if [int(x) % t for x in tags] != expected:
+        raise AggregateCheckError(
+            f"the sum's tags do not match the {len(site_keys)} site(s) claimed: a reply added twice, left out, "
+            "masked, replayed or forged, or made under another key; not released")
+
+
+def check_weight_sum(slots: np.ndarray, *, length: int, sites: int) -> float:
+    """The decrypted weight sum; refused above 1 (each site rounds its weight by at most half a unit)."""
+    if sites > MAX_SITES:
+        raise AggregateCheckError(f"a packed sum covers at most {MAX_SITES} sites, not {sites}")
+    total = float(slots[length - 1]) / WEIGHT_SCALE
+    if total > 1.0 + sites / WEIGHT_SCALE:
+        raise AggregateCheckError(f"the weights sum to {total:.6g} > 1: the sites were sent inflated weights; "
+                                  "the lanes may have overflowed, nothing is released")
+    return total
+
+
+def unpack_values(slots: np.ndarray, *, n_values: int, bound: float) -> np.ndarray:
+    """``[sum(w_i * theta_i) (n_values), sum(w_i)]`` as floats from the decrypted data slots."""
+    data = np.asarray(slots, dtype=np.int64)
+    lanes, weight = data[:-1], data[-1]
+    low = ((lanes + _LANE // 2) % _LANE) - _LANE // 2
+    high = (lanes - low) // _LANE
+    q = np.empty(2 * lanes.size, dtype=np.int64)
+    q[0::2], q[1::2] = low, high
+    return np.append(q[:n_values] * step_of(bound), weight / WEIGHT_SCALE)

@@ -1,0 +1,142 @@
+"""Packed model updates (issue 17): fixed-point lanes in BFV, decrypted by the real key holder.
+
+The decrypted aggregate equals the plaintext weighted average within the documented error
+(``max_error``) at the largest site count the benchmark reports (300); overflow is impossible by
+construction (a site refuses values beyond the bound, the key holder refuses weights that sum above
+1); the exact tags refuse a sum that is not the claimed cohort's.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.aggregator import Aggregator
+from federation.crypto import encrypt_vector, load_public_context
+from federation.errors import AggregateCheckError, CiphertextError, SiteDataError
+from federation.keyholder_api import DecryptRequest
+from federation.packing import (
+    encrypt_packed,
+    max_error,
+    packing_bound,
+    step_of,
+)
+from federation.tags import QueryLabel
+
+SITES = 300
+N_PARAMS = 301  # odd: the last lane holds one value
+
+
+@pytest.fixture(scope="module")
+def big_federation(tmp_path_factory):
+    """A real key holder with SITES enrolled sites (enrolling is cheap; encrypting is the cost)."""
+    from keyholder import KeyHolder, KeyHolderState
+
+    state = KeyHolderState(tmp_path_factory.mktemp("packed") / "keyholder")
+    state.init()
+    enrolments = {f"site_{i:03d}": state.enrol(f"site_{i:03d}", f"INST-{i:03d}") for i in range(SITES)}
+    return KeyHolder(state, min_sites=3), enrolments
+
+
+def _label(run: str) -> QueryLabel:
+    return QueryLabel(run_id=run, phase="train", round=1, task="referral_risk", inputs="ab" * 32)
+
+
+def _replies(key_holder, enrolments, thetas, weights, bound, label, sites=None):
+    context = load_public_context(key_holder.packed_public_context)
+    sites = sites or list(enrolments)
+    return {site: encrypt_packed(context, weights[i] * thetas[i], weight=float(weights[i]), bound=bound,
+                                 site_key=enrolments[site].site_key_bytes, label=label)
+            for i, site in enumerate(sites)}
+
+
+def _decrypt(key_holder, blobs, cohort, label, bound, length=N_PARAMS + 1):
+    aggregator = Aggregator(key_holder.public_context, key_holder.packed_public_context)
+    running = aggregator.running(length=length, packed=True)
+    for blob in blobs:
+        running.add(blob)
+    request = DecryptRequest.of(label, cohort=cohort, length=length, scale_bits=40, scheme="packed", bound=bound)
+    return key_holder.decrypt_aggregate(running.serialize(), request)
+
+
+def test_the_packed_sum_is_the_weighted_average_within_the_documented_error(big_federation):
+    key_holder, enrolments = big_federation
+    rng = np.random.default_rng(0)
+    bound = 8.0
+    # Values right up to the bound, in both signs: the lanes' worst case.
+    thetas = rng.uniform(-bound, bound, (SITES, N_PARAMS))
+    thetas[:, :4] = [bound, -bound, bound, -bound]
+    rows = rng.integers(10, 2000, SITES)
+    weights = rows / rows.sum()
+    label = _label("packed-average")
+    blobs = _replies(key_holder, enrolments, thetas, weights, bound, label)
+    values = _decrypt(key_holder, blobs.values(), list(blobs), label, bound)
+
+    expected = weights @ thetas
+    error = np.abs(values[:N_PARAMS] - expected)
+    assert error.max() <= max_error(bound, SITES)
+    assert error.max() > 0  # fixed point: rounding is real, and the budget is what bounds it
+    assert abs(values[N_PARAMS] - 1.0) <= SITES * 2.0**-24
+    # The budget is the worst case; in practice rounding errors cancel (about step * sqrt(S / 12)).
+    assert error.mean() < 3 * step_of(bound) * np.sqrt(SITES / 12)
+
+
+def test_a_site_refuses_values_beyond_the_bound_and_weights_outside_0_1(big_federation):
+    key_holder, enrolments = big_federation
+    context = load_public_context(key_holder.packed_public_context)
+    key = enrolments["site_000"].site_key_bytes
+    label = _label("packed-refusals")
+    with pytest.raises(SiteDataError, match="packing bound"):
+        encrypt_packed(context, 0.5 * np.array([8.5, 0.0]), weight=0.5, bound=8.0, site_key=key, label=label)
+    with pytest.raises(SiteDataError, match=r"\[0, 1\]"):
+        encrypt_packed(context, np.zeros(2), weight=1.5, bound=8.0, site_key=key, label=label)
+    with pytest.raises(SiteDataError, match="non-finite"):
+        encrypt_packed(context, np.array([np.nan, 0.0]), weight=0.5, bound=8.0, site_key=key, label=label)
+
+
+def test_inflated_weights_are_refused_before_a_lane_is_read(big_federation):
+    """A coordinator that sends a smaller total row count inflates every site's weight: sums of lanes
+    could then overflow. The sites still encrypt (each weight is ≤ 1), the key holder refuses."""
+    key_holder, enrolments = big_federation
+    sites = list(enrolments)[:3]
+    thetas = np.full((3, N_PARAMS), 8.0)
+    weights = np.array([0.9, 0.9, 0.9])
+    label = _label("packed-inflated")
+    blobs = _replies(key_holder, enrolments, thetas, weights, 8.0, label, sites=sites)
+    with pytest.raises(AggregateCheckError, match="weights sum"):
+        _decrypt(key_holder, blobs.values(), sites, label, 8.0)
+    assert key_holder.state.ledger.entries()[-1]["action"] == "decrypt-refused"
+
+
+@pytest.mark.parametrize("attack", ["left out", "added twice", "another query"])
+def test_exact_tags_refuse_a_sum_that_is_not_the_claimed_cohort(big_federation, attack):
+    key_holder, enrolments = big_federation
+    sites = list(enrolments)[10:14]
+    rng = np.random.default_rng(1)
+    thetas, weights = rng.uniform(-1, 1, (4, N_PARAMS)), np.full(4, 0.25)
+    label = _label(f"packed-{attack}")
+    blobs = _replies(key_holder, enrolments, thetas, weights, 8.0, label, sites=sites)
+    summed, cohort = list(blobs.values()), list(sites)
+    if attack == "left out":  # the coordinator drops a site but claims all four
+        summed = summed[:3]
+    elif attack == "added twice":  # one site's reply twice, in place of another's
+        summed = [summed[0], summed[0], summed[1], summed[2]]
+    else:  # a reply made for another query
+        other = _replies(key_holder, enrolments, thetas, weights, 8.0, _label("packed-other"), sites=sites)
+        summed = [*summed[:3], other[sites[3]]]
+    with pytest.raises(AggregateCheckError):
+        _decrypt(key_holder, summed, cohort, label, 8.0)
+
+
+def test_a_ckks_reply_is_not_a_packed_one(big_federation):
+    key_holder, _ = big_federation
+    aggregator = Aggregator(key_holder.public_context, key_holder.packed_public_context)
+    ckks = encrypt_vector(aggregator.context, np.zeros(N_PARAMS + 1), tags=np.zeros(4))
+    with pytest.raises(CiphertextError):
+        aggregator.running(length=N_PARAMS + 1, packed=True).add(ckks)
+
+
+def test_the_bound_follows_the_model_and_is_a_power_of_two():
+    assert packing_bound(np.array([0.1, -0.3])) == 8.0  # never below 8
+    assert packing_bound(np.array([5.0, -11.0])) == 32.0  # twice the largest, rounded up
+    assert step_of(8.0) == 8.0 / 2**16
