@@ -105,6 +105,18 @@ def bench_command(
                        f"{rnd['keyholder_checks_seconds'] * 1e3:.1f}", f"{rnd['http_hop_seconds'] * 1e3:.1f}",
                        f"{rnd['share_of_encrypted_round']:.0%}")
     console.print(checks)
+    variants = Table("parameters", "encryption", "bytes/site", "bytes ratio", "round s", "time ratio", "max error",
+                     title="The same round: Fenji CKKS, Fenji packed, NVFlare's CKKS (median; goals ≤ 2× bytes, ≤ 1.1× time)")
+    for r in report["results"]:
+        variants.add_row(f"{r['parameters']:,}", "Fenji CKKS", f"{r['bytes_per_site_encrypted']:,}",
+                         f"{r['bytes_ratio']:.2f}×", f"{r['round_seconds_encrypted']['median']:.3f}",
+                         f"{r['round_time_ratio']['median']:.2f}×", f"{r['max_decryption_error']['max']:.1e}")
+        for name, label in (("packed", "Fenji packed"), ("nvflare", "NVFlare's CKKS")):
+            v = r["variants"][name]
+            variants.add_row("", label, f"{v['bytes_per_site']:,}", f"{v['bytes_ratio']:.2f}×",
+                             f"{v['round_seconds']['median']:.3f}", f"{v['round_time_ratio']['median']:.2f}×",
+                             f"{v['max_error']['max']:.1e}")
+    console.print(variants)
     write_json(json_out, report)
     if plot:
         he_overhead.plot(report, plot)

@@ -28,8 +28,12 @@ def test_every_round_is_decrypted_by_the_key_holder_service_with_its_checks(tmp_
     # The service (a token's caller) granted one decryption per size, each its own query, same cohort.
     granted, refused = _decrypts(tmp_path / "keyholder" / "ledger.jsonl")
     assert refused == []
-    assert [(e["actor"], e["details"]["query"], e["details"]["cohort"]) for e in granted] == [
-        (he_overhead.CALLER, "bench-1000-0|train|1", cohort), (he_overhead.CALLER, "bench-2000-0|train|1", cohort)]
+    # …and one packed decryption per size (federation.packing), through the same service and rules.
+    assert [(e["actor"], e["details"]["query"], e["details"]["cohort"], e["details"]["scheme"]) for e in granted] == [
+        (he_overhead.CALLER, "bench-1000-0|train|1", cohort, "ckks"),
+        (he_overhead.CALLER, "bench-1000-0-packed|train|1", cohort, "packed"),
+        (he_overhead.CALLER, "bench-2000-0|train|1", cohort, "ckks"),
+        (he_overhead.CALLER, "bench-2000-0-packed|train|1", cohort, "packed")]
     # The in-process key holder decrypted the same queries in its own ledger.
     granted, refused = _decrypts(tmp_path / "keyholder-in-process" / "ledger.jsonl")
     assert refused == [] and [e["details"]["query"] for e in granted] == ["bench-1000-0|train|1", "bench-2000-0|train|1"]
@@ -53,6 +57,12 @@ def test_every_round_is_decrypted_by_the_key_holder_service_with_its_checks(tmp_
         assert row["round_seconds_encrypted"]["median"] == pytest.approx(
             row["train_seconds"]["median"] + sum(row["encrypted"][k]["median"] for k in ("site", "aggregate", "decrypt")))
         assert 0 < per_round["share_of_encrypted_round"] < 1
+        # The same round packed, and with NVFlare's CKKS parameters: measured in the same run.
+        packed, nvflare = row["variants"]["packed"], row["variants"]["nvflare"]
+        assert 0 < packed["max_error"]["max"] <= packed["error_budget"]
+        assert nvflare["max_error"]["max"] < 1e-3
+        assert packed["bytes_per_site"] < row["bytes_per_site_encrypted"] < nvflare["bytes_per_site"]
+        assert packed["round_seconds"]["median"] > row["train_seconds"]["median"]
 
 
 @pytest.fixture(scope="module")
