@@ -185,9 +185,16 @@ def run_federation(
 
     history: list[dict[str, float]] = []
 
+    round_started = [time.monotonic()]
+
     def after_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         if server_round > 0:
             row = {"round": float(server_round), **dict(result_so_far.get(server_round, {}))}
+            # Wall time of the round (training, its aggregation and decryption, federated evaluation).
+            now = time.monotonic()
+            row["round-seconds"], round_started[0] = now - round_started[0], now
+            if strategy.update_bytes:
+                row["update-bytes"] = strategy.update_bytes[-1]
             if isinstance(strategy, EncryptedFedAvg) and strategy.aggregation_seconds:
                 row["aggregate-seconds"] = strategy.aggregation_seconds[-1]
             history.append(row)
@@ -203,6 +210,7 @@ def run_federation(
         return merged
 
     strategy.evaluate_metrics_aggr_fn = record_evaluate
+    round_started[0] = time.monotonic()
     result = strategy.start(
         grid=grid, initial_arrays=ArrayRecord([initial]), num_rounds=settings.rounds,
         timeout=settings.timeout, train_config=train_config, evaluate_config=evaluate_config,

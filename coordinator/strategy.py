@@ -248,6 +248,7 @@ class ScreenedFedAvg(FedAvg):
         self.screen = screen
         self.n_params = n_params
         self._sent: dict[str, set[int]] = {"train": set(), "evaluate": set()}
+        self.update_bytes: list[float] = []  # per round: the mean bytes of an update a site sent
 
     @property
     def update_length(self) -> int:
@@ -287,6 +288,7 @@ class ScreenedFedAvg(FedAvg):
         return None
 
     def _aggregate(self, server_round: int, good: list[Message]) -> ArrayRecord:
+        self.update_bytes.append(float(np.mean([m.content["arrays"].count_bytes() for m in good])))
         return aggregate_arrayrecords([m.content for m in good], self.weighted_by_key)
 
 
@@ -351,6 +353,7 @@ class EncryptedFedAvg(ScreenedFedAvg):
     def _aggregate(self, server_round: int, good: list[Message]) -> ArrayRecord:
         summed = self._running.serialize()
         self.aggregation_seconds.append(self._adding_seconds)
+        self.update_bytes.append(self._running.bytes_added / max(self._running.count, 1))
         request = DecryptRequest.of(replace(self.label, round=server_round, inputs=inputs_of(good)),
                                     cohort=cohort_of(good),
                                     length=self.update_length, scale_bits=self.aggregator.scale_bits,

@@ -93,6 +93,7 @@ class RunningSum:
         self.length = length
         self.scale_bits = scale_bits
         self.count = 0
+        self.bytes_added = 0  # what the sites sent, summed
         self._total: list | None = None  # CKKS or BFV vectors
 
     def add(self, blob: bytes) -> None:
@@ -114,6 +115,7 @@ class RunningSum:
             for total, vector in zip(self._total, vectors):
                 total += vector  # in place: the reply's own ciphertext is garbage from here on
         self.count += 1
+        self.bytes_added += len(blob)
 
     def serialize(self) -> bytes:
         if self._total is None:

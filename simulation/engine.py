@@ -179,6 +179,7 @@ def run_simulated_federation(
     verbose: bool = False,
     client_mods: Sequence[Mod] = (),
     approve: bool = True,
+    packed: bool = True,
 ):
     """Run statistics + ``rounds`` rounds of (encrypted) FedAvg over the site folders.
 
@@ -214,6 +215,7 @@ def run_simulated_federation(
     settings = RunSettings(
         task=spec, rounds=rounds, encrypt=encrypt, min_sites=keyholder_settings.min_sites, local_epochs=local_epochs,
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
+        packed=packed,
     )
     if approve:
         approve_at_sites(site_dirs, spec, rounds=rounds, dp=(dp_epsilon, dp_delta) if dp_epsilon else None,

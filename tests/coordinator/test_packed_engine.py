@@ -1,0 +1,29 @@
+"""Packed updates through Flower's real simulation engine: the same sites and seed, CKKS (one slot
+per value) against packed (federation.packing): the same model within the packing's error budget, the
+same held-out AUROC to 3 decimals, and an update that costs fewer bytes (issue 17)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from federation.packing import max_error, packing_bound
+from simulation.engine import run_simulated_federation
+
+ROUNDS = 2
+
+
+def test_packed_rounds_give_the_ckks_model_within_the_error_budget(small_federation, referral_spec, tmp_path):
+    runs = {packed: run_simulated_federation(referral_spec, small_federation, rounds=ROUNDS, packed=packed,
+                                             keyholder_home=tmp_path / f"kh-{packed}")
+            for packed in (False, True)}
+    ckks, packed = runs[False], runs[True]
+    # Each round's average moves by at most the budget; later rounds carry earlier differences through
+    # local training, so allow the budget per round with room for that.
+    budget = max_error(packing_bound(ckks.flat), len(small_federation))
+    moved = float(np.max(np.abs(packed.flat - ckks.flat)))
+    assert 0 < moved <= 10 * ROUNDS * budget, (moved, budget)
+    # "The same AUROC to 3 decimals": within 1e-3 (rounding both can split a pair 1e-5 apart).
+    changes = {site: packed.sites[site]["auroc"] - m["auroc"] for site, m in ckks.sites.items()}
+    assert max(abs(c) for c in changes.values()) <= 1e-3, changes
+    assert packed.rounds[-1]["update-bytes"] < ckks.rounds[-1]["update-bytes"]
+    assert all(r["round-seconds"] > 0 for r in packed.rounds)
