@@ -1,4 +1,5 @@
-"""``fenji coordinator …``: the city's commands (governance of registered model versions)."""
+"""``fenji coordinator …``: the city's commands: the service (``init``, ``serve``, ``account …``;
+``coordinator.service.cli``) and governance of registered model versions (``promote``)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,16 @@ from rich.console import Console
 from rich.markup import escape
 
 from coordinator.errors import RegistryError
+from coordinator.service.cli import account_app, audit_app, init_command, serve_command
 from coordinator.settings import load_coordinator_settings
 from models.errors import FenjiError, TaskSpecError
 
-__all__ = ["coordinator_app"]
+__all__ = ["audit_app", "coordinator_app"]
 
 coordinator_app = typer.Typer(help="Commands run by the city's coordinator.", no_args_is_help=True)
+coordinator_app.command("init")(init_command)
+coordinator_app.command("serve")(serve_command)
+coordinator_app.add_typer(account_app, name="account")
 console = Console()
 
 

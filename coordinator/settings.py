@@ -14,11 +14,27 @@ class CoordinatorSettings(RegistryLocation):
     """``FENJI_HOME``, ``FENJI_MLFLOW_URI`` (see ``RegistryLocation``), ``FENJI_TIER_POLICY`` (the
     commission's tier thresholds: a policy file or built-in name, logged with every model version),
     and where the key holder's API is: ``FENJI_KEYHOLDER_URL`` with the coordinator's bearer token
-    ``FENJI_KEYHOLDER_TOKEN`` (from `fenji keyholder token issue`)."""
+    ``FENJI_KEYHOLDER_TOKEN`` (from `fenji keyholder token issue`).
+
+    The coordinator service (``fenji coordinator serve``) keeps its accounts, approvals and audit
+    chain in ``FENJI_COORDINATOR_DB`` (an SQLAlchemy URL, e.g. ``postgresql+psycopg://…``), by
+    default an SQLite file under ``FENJI_HOME/coordinator``; it countersigns its audit head with the
+    key holder at ``FENJI_KEYHOLDER_URL`` after every change."""
 
     tier_policy: str | None = None
     keyholder_url: str | None = None
     keyholder_token: str | None = None
+    coordinator_db: str | None = None
+
+    @property
+    def service_home(self) -> Path:
+        """The coordinator service's own folder (its SQLite database by default)."""
+        return (self.home / "coordinator").resolve()
+
+    @property
+    def database_url(self) -> str:
+        """``FENJI_COORDINATOR_DB``, else ``sqlite:///FENJI_HOME/coordinator/coordinator.db``."""
+        return self.coordinator_db or f"sqlite:///{self.service_home / 'coordinator.db'}"
 
     @property
     def audit_path(self) -> Path:

@@ -13,12 +13,17 @@ ServerApp) neither interleave nor fork the chain.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field
 
 from federation.errors import AuditTamperedError
 
@@ -27,7 +32,8 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock; appends there are not locked
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["AuditLog", "AuditTamperedError"]
+__all__ = ["ANCHOR_PATH", "GENESIS", "Anchor", "AnchorRequest", "AuditLog", "AuditTamperedError", "anchor_message",
+           "chain_entry", "check_extension", "check_chain", "entry_line", "parse_line", "verify_anchor"]
 
 GENESIS = "0" * 64
 _TAIL_CHUNK = 64 * 1024
@@ -179,3 +185,126 @@ class AuditLog:
         if torn is not None:
             raise self._torn(torn, "")
         return len(entries)
+
+
+# -- The same chaining rules for a log kept elsewhere (the coordinator service keeps its lines in its
+# database) and the key holder's countersignature of a log's head ("anchor"). -----------------------
+
+ANCHOR_PATH = "/v1/anchor"
+_ANCHOR_DOMAIN = b"fenji-audit-anchor-v1\n"
+
+
+def chain_entry(last: dict[str, Any] | None, *, actor: str, action: str, details: dict[str, Any],
+                at: str | None = None) -> dict[str, Any]:
+    """The entry that follows ``last`` (``None``: the first), hashed exactly as ``AuditLog.append`` does."""
+    entry = {
+        "seq": last["seq"] + 1 if last else 1,
+        "at": at or datetime.now(timezone.utc).isoformat(),
+        "actor": actor,
+        "action": action,
+        "details": details,
+        "prev": last["hash"] if last else GENESIS,
+    }
+    entry["hash"] = _digest(entry)
+    return entry
+
+
+def entry_line(entry: dict[str, Any]) -> str:
+    """An entry as the one line (newline included) a log stores."""
+    return json.dumps(entry, ensure_ascii=False, default=str) + "\n"
+
+
+def parse_line(line: str, n: int, where: str) -> dict[str, Any]:
+    """Entry ``n`` of a log from its stored line; a line without its newline is a torn write.
+
+    Raises
+    ------
+    AuditTamperedError
+        If the line is torn, or not a JSON object.
+    """
+    if not line.endswith("\n"):
+        raise AuditTamperedError(f"audit log {where} has a torn line at entry {n} (its write was cut off)")
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise AuditTamperedError(f"audit log {where} is broken at entry {n}: not a JSON line") from exc
+    if not isinstance(entry, dict):
+        raise AuditTamperedError(f"audit log {where} is broken at entry {n}: not a JSON object")
+    return entry
+
+
+def check_chain(entries: list[dict[str, Any]], where: str) -> int:
+    """Check ``entries`` form one chain from the genesis (``AuditLog.verify``'s rules); return their number.
+
+    Raises
+    ------
+    AuditTamperedError
+        Naming the first entry whose number, link or hash is wrong.
+    """
+    prev = GENESIS
+    for i, entry in enumerate(entries, start=1):
+        if entry.get("seq") != i or entry.get("prev") != prev or entry.get("hash") != _digest(entry):
+            raise AuditTamperedError(f"audit log {where} is broken at entry {i}")
+        prev = entry["hash"]
+    return len(entries)
+
+
+class _Head(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int = Field(ge=0, le=2**53, description="Number of entries the head covers (0: the empty log).")
+    head: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the last entry (genesis: 64 zeros).")
+
+
+class AnchorRequest(_Head):
+    """A log's head that its keeper asks the key holder to countersign, with the entries since the head
+    the key holder anchored last (all of them, the first time): the key holder signs only a head that
+    extends its last one, so a rewritten log cannot be countersigned afresh."""
+
+    entries: list[str] = Field(default_factory=list, max_length=10_000,
+                               description="The stored lines of the entries after the last anchored one, in order.")
+
+
+class Anchor(_Head):
+    """The key holder's countersignature of a caller's log head, recorded in the key holder's ledger."""
+
+    caller: str = Field(min_length=1, max_length=200, description="Whose log (the token's name).")
+    keyholder: str = Field(description="Fingerprint of the key holder's verification key.")
+    signed_at: str
+    signature: str = Field(description="Ed25519 over anchor_message(caller, seq, head, signed_at) (base64).")
+
+
+def check_extension(seq: int, head: str, lines: list[str], *, after: int = 0, after_head: str = GENESIS) -> None:
+    """Check that ``lines`` are entries ``after + 1`` .. ``seq`` chained from ``after_head``, ending in ``head``.
+
+    Raises
+    ------
+    AuditTamperedError
+        If they are not (another count, a broken link or hash, another head).
+    """
+    if seq < after or len(lines) != seq - after:
+        raise AuditTamperedError(f"entries {after + 1}-{seq} were asked to be anchored with {len(lines)} line(s)")
+    prev = after_head
+    for n, line in enumerate(lines, start=after + 1):
+        entry = parse_line(line, n, "(to anchor)")
+        if entry.get("seq") != n or entry.get("prev") != prev or entry.get("hash") != _digest(entry):
+            raise AuditTamperedError(f"entry {n} does not extend the anchored chain (seq, link or hash)")
+        prev = entry["hash"]
+    if prev != head:
+        raise AuditTamperedError(f"the entries do not end in the head given for entry {seq}")
+
+
+def anchor_message(caller: str, seq: int, head: str, signed_at: str) -> bytes:
+    """What the key holder signs for an anchor: domain, caller, position, head and time, one per line."""
+    return _ANCHOR_DOMAIN + f"{caller}\n{seq}\n{head}\n{signed_at}".encode()
+
+
+def verify_anchor(anchor: Anchor, verify_key: bytes) -> bool:
+    """Whether ``anchor`` carries the key holder's valid signature (``verify_key``: Ed25519, raw)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(verify_key).verify(
+            base64.b64decode(anchor.signature),
+            anchor_message(anchor.caller, anchor.seq, anchor.head, anchor.signed_at))
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from coordinator.cli import coordinator_app, promote_command
+from coordinator.cli import audit_app, coordinator_app, promote_command
 from coordinator.errors import NotEnoughSitesError
 from coordinator.settings import load_coordinator_settings
 from federation.settings import configure_environment
@@ -52,6 +52,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebac
 app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(keyholder_app, name="keyholder")
+app.add_typer(audit_app, name="audit")
 
 # `fenji models promote` was the command's name before the coordinator had a sub-command of its own.
 models_app = typer.Typer(help="Old name of `fenji coordinator promote` (still works).", no_args_is_help=True,

@@ -4,6 +4,9 @@
 - ``POST /v1/decrypt`` needs ``Authorization: Bearer <token>`` (``fenji keyholder token issue``);
   the request's metadata travel in ``X-Fenji-Request``, the encrypted sum is the raw body, and the
   answer is the decrypted data as little-endian float64.
+- ``POST /v1/anchor`` (same token) countersigns the caller's audit-log head (``federation.audit.Anchor``),
+  recorded in the ledger; ``GET /v1/anchor`` returns the caller's latest anchor (404 if none). A head
+  that contradicts an earlier anchor (lower position, or another head at the same one) is a 409.
 
 Every refusal has one body, ``{"error": <class name>, "detail": <message>}``, and its status comes
 from one table (``STATUS``)::
@@ -23,6 +26,7 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from federation.audit import ANCHOR_PATH, Anchor, AnchorRequest
 from federation.keyholder_api import (
     DECRYPT_PATH,
     INFO_PATH,
@@ -142,5 +146,18 @@ def create_app(key_holder: KeyHolder) -> FastAPI:
                 body: Annotated[bytes, Depends(_body)]) -> Response:
         values = kh.decrypt_aggregate(body, request, caller=caller)
         return Response(values.astype("<f8").tobytes(), media_type=OCTET_STREAM)
+
+    @app.post(ANCHOR_PATH, response_model=Anchor, responses={401: _REFUSALS[401], 409: _REFUSALS[409]},
+              summary="Countersign the caller's audit-log head (ledgered)")
+    def anchor(kh: KeyHolderDep, caller: Annotated[str, Depends(_caller)], body: AnchorRequest) -> Anchor:
+        return kh.state.anchor(caller, body.seq, body.head, body.entries)
+
+    @app.get(ANCHOR_PATH, response_model=Anchor, responses={401: _REFUSALS[401], 404: {"description": "No anchor"}},
+             summary="The caller's latest countersigned audit-log head")
+    def latest_anchor(kh: KeyHolderDep, caller: Annotated[str, Depends(_caller)]) -> Anchor | JSONResponse:
+        found = kh.state.latest_anchor(caller)
+        if found is None:
+            return JSONResponse({"error": "NoAnchor", "detail": f"no anchor for {caller} yet"}, status_code=404)
+        return found
 
     return app

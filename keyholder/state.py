@@ -7,6 +7,7 @@ Layout (the folder is 0700, every secret file 0600)::
     signing-key.pem      Ed25519 key that signs the public context
     enrolments.json      site id -> institution code, tag key (secret), when
     tokens.json          caller name -> SHA-256 of its bearer token, role, revoked or not
+    anchors.json         caller name -> the latest head of its audit log the key holder countersigned
     ledger.jsonl         hash-chained log of every decryption asked for: granted or refused, and why
 """
 
@@ -26,7 +27,8 @@ import tenseal as ts
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from federation.audit import AuditLog
+from federation.audit import GENESIS, Anchor, AuditLog, anchor_message, check_extension
+from federation.errors import AuditTamperedError
 from federation.crypto import CKKSParams
 from federation.identity import (
     Enrolment,
@@ -36,9 +38,14 @@ from federation.identity import (
     unb64,
     write_secret,
 )
-from keyholder.errors import EnrolmentError, KeyHolderStateError
+from keyholder.errors import EnrolmentError, KeyHolderStateError, ReplayError
 
-__all__ = ["KeyHolderState"]
+__all__ = ["AnchorConflict", "KeyHolderState"]
+
+
+class AnchorConflict(ReplayError):
+    """An anchor that would contradict one the key holder signed before: a lower position, or another
+    head at the same position (the caller's log was rewritten)."""
 
 try:
     import fcntl
@@ -216,3 +223,53 @@ class KeyHolderState:
             if hmac.compare_digest(entry["sha256"], digest) and not entry.get("revoked"):
                 found = name
         return found
+
+    # -- anchors of callers' audit logs ------------------------------------------------------
+    def anchor(self, caller: str, seq: int, head: str, entries: list[str]) -> Anchor:
+        """Countersign ``caller``'s audit head (``seq`` entries ending in ``head``) and ledger it.
+
+        ``entries`` are the lines after the caller's latest anchor (all of them the first time); the
+        head is signed only if they extend that anchor's head to this one, so a caller that rewrote,
+        re-chained or truncated its log cannot get the rewrite countersigned.
+
+        Raises
+        ------
+        AnchorConflict
+            If ``seq`` is below the latest anchored position, equal to it with another head, or the
+            entries do not extend the latest anchor to ``head``.
+        """
+        path = self.require().home / "anchors.json"
+        with (self.home / ".lock").open("a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            anchors = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            latest = anchors.get(caller)
+            if latest and (seq < latest["seq"] or (seq == latest["seq"] and head != latest["head"])):
+                self.ledger.append(actor=caller, action="anchor-refused", seq=seq, head=head,
+                                   anchored_seq=latest["seq"], anchored_head=latest["head"])
+                what = "an earlier position" if seq < latest["seq"] else "another head at the same position"
+                raise AnchorConflict(f"refusing to anchor {caller}'s audit log at entry {seq}: the key holder "
+                                     f"anchored entry {latest['seq']} with {what} (the log was rewritten)")
+            if latest and seq == latest["seq"]:
+                return Anchor(**latest)
+            try:
+                check_extension(seq, head, entries, after=latest["seq"] if latest else 0,
+                                after_head=latest["head"] if latest else GENESIS)
+            except AuditTamperedError as exc:
+                self.ledger.append(actor=caller, action="anchor-refused", seq=seq, head=head, reason=str(exc),
+                                   anchored_seq=latest["seq"] if latest else 0)
+                raise AnchorConflict(f"refusing to anchor {caller}'s audit log at entry {seq}: {exc}") from exc
+            signed_at = _now()
+            signature = self.signing_key().sign(anchor_message(caller, seq, head, signed_at))
+            anchor = Anchor(caller=caller, seq=seq, head=head, keyholder=self.keyholder_id, signed_at=signed_at,
+                            signature=b64(signature))
+            self.ledger.append(actor=caller, action="anchor", seq=seq, head=head, signed_at=signed_at)
+            anchors[caller] = anchor.model_dump()
+            write_secret(path, json.dumps(anchors, indent=2, sort_keys=True) + "\n")
+            return anchor
+
+    def latest_anchor(self, caller: str) -> Anchor | None:
+        """The latest head of ``caller``'s audit log this key holder countersigned (``None``: none yet)."""
+        path = self.require().home / "anchors.json"
+        latest = json.loads(path.read_text(encoding="utf-8")).get(caller) if path.is_file() else None
+        return Anchor(**latest) if latest else None

@@ -1,0 +1,84 @@
+"""Errors of the coordinator's API, each mapped to one HTTP status by one handler.
+
+    FenjiError (models.errors)
+    └── ServiceError               500
+        ├── NotAuthenticated       401   no token, or one this coordinator never issued (or revoked)
+        ├── Forbidden              403   the account's role may not call this endpoint
+        ├── NotFound               404   unknown task, version or account
+        ├── Conflict               409
+        │   └── FourEyes                 the same commissioner approving a promotion twice
+        └── Unavailable            503   the model registry or the audit chain refused the change
+
+The other ``FenjiError``s are mapped here too: ``RegistryError`` 503, ``AuditTamperedError`` 503
+(no change is made on a chain that does not verify), ``SettingsError`` 503. Every error body has one
+shape, ``{"error": <class name>, "detail": <message>}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from federation.errors import AuditTamperedError, RegistryError, SettingsError
+from models.errors import FenjiError
+
+__all__ = ["ERROR_RESPONSES", "Conflict", "ErrorBody", "Forbidden", "FourEyes", "NotAuthenticated", "NotFound",
+           "ServiceError", "Unavailable", "install_error_handlers", "status_of"]
+
+
+class ServiceError(FenjiError):
+    status_code = 500
+
+
+class NotAuthenticated(ServiceError):
+    status_code = 401
+
+
+class Forbidden(ServiceError):
+    status_code = 403
+
+
+class NotFound(ServiceError):
+    status_code = 404
+
+
+class Conflict(ServiceError):
+    status_code = 409
+
+
+class FourEyes(Conflict):
+    """A promotion needs two different commissioners."""
+
+
+class Unavailable(ServiceError):
+    status_code = 503
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: str
+
+
+_FOREIGN = [(RegistryError, 503), (AuditTamperedError, 503), (SettingsError, 503)]
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "No token, or not a token of this coordinator"},
+    403: {"model": ErrorBody, "description": "The account's role may not call this endpoint"},
+}
+
+
+def status_of(exc: FenjiError) -> int:
+    if isinstance(exc, ServiceError):
+        return exc.status_code
+    return next((status for cls, status in _FOREIGN if isinstance(exc, cls)), 500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(FenjiError)
+    async def _refused(request: Request, exc: FenjiError) -> JSONResponse:
+        status = status_of(exc)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"error": type(exc).__name__, "detail": str(exc)}, status_code=status, headers=headers)

@@ -1,0 +1,1 @@
+"""One router per resource: meta (health, me), accounts, models (versions, approvals, rollback), audit."""

@@ -1,0 +1,70 @@
+"""``/models``: registered versions with per-site metrics, promotion under four eyes, rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Path
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from coordinator.service import governance
+from coordinator.service.chain import anchor_head
+from coordinator.service.db import Account, Approval, Promotion
+from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
+from coordinator.service.errors import ErrorBody
+from coordinator.service.schemas import (
+    ChangeResult,
+    PromotionPublic,
+    ReasonBody,
+    RollbackBody,
+    TaskList,
+)
+from coordinator.service.versions import VersionView
+
+router = api_router(tags=["models"])
+Task = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="e.g. triage, diagnosis")]
+Version = Annotated[str, Path(pattern=r"^[0-9]{1,9}$")]
+_CHANGE_ERRORS = {404: {"model": ErrorBody, "description": "No such version"},
+                  409: {"model": ErrorBody, "description": "Refused: four eyes, not approved before, or serving already"},
+                  503: {"model": ErrorBody, "description": "The registry or the audit chain refused; nothing changed"}}
+
+
+def _public(session: Session, promotion: Promotion) -> PromotionPublic:
+    rows = session.execute(select(Approval, Account.name).join(Account, Account.id == Approval.account_id)
+                           .where(Approval.promotion_id == promotion.id).order_by(Approval.id)).all()
+    return PromotionPublic.of(promotion, [(a, name) for a, name in rows])
+
+
+@router.get("/models", summary="The tasks with registered models")
+def list_models(coordinator: CoordinatorDep) -> TaskList:
+    return TaskList(tasks=coordinator.registry.tasks())
+
+
+@router.get("/models/{task}/versions", summary="Versions with per-site metrics and the best-worst site gap")
+def list_versions(task: Task, coordinator: CoordinatorDep) -> list[VersionView]:
+    return coordinator.registry.versions(task)
+
+
+@router.post("/models/{task}/versions/{version}/approve", responses=_CHANGE_ERRORS,
+             summary="Approve a version for production: the second commissioner's approval applies it")
+def approve(task: Task, version: Version, body: ReasonBody, caller: Caller, session: Db,
+            coordinator: CoordinatorDep) -> ChangeResult:
+    promotion = governance.approve(session, coordinator.registry, caller, task=task, version=version,
+                                   reason=body.reason)
+    anchor = anchor_head(coordinator.sessions, coordinator.anchors)
+    return ChangeResult(promotion=_public(session, promotion), anchored_seq=anchor.seq if anchor else None)
+
+
+@router.post("/models/{task}/rollback", responses=_CHANGE_ERRORS,
+             summary="Point production back at an earlier approved version")
+def rollback(task: Task, body: RollbackBody, caller: Caller, session: Db, coordinator: CoordinatorDep) -> ChangeResult:
+    promotion = governance.rollback(session, coordinator.registry, caller, task=task, version=body.version,
+                                    reason=body.reason)
+    anchor = anchor_head(coordinator.sessions, coordinator.anchors)
+    return ChangeResult(promotion=_public(session, promotion), anchored_seq=anchor.seq if anchor else None)
+
+
+@router.get("/promotions", summary="Promotions and rollbacks: pending ones wait for a second commissioner")
+def list_promotions(session: Db) -> list[PromotionPublic]:
+    return [_public(session, p) for p in session.execute(select(Promotion).order_by(Promotion.id.desc())).scalars()]
