@@ -45,7 +45,7 @@ class Triage(BaseModel):
 class ReferralRisk(BaseModel):
     probability: float = Field(ge=0, le=1, description="calibrated probability of needing a higher tier")
     calibrated: bool = True
-    personalised: bool = Field(False, description="a site-level calibration was applied on top of the global model")
+    personalised: bool = Field(False, description="answered by this clinic's personalised model (see models)")
 
 
 class TierRecommendation(BaseModel):
@@ -74,6 +74,11 @@ class ModelRef(BaseModel):
     name: str
     version: str
     card_url: str | None = None
+    # A clinic's personalised model (it never leaves the clinic): how it was adapted and the global
+    # version it was derived from. Absent (defaults) for the global model.
+    personalised: bool = False
+    method: str | None = Field(None, description="personalisation method, e.g. 'site-intercepts'")
+    base_version: str | None = Field(None, description="the global version a personalised model came from")
 
 
 class Assessment(BaseModel):

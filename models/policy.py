@@ -35,6 +35,9 @@ class TierPolicy(BaseModel):
     name: str = "default"
     tertiary: TierRule
     county: TierRule
+    critical_risk: float | None = Field(
+        None, gt=0, le=1.0001, description="referral risk at or above which the workstation shows a critical "
+        "alert; None (a policy written before it existed): the tertiary risk threshold")
 
     @model_validator(mode="after")
     def _tertiary_is_stricter(self) -> TierPolicy:
@@ -42,7 +45,14 @@ class TierPolicy(BaseModel):
             raise ValueError("the tertiary risk threshold must not be below the county one")
         if self.tertiary.triage_at_most > self.county.triage_at_most:
             raise ValueError("the tertiary triage threshold must not be less urgent than the county one")
+        if self.critical_risk is not None and self.critical_risk < self.tertiary.risk_at_least:
+            raise ValueError("the critical risk threshold must not be below the tertiary one")
         return self
+
+    @property
+    def critical_risk_at_least(self) -> float:
+        """The critical-alert risk threshold in force (the tertiary one when the policy names none)."""
+        return self.tertiary.risk_at_least if self.critical_risk is None else self.critical_risk
 
 
 def load_policy(path: str | Path | None = None) -> TierPolicy:

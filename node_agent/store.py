@@ -119,6 +119,15 @@ class SiteStore:
             return 0
         return int(self.connection.execute(f"SELECT count(*) FROM {self.table_name(spec)}").fetchone()[0])
 
+    def summary(self, task: str | None = None) -> pd.DataFrame:
+        """Per task and source (each export file, or the doctors' decisions with outcomes): ingests,
+        rows read, accepted and quarantined, from the ingest log."""
+        where, params = ("WHERE task = ?", [task]) if task else ("", [])
+        return self.connection.execute(
+            f"SELECT task, source_file AS source, count(*) AS ingests, sum(rows_read) AS rows_read, "
+            f"sum(accepted) AS accepted, sum(quarantined) AS quarantined FROM ingest_log {where} "
+            "GROUP BY task, source_file ORDER BY task, min(ingest_id)", params).df()
+
     def record_rows(self, spec: TaskSpec, ingest_id: int) -> pd.DataFrame:
         """``record_id`` and ``row`` (the record's number in its file) of the records one ingest added."""
         return self.connection.execute(

@@ -21,7 +21,15 @@ from node_agent.serve.errors import install_error_handlers
 from node_agent.serve.inputs import build_inputs, example_patient
 from node_agent.serve.middleware import BodyLimit, SecurityHeaders
 from node_agent.serve.records import DecisionLog
-from node_agent.serve.routes import admin, decisions, meta, model, score
+from node_agent.serve.routes import (
+    admin,
+    decisions,
+    meta,
+    model,
+    quality,
+    referrals,
+    score,
+)
 from node_agent.serve.tokens import TokenStore
 
 __all__ = ["STATIC_DIR", "create_app"]
@@ -53,6 +61,7 @@ def create_app(
     max_batch: int = 256,
     provider: AdvisorProvider | None = None,
     busy_timeout: float = 5.0,
+    personalisation: bool = True,
 ) -> FastAPI:
     """The scoring API under ``/api/v1`` and the workstation page at ``/``.
 
@@ -68,18 +77,25 @@ def create_app(
         Most patients in one ``/score/batch`` call; more is a 413.
     provider
         Returns the newest approved advisor; without one, reload answers 409.
+    personalisation
+        Serve the site's personalised models where they match the production versions
+        (``node_agent.personalised``; a site switches them off with ``fenji node personalised off``).
     """
     spec = holder.current.spec
     inputs = build_inputs(spec, _outcome_labels(holder), max_batch=max_batch)
     app = FastAPI(title="Fenji node agent: scoring API", version="1", description=DESCRIPTION,
                   openapi_url=f"{API_PREFIX}/openapi.json", docs_url=None, redoc_url=None,  # the docs pages need a CDN
                   lifespan=_lifespan)
+    app.state.personalisation = {}
+    if personalisation:
+        provider = _personalised(site_dir, holder, provider, app.state)
     app.state.holder, app.state.provider = holder, provider
     app.state.tokens = tokens or TokenStore.for_site(site_dir)
     app.state.records = DecisionLog(site_dir, task=spec.name, busy_timeout=busy_timeout)
 
     routers = [score.router(inputs, max_batch=max_batch), meta.public, meta.router,  # the busiest first
-               decisions.router(inputs, example_patient(spec)), model.router, admin.router]
+               decisions.router(inputs, example_patient(spec)), model.router, quality.router, admin.router,
+               referrals.router(inputs)]
     api_routes = [route for router in routers for route in router.routes if isinstance(route, APIRoute)]
     check_access_table(api_routes, authorize)
     _document_roles(api_routes)
@@ -95,6 +111,24 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=64 * 1024 + 4 * 1024 * max_batch)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def _personalised(site_dir: Path, holder: AdvisorHolder, provider: AdvisorProvider | None,
+                  state: object) -> AdvisorProvider | None:
+    """Serve the site's personalised models now and after every reload; ``state.personalisation``
+    says per task which model answers and why."""
+    from node_agent.personalised import apply_personalisation
+
+    def overlay(advisor: object) -> object:
+        served, state.personalisation = apply_personalisation(site_dir, advisor)  # type: ignore[attr-defined]
+        return served
+
+    served = overlay(holder.current)
+    if served is not holder.current:
+        holder.swap(served)  # type: ignore[arg-type]
+    if provider is None:
+        return None
+    return lambda: overlay(provider())  # type: ignore[return-value]
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,9 @@
 The file is opened for each write and closed right after: local training opens it read-only from
 another process, which DuckDB allows only while no process holds it open for writing. If training
 holds it, a write waits up to ``busy_timeout`` seconds and then answers 503 (``StoreBusy``).
-Decisions with an outcome are labelled first visits for future training (``labelled_rows``).
+Decisions with an outcome are labelled first visits for future training (``labelled_rows``;
+``node_agent.outcome_rows`` ingests them as training rows); ``pending`` lists those still waiting for
+one, ``quality`` reviews them against their outcomes (``node_agent.quality``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 
+from models.assessment import ModelRef
 from node_agent.errors import IngestError
+from node_agent.outcome_rows import labelled_rows
+from node_agent.quality import QualityReview, review
 from node_agent.serve.errors import NotFound, StoreBusy
 from node_agent.serve.inputs import DecisionBase, OutcomeBase
 from node_agent.serve.schemas import DecisionPublic, OutcomePublic
@@ -90,7 +95,7 @@ class DecisionLog:
                 "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [row.decision_id, row.encounter_id, now, row.recorded_by, self.task,
                  json.dumps(inputs, ensure_ascii=False),
-                 json.dumps({k: v.model_dump() for k, v in row.models.items()}, ensure_ascii=False),
+                 json.dumps({k: _ref_json(v) for k, v in row.models.items()}, ensure_ascii=False),
                  row.referral_risk, row.recommended_tier, row.triage_level, row.decision, row.referred_tier,
                  row.note])
         return row
@@ -107,9 +112,16 @@ class DecisionLog:
                          json.dumps(row.labels, ensure_ascii=False), row.note])
         return row
 
-    def decisions(self, *, limit: int = 100, encounter_id: str | None = None) -> list[DecisionPublic]:
-        """The latest decisions first, each with its outcomes."""
-        where, params = ("WHERE encounter_id = ?", [encounter_id]) if encounter_id else ("", [])
+    def decisions(self, *, limit: int = 100, encounter_id: str | None = None,
+                  pending: bool = False) -> list[DecisionPublic]:
+        """The latest decisions first, each with its outcomes; with ``pending``, only those without one."""
+        conditions, params = [], []
+        if encounter_id:
+            conditions.append("encounter_id = ?")
+            params.append(encounter_id)
+        if pending:
+            conditions.append("decision_id NOT IN (SELECT decision_id FROM outcomes)")
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
         with self._connection() as con:
             rows = _dicts(con.execute(f"SELECT * FROM decisions {where} ORDER BY decided_at DESC LIMIT ?",
                                       [*params, limit]))
@@ -126,14 +138,17 @@ class DecisionLog:
         """One row per decision with an outcome: its first-visit inputs and its labels (a later outcome
         overrides an earlier one label by label)."""
         with self._connection() as con:
-            rows = con.execute("SELECT d.decision_id, d.encounter_id, d.inputs, o.labels FROM decisions d "
-                               "JOIN outcomes o USING (decision_id) ORDER BY d.decided_at, o.recorded_at").fetchall()
-        merged: dict[str, dict[str, Any]] = {}
-        for decision_id, encounter_id, inputs, labels in rows:
-            row = merged.setdefault(decision_id, {"decision_id": decision_id, "encounter_id": encounter_id,
-                                                  **json.loads(inputs)})
-            row.update(json.loads(labels))
-        return pd.DataFrame.from_records(list(merged.values()))
+            return labelled_rows(con)
+
+    def quality(self, *, since: datetime | None = None) -> QualityReview:
+        """The decision-quality review of this clinic, in full (for its site admin)."""
+        with self._connection() as con:
+            return review(con, since=since)
+
+
+def _ref_json(ref: ModelRef) -> dict[str, Any]:
+    """A model reference as stored with a decision; a global model's has no personalisation fields."""
+    return ref.model_dump() if ref.personalised else ref.model_dump(include={"name", "version", "card_url"})
 
 
 def _dicts(cursor: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:

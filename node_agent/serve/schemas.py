@@ -41,6 +41,8 @@ class Me(BaseModel):
 class ModelInfo(BaseModel):
     task: str = Field(description="the task whose features the API reads")
     models: dict[str, ModelRef] = Field(description="task -> model version in use")
+    personalisation: dict[str, str] = Field(
+        default_factory=dict, description="task -> which model answers (global or this clinic's personalised) and why")
 
 
 class ReloadResult(BaseModel):

@@ -40,6 +40,12 @@ def router(inputs: Inputs, example: dict) -> APIRouter:
     def list_decisions(records: Records, query: Annotated[DecisionQuery, Query()]) -> list[DecisionPublic]:
         return records.decisions(limit=query.limit, encounter_id=query.encounter_id)
 
+    @api.get("/decisions/pending", response_model=list[DecisionPublic], summary="Decisions waiting for an outcome",
+             description="Decisions with no outcome recorded yet, the latest first: the workstation page's list of "
+             "visits to follow up (record each with POST /api/v1/outcomes).")
+    def pending_decisions(records: Records, query: Annotated[DecisionQuery, Query()]) -> list[DecisionPublic]:
+        return records.decisions(limit=query.limit, encounter_id=query.encounter_id, pending=True)
+
     @api.post("/outcomes", response_model=OutcomePublic, status_code=status.HTTP_201_CREATED,
               summary="Record the outcome of a decision",
               description="What happened later (needed a higher tier, confirmed triage level, final diagnosis "

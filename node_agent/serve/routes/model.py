@@ -2,7 +2,7 @@
 
 from typing import Annotated
 
-from fastapi import Path, Query
+from fastapi import Path, Query, Request
 from fastapi.responses import Response
 
 from node_agent.serve.deps import CurrentAdvisor, api_router
@@ -15,8 +15,9 @@ router = api_router(tags=["model"], responses=ERROR_RESPONSES)
 
 @router.get("/model", response_model=ModelInfo, summary="Model versions in use",
             description="The task whose features the API reads, and for each task the model version answering it.")
-def model_info(advisor: CurrentAdvisor) -> ModelInfo:
-    return ModelInfo(task=advisor.spec.name, models=advisor.models)
+def model_info(advisor: CurrentAdvisor, request: Request) -> ModelInfo:
+    return ModelInfo(task=advisor.spec.name, models=advisor.models,
+                     personalisation=getattr(request.app.state, "personalisation", {}))
 
 
 @router.get(

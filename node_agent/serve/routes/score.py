@@ -44,11 +44,13 @@ def score_records(advisor: Scorer, records: Sequence[Mapping[str, Any]]) -> list
                 answer, from_attributes=True)
         except ValidationError as exc:
             raise AdvisorFailed("the advisor gave a malformed assessment") from exc
-        key = tuple((task, ref.name, ref.version) for task, ref in assessment.models.items())
+        key = tuple((task, ref.name, ref.version, ref.personalised, ref.method, ref.base_version)
+                    for task, ref in assessment.models.items())
         refs = models.get(key)
-        if refs is None:
-            refs = models[key] = {task: ModelRef(name=name, version=version, card_url=card_url(task, version))
-                                  for task, name, version in key}
+        if refs is None:  # a personalised model says so, and which global version it came from
+            refs = models[key] = {task: ModelRef(name=name, version=version, card_url=card_url(task, version),
+                                                 personalised=personal, method=method, base_version=base)
+                                  for task, name, version, personal, method, base in key}
         results.append({**dict(assessment), "models": refs,
                         "not_recorded": [name for name, value in record.items() if value is None]})
     try:

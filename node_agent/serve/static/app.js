@@ -12,6 +12,9 @@ const state = {
   scored: null,        // {encounter_id, inputs, result} of the last assessment shown
   errors: [],          // the last 422 items for the patient form
   confirmation: null,  // the last recorded decision
+  referral: null,      // the referral opened for it, if the doctor referred up
+  outcomeLabels: [],   // GET /schema/outcomes: what an outcome may say
+  view: "assess",      // assess | outcomes | referrals (clinic.js)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -63,7 +66,7 @@ function applyLanguage() {
   document.title = state.lang === "zh" ? "分级 Fenji · 首诊辅助评估" : "Fenji · first-visit decision support";
   document.querySelectorAll("[data-i18n]").forEach((node) => { node.textContent = t(node.dataset.i18n); });
   $("lang-toggle").textContent = state.lang === "zh" ? "English" : "中文";
-  $("decision-note").placeholder = t("note_placeholder");
+  $("decision-note").placeholder = t("referral_note");
   if (state.me) $("who").textContent = state.me.name;
   if (state.schema) labelForm();
   renderModelVersion();
@@ -71,6 +74,8 @@ function applyLanguage() {
   if (state.scored) renderResult(state.scored.result);
   renderStale();
   renderConfirmation();
+  renderClinic();
+  renderSlip();
 }
 
 // ---- log-in -----------------------------------------------------------------------------------------
@@ -85,7 +90,8 @@ async function logIn(token) {
   }
   if (me.role !== "doctor") { logOut(t("not_doctor", { role: me.role })); return; }
   try {
-    [state.schema, state.models] = await Promise.all([api("GET", "/schema/form"), api("GET", "/model")]);
+    [state.schema, state.models, state.outcomeLabels] = await Promise.all(
+      [api("GET", "/schema/form"), api("GET", "/model"), api("GET", "/schema/outcomes")]);
   } catch (err) {
     logOut(t("error") + err.text);
     return;
@@ -96,16 +102,20 @@ async function logIn(token) {
   $("login").hidden = true;
   $("workstation").hidden = false;
   $("logout").hidden = false;
+  $("views").hidden = false;
   applyLanguage();
+  showView("assess");
 }
 
 function logOut(message = "") {
-  Object.assign(state, { token: "", me: null, scored: null, errors: [], confirmation: null });
+  Object.assign(state, { token: "", me: null, scored: null, errors: [], confirmation: null, referral: null });
+  resetClinic();
   sessionStorage.removeItem("fenji.token");
   $("workstation").hidden = true;
+  $("views").hidden = true;
   $("logout").hidden = true;
   $("who").textContent = "";
-  $("model-version").textContent = "";
+  $("model-version").replaceChildren();
   $("login").hidden = false;
   $("login-error").textContent = message;
   $("token-input").value = "";
@@ -115,7 +125,8 @@ function logOut(message = "") {
 // ---- the form, built from the spec -----------------------------------------------------------------
 function sectionOf(f) {
   if (f.required) return "section_required";
-  return { numeric: "section_numeric", categorical: "section_categorical", boolean: "section_boolean" }[f.kind];
+  return { numeric: "section_numeric", categorical: "section_categorical", boolean: "section_boolean",
+    text: "section_categorical" }[f.kind];
 }
 
 function buildForm() {
@@ -136,7 +147,10 @@ function buildField(f) {
   const id = `f-${f.name}`;
   const label = el("label", { for: id }, el("span", { class: "name" }), el("span", { class: "hint" }));
   let input;
-  if (f.kind === "numeric") {
+  if (f.kind === "text") {  // free-text chief complaint: sent as typed
+    input = el("input", { id, type: "text", maxlength: "500", "data-feature": f.name });
+    input.addEventListener("input", () => { clearFieldError(f.name); markStale(); });
+  } else if (f.kind === "numeric") {
     // Errors clear while typing, not on blur: a layout shift on blur would move the button under the click.
     input = el("input", { id, type: "text", inputmode: "decimal", "data-feature": f.name });
     input.addEventListener("input", () => { clearFieldError(f.name); hintRange(f, input); markStale(); });
@@ -158,7 +172,7 @@ function labelForm() {
     if (f.required) name.append(el("span", { class: "req", text: "*" }));
     field.querySelector(".hint").textContent = f.min != null && f.max != null ? `${fmt(f.min)}–${fmt(f.max)}` : "";
     const input = $(`f-${f.name}`);
-    if (f.kind === "numeric") { input.placeholder = ""; continue; }
+    if (f.kind === "numeric" || f.kind === "text") { input.placeholder = ""; continue; }
     const [empty, ...rest] = input.options;
     empty.textContent = f.required ? t("choose") : t("not_recorded_option");
     rest.forEach((option, i) => {
@@ -247,11 +261,14 @@ async function score(event) {
     const result = await api("POST", "/score", inputs);
     state.scored = { encounter_id: $("encounter-id").value.trim(), inputs, result };
     state.confirmation = null;
+    state.referral = null;
     document.querySelectorAll("input[name=decision]").forEach((r) => { r.checked = false; });
     $("decision-note").value = "";
     $("decision-error").textContent = "";
     renderResult(result);
     renderStale();
+    fetchAlerts(state.scored);
+    if (window.matchMedia("(max-width: 820px)").matches) $("result-panel").scrollIntoView();  // a phone: the form is above
   } catch (err) {
     if (err.status === 401) { logOut(t("session_expired")); return; }
     const text = err.text || String(err);
@@ -292,6 +309,7 @@ function renderResult(r) {
   $("explanation").replaceChildren(explanationChart(r.explanation));
   $("disclaimer").textContent = pick(r.disclaimer);
   renderModelLinks(r.models);
+  renderAlerts();
 }
 
 function displayValue(feature, value) {
@@ -301,79 +319,11 @@ function displayValue(feature, value) {
   return option ? pick(option.display) : String(value);
 }
 
-function renderModelVersion() {
-  if (!state.models) return;
-  const ref = state.models.models[state.models.task] || Object.values(state.models.models)[0];
-  $("model-version").textContent = ref ? `${t("model")} ${ref.name} v${ref.version}` : "";
-}
-
-function renderModelLinks(models) {
-  const host = $("model-links");
-  host.replaceChildren(t("model") + ":");
-  for (const [task, ref] of Object.entries(models)) {
-    const link = el("a", { href: "#", "data-task": task, text: `${ref.name} v${ref.version}` });
-    link.title = t("model_card");
-    link.addEventListener("click", (e) => { e.preventDefault(); showModelCard(task, ref); });
-    host.append(link);
-  }
-}
-
-// ---- model card: fetched with the token, rendered as text nodes ---------------------------------------
-async function showModelCard(task, ref) {
-  $("card-title").textContent = `${ref.name} v${ref.version} — ${t("model_card")}`;
-  const body = $("card-body");
-  try {
-    renderMarkdown(body, await api("GET", ref.card_url.replace(API, "")));
-  } catch (err) {
-    body.replaceChildren(el("p", { class: "error-text", text: t("error") + err.text }));
-  }
-  $("card-dialog").showModal();
-}
-
-// ---- the doctor's decision ------------------------------------------------------------------------------
-async function recordDecision(event) {
-  event.preventDefault();
-  const chosen = document.querySelector("input[name=decision]:checked");
-  $("decision-error").textContent = "";
-  if (!chosen) { $("decision-error").textContent = t("choose_decision"); return; }
-  const { encounter_id, inputs, result } = state.scored;
-  const body = {
-    encounter_id: $("encounter-id").value.trim() || encounter_id,
-    inputs,
-    assessment: {
-      models: Object.fromEntries(Object.entries(result.models).map(([k, m]) => [k, { name: m.name, version: m.version }])),
-      referral_risk: result.referral_risk.probability, tier: result.tier.tier, triage_level: result.triage.level,
-    },
-    decision: chosen.value === "treat_here" ? "treat_here" : "refer",
-    referred_tier: chosen.value === "treat_here" ? null : chosen.value,
-    note: $("decision-note").value.trim() || null,
-  };
-  $("record-button").disabled = true;
-  try {
-    state.confirmation = await api("POST", "/decisions", body);
-    renderConfirmation();
-  } catch (err) {
-    if (err.status === 401) { logOut(t("session_expired")); return; }
-    $("record-button").disabled = false;
-    const items = err.items.length ? err.items : [{ msg: err.text }];
-    $("decision-error").textContent = items.map((i) => (i.field ? `${i.field}: ` : "") + (pick(i.text) || i.msg)).join(" · ");
-  }
-}
-
-function renderConfirmation() {
-  const box = $("decision-confirmation");
-  const c = state.confirmation;
-  box.hidden = !c;
-  if (!c) return;
-  const time = new Date(c.decided_at).toLocaleTimeString(state.lang === "zh" ? "zh-CN" : "en-GB");
-  box.textContent = "✓ " + t("recorded", { id: c.decision_id.slice(0, 8), time });
-}
-
 // ---- wiring ---------------------------------------------------------------------------------------------
 function clearForm() {
   $("patient-form").reset();
   document.querySelectorAll(".field.warn").forEach((f) => f.classList.remove("warn"));
-  Object.assign(state, { errors: [], scored: null, confirmation: null });
+  Object.assign(state, { errors: [], scored: null, confirmation: null, referral: null });
   newEncounter();
   renderFieldErrors();
   renderStale();
@@ -393,6 +343,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("clear-button").addEventListener("click", clearForm);
   $("decision-form").addEventListener("submit", recordDecision);
   $("card-close").addEventListener("click", () => $("card-dialog").close());
+  wireClinic();
   applyLanguage();
   if (state.token) logIn(state.token); else logOut();
 });

@@ -1,9 +1,17 @@
-// Fenji workstation: the explanation chart (inline SVG) and the model card (markdown as text nodes).
-// Uses $(), el(), t(), pick(), fmt() and displayValue() from app.js (loaded after this file, called once it ran).
+// Fenji workstation: the explanation chart (inline SVG), the models' versions and their cards.
+// Uses $(), el(), t(), pick(), fmt(), api() and displayValue() from app.js (loaded after this file, called once it ran).
 "use strict";
 
+const STRONG_PUSH = 0.5;  // log-odds: a push this large moves a 20% risk to about 30%
+
+function pushWords(c) {
+  const strong = Math.abs(c.contribution) >= STRONG_PUSH;
+  return t(c.contribution > 0 ? (strong ? "raises_strong" : "raises") : (strong ? "lowers_strong" : "lowers"));
+}
+
 function explanationChart(items) {
-  // Horizontal bars around a zero line: a push up on the risk goes right in red, down goes left in green.
+  // One row per feature: its name and value, then what it does to the risk in words; below, a bar
+  // around a zero line (up = right in red, down = left in green). The number is only in the tooltip.
   const ns = "http://www.w3.org/2000/svg";
   const svgEl = (tag, attrs, text) => {
     const node = document.createElementNS(ns, tag);
@@ -12,43 +20,69 @@ function explanationChart(items) {
     return node;
   };
   // Drawn at the container's own width, so that 13px text stays 13px.
-  const width = Math.max(360, $("explanation").clientWidth || 520), labelW = Math.min(220, width * 0.4);
-  const row = 28, top = 4;
+  const width = Math.max(300, $("explanation").clientWidth || 520), row = 40, top = 2;
   const height = top * 2 + Math.max(items.length, 1) * row;
-  const mid = labelW + (width - labelW) / 2, half = (width - labelW) / 2 - 40;
+  const mid = width / 2, half = width / 2 - 6;
   const maxAbs = Math.max(0.01, ...items.map((c) => Math.abs(c.contribution)));
   const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", "aria-label": t("explanation") });
-  svg.append(svgEl("line", { x1: mid, x2: mid, y1: 2, y2: height - 2, stroke: "#9aa5b1", "stroke-width": 1 }));
   items.forEach((c, i) => {
     const y = top + i * row;
     const w = Math.max(2, (Math.abs(c.contribution) / maxAbs) * half);
     const up = c.contribution > 0;
-    const value = c.value == null ? "—" : typeof c.value === "number" ? fmt(c.value) : displayValue(c.feature, c.value);
-    svg.append(svgEl("text", { x: 0, y: y + 18, class: "label" }, `${pick(c.title)}: ${value}`));
-    svg.append(svgEl("rect", { x: up ? mid : mid - w, y: y + 6, width: w, height: row - 12, rx: 2,
+    const value = c.value == null ? t("not_recorded_value")
+      : typeof c.value === "number" ? fmt(c.value) : displayValue(c.feature, c.value);
+    const g = svgEl("g", { class: "push" });
+    g.append(svgEl("title", {}, `${pick(c.title)}: ${value} — ${pushWords(c)} (${up ? "+" : "−"}${Math.abs(c.contribution).toFixed(2)})`));
+    g.append(svgEl("text", { x: 0, y: y + 14, class: "label" }, `${pick(c.title)}: ${value}`));
+    g.append(svgEl("text", { x: width, y: y + 14, "text-anchor": "end", class: up ? "word up" : "word down" }, pushWords(c)));
+    g.append(svgEl("line", { x1: mid, x2: mid, y1: y + 19, y2: y + 35, stroke: "#9aa5b1", "stroke-width": 1 }));
+    g.append(svgEl("rect", { x: up ? mid : mid - w, y: y + 21, width: w, height: 12, rx: 2,
       fill: up ? "#c62828" : "#2e7d32", class: up ? "bar-up" : "bar-down" }));
-    svg.append(svgEl("text", { x: up ? mid + w + 4 : mid - w - 4, y: y + 18, class: "value",
-      "text-anchor": up ? "start" : "end" }, (up ? "+" : "−") + Math.abs(c.contribution).toFixed(2)));
+    svg.append(g);
   });
   return svg;
 }
 
-function renderMarkdown(host, markdown) {
+// ---- the three models: versions in the header, links to their cards ----------------------------------
+const TASK_ORDER = ["triage", "referral_risk", "diagnosis"];
+
+function modelLabel(task, ref) {
+  const name = UI[state.lang][`task_${task}`] || task;
+  return `${name} v${ref.version}` + (ref.personalised ? ` (${t("personalised")})` : "");
+}
+
+function orderedModels(models) {
+  return Object.entries(models || {}).sort(([a], [b]) => (TASK_ORDER.indexOf(a) + 1 || 9) - (TASK_ORDER.indexOf(b) + 1 || 9));
+}
+
+function renderModelVersion() {
+  const host = $("model-version");
   host.replaceChildren();
-  let list = null;
-  const inline = (text) => {
-    const span = el("span");
-    text.split(/(\*\*[^*]+\*\*)/).forEach((part) => {
-      span.append(part.startsWith("**") && part.endsWith("**") ? el("strong", { text: part.slice(2, -2) }) : part);
-    });
-    return span;
-  };
-  for (const line of String(markdown).split("\n")) {
-    const heading = line.match(/^(#{1,3})\s+(.*)$/);
-    const item = line.match(/^\s*[-*]\s+(.*)$/);
-    if (item) { if (!list) { list = el("ul"); host.append(list); } list.append(el("li", {}, inline(item[1]))); continue; }
-    list = null;
-    if (heading) host.append(el(`h${heading[1].length}`, { text: heading[2] }));
-    else if (line.trim()) host.append(el("p", {}, inline(line)));
+  if (!state.models) return;
+  for (const [task, ref] of orderedModels(state.models.models)) {
+    host.append(el("span", { class: "model-tag", "data-task": task, title: `${ref.name} v${ref.version}`, text: modelLabel(task, ref) }));
   }
+}
+
+function renderModelLinks(models) {
+  const host = $("model-links");
+  host.replaceChildren(t("model") + ":");
+  for (const [task, ref] of orderedModels(models)) {
+    const link = el("a", { href: "#", "data-task": task, text: modelLabel(task, ref) });
+    link.title = `${ref.name} v${ref.version} — ${t("model_card")}`;
+    link.addEventListener("click", (e) => { e.preventDefault(); showModelCard(task, ref); });
+    host.append(link);
+  }
+}
+
+// The card is fetched with the token and rendered as DOM nodes (markdown.js).
+async function showModelCard(task, ref) {
+  $("card-title").textContent = `${modelLabel(task, ref)} — ${t("model_card")}`;
+  const body = $("card-body");
+  try {
+    renderMarkdown(body, await api("GET", ref.card_url.replace(API, "")), state.lang);
+  } catch (err) {
+    body.replaceChildren(el("p", { class: "error-text", text: t("error") + err.text }));
+  }
+  $("card-dialog").showModal();
 }

@@ -21,7 +21,15 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("POST", "/api/v1/score/batch"): {D},
     ("POST", "/api/v1/decisions"): {D},
     ("GET", "/api/v1/decisions"): {A},
+    ("GET", "/api/v1/decisions/pending"): {D, A},
+    ("GET", "/api/v1/quality"): {A},
     ("POST", "/api/v1/outcomes"): {D, A},
+    ("GET", "/api/v1/schema/outcomes"): EVERYONE,
+    ("POST", "/api/v1/alerts"): {D},
+    ("POST", "/api/v1/referrals"): {D},
+    ("GET", "/api/v1/referrals"): {D, A},
+    ("GET", "/api/v1/referrals/{decision_id}"): {D, A},
+    ("POST", "/api/v1/referrals/{decision_id}/status"): {D},
     ("GET", "/api/v1/model"): EVERYONE,
     ("GET", "/api/v1/model/{task}/card"): EVERYONE,
     ("POST", "/api/v1/admin/reload"): {A},
@@ -56,13 +64,30 @@ def call(served, method: str, path: str, headers: dict[str, str]) -> httpx.Respo
         if path == "/api/v1/outcomes":
             (decision_id,) = served.site_rows("SELECT decision_id FROM decisions LIMIT 1")[0]
             return client.post(path, json={"decision_id": decision_id, "referred_up": "0"})
+        if path.startswith("/api/v1/referrals") and (method, path) != ("GET", "/api/v1/referrals"):
+            return call_referrals(served, method, path, client)
         if path == "/api/v1/admin/tokens/{token_id}":
             victim = served.tokens.create(role=Role.DOCTOR, name="to revoke").info.token_id
             return client.delete(path.format(token_id=victim))
         bodies = {"/api/v1/score": PATIENT, "/api/v1/score/batch": {"patients": [PATIENT]},
+                  "/api/v1/alerts": {"inputs": PATIENT, "triage_level": "3", "referral_risk": 0.2},
                   "/api/v1/admin/tokens": {"name": "new", "role": "doctor"}}
         url = path.format(task=next(iter(served.holder.current.models)))
         return client.request(method, url, json=bodies.get(path) if method == "POST" else None)
+
+
+def call_referrals(served, method: str, path: str, client: httpx.Client) -> httpx.Response:
+    """A new decision to refer (by a doctor), then the call: open its referral, or read or move it."""
+    body = {"encounter_id": "MZ-access-referral", "inputs": PATIENT, "decision": "refer", "referred_tier": "county",
+            "assessment": {"models": {"referral_risk": {"name": "m", "version": "1"}}, "referral_risk": 0.3,
+                           "tier": "county", "triage_level": "3"}}
+    with served.client(D) as doctor:
+        decision_id = doctor.post("/api/v1/decisions", json=body).raise_for_status().json()["decision_id"]
+        if path == "/api/v1/referrals":
+            return client.post(path, json={"decision_id": decision_id})
+        doctor.post("/api/v1/referrals", json={"decision_id": decision_id}).raise_for_status()
+    url = path.format(decision_id=decision_id)
+    return client.post(url, json={"status": "received"}) if method == "POST" else client.get(url)
 
 
 def roles_in_code(endpoint: tuple[str, str]) -> set[str] | None:
