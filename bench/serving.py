@@ -3,8 +3,11 @@
 Everything runs in one go on this machine, load generator included:
 
 - **single**: ``POST /api/v1/score`` (one patient, a doctor's token) at 1, 8 and 32 concurrent
-  connections, and a bare FastAPI endpoint that returns a constant under the same uvicorn settings
-  (the framework's ceiling here). Throughput and p50/p99 latency come from ``wrk``.
+  connections, a bare FastAPI endpoint that returns a constant under the same uvicorn settings
+  (the framework's ceiling here), and ``mlflow models serve`` serving the same three models from an
+  MLflow registry, the server a user would otherwise pick (``bench.serving_mlflow``: what it serves,
+  and why as a pyfunc). Its answers are checked equal to Fenji's on every benchmark patient before
+  anything is measured. Throughput and p50/p99 latency come from ``wrk``.
 - **batch**: ``POST /api/v1/score/batch`` with 256 patients, rows per second, beside the same
   assessment called in-process (``Advisor.assess`` on the same 256 records), and the bare forward
   passes of the three models for reference.
@@ -190,10 +193,19 @@ def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, re
         batch_connections: int = 4, reload_every: float = 0.25, progress: Callable[[str], None] | None = None) -> dict:
     """Run every phase; ``progress`` is called with each measurement's name as it starts.
 
-    Both servers run side by side (an idle one costs nothing) and the measurements alternate
-    (bare, Fenji, bare, ...) ``repeats`` times, so a slow spell of a shared machine hits both; the
-    medians over the repeats are reported, and every run is kept in the JSON.
+    The three servers run side by side (an idle one costs nothing) and the measurements alternate
+    (bare, Fenji, MLflow, bare, ...) ``repeats`` times, so a slow spell of a shared machine hits all
+    of them; the medians over the repeats are reported, and every run is kept in the JSON.
     """
+    from bench.serving_mlflow import (
+        ANCHOR_NOTE,
+        check_parity,
+        invocation_body,
+        mlflow_server,
+        register_anchor,
+    )
+    from models.spec import load_task
+
     step = progress or (lambda name: None)
     with tempfile.TemporaryDirectory(prefix="fenji-serving-") as tmp:
         workdir = Path(tmp)
@@ -204,10 +216,17 @@ def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, re
         batch_body = json.dumps({"patients": patients})
         config = {"site_dir": str(site.site_dir),
                   "versions": [{t: [str(f), v] for t, (f, v) in ver.items()} for ver in site.versions]}
-        single: dict[str, list[dict]] = {"bare": [], "fenji": []}
+        features = [f.name for f in load_task("referral_risk").features]  # the advisor's input columns
+        step("training: registering the same models in MLflow for `mlflow models serve`")
+        model_uri, tracking_uri = register_anchor(workdir, site.versions[0], patients[:20], features)
+        anchor_one = invocation_body(patients[:1], features)
+        single: dict[str, list[dict]] = {"bare": [], "fenji": [], "mlflow": []}
         batch_http: list[dict] = []
         raw: list[dict] = []
-        with server({"kind": "bare"}, workdir) as bare, server({"kind": "fenji", **config}, workdir) as fenji:
+        with (server({"kind": "bare"}, workdir) as bare, server({"kind": "fenji", **config}, workdir) as fenji,
+              mlflow_server(model_uri, tracking_uri, workdir) as anchor):
+            step("checking that `mlflow models serve` answers as Fenji does")
+            parity = check_parity(fenji, site.doctor, anchor, patients, features)
             for r in range(repeats):
                 for c in connections:
                     step(f"[{r + 1}/{repeats}] bare endpoint, {c} connection(s)")
@@ -216,6 +235,9 @@ def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, re
                     step(f"[{r + 1}/{repeats}] POST /score, {c} connection(s)")
                     single["fenji"].append(wrk(fenji + "/api/v1/score", body=one, token=site.doctor, connections=c,
                                                duration=duration, workdir=workdir))
+                    step(f"[{r + 1}/{repeats}] mlflow models serve /invocations, {c} connection(s)")
+                    single["mlflow"].append(wrk(anchor + "/invocations", body=anchor_one, token=None, connections=c,
+                                                duration=duration, workdir=workdir))
                 step(f"[{r + 1}/{repeats}] POST /score/batch ({len(patients)} patients)")
                 batch_http.append(wrk(fenji + "/api/v1/score/batch", body=batch_body, token=site.doctor,
                                       connections=batch_connections, duration=duration, workdir=workdir))
@@ -232,7 +254,9 @@ def run(*, connections: tuple[int, ...] = (1, 8, 32), duration: float = 10.0, re
                 stop.set()
                 thread.join()
 
-    return _report(single, batch_http, raw, switch, reloads, connections=connections, duration=duration,
+    anchor_info = {"server": "mlflow models serve", "model_uri": model_uri, "request_format": "dataframe_split",
+                   **parity, "note": ANCHOR_NOTE}
+    return _report(single, batch_http, raw, switch, reloads, anchor_info, connections=connections, duration=duration,
                    repeats=repeats, batch_connections=batch_connections, reload_every=reload_every,
                    batch_rows=len(patients))
 
@@ -246,7 +270,7 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def _report(single: dict, batch_http: list[dict], raw: list[dict], switch: dict, reloads: list[dict],
-            **inputs) -> dict:
+            anchor: dict, **inputs) -> dict:
     import fastapi
     import uvicorn
 
@@ -257,7 +281,11 @@ def _report(single: dict, batch_http: list[dict], raw: list[dict], switch: dict,
     comparison = [{"connections": c, "throughput_ratio": by_c["fenji"][c]["requests_per_second"] /
                    by_c["bare"][c]["requests_per_second"],
                    "fenji_minus_bare_ms_per_request": 1000 / by_c["fenji"][c]["requests_per_second"]
-                   - 1000 / by_c["bare"][c]["requests_per_second"]} for c in inputs["connections"]]
+                   - 1000 / by_c["bare"][c]["requests_per_second"],
+                   "mlflow_throughput_ratio": by_c["mlflow"][c]["requests_per_second"] /
+                   by_c["bare"][c]["requests_per_second"],
+                   "fenji_over_mlflow_throughput": by_c["fenji"][c]["requests_per_second"] /
+                   by_c["mlflow"][c]["requests_per_second"]} for c in inputs["connections"]]
     rows = inputs["batch_rows"]
     http_rows = statistics.median(r["requests_per_second"] * rows for r in batch_http)
     raw_rows = {k: statistics.median(r[k]["rows_per_second"] for r in raw) for k in raw[0]}
@@ -290,25 +318,30 @@ def _report(single: dict, batch_http: list[dict], raw: list[dict], switch: dict,
     env = environment()
     env["packages"].update({"fastapi": fastapi.__version__, "uvicorn": uvicorn.__version__})
     env["server"] = {"uvicorn_loop": impl("uvloop"), "uvicorn_http": impl("httptools"), "workers": 1}
+    env["mlflow_server"] = {"command": "mlflow models serve --env-manager local --workers 1",
+                            "uvicorn_loop": impl("uvloop"), "uvicorn_http": impl("httptools"),  # uvicorn's "auto"
+                            "access_log": True}  # MLflow's default: one log line per request
     env["load_generator"] = wrk_version()
     return {"benchmark": "serving", "inputs": {k: list(v) if isinstance(v, tuple) else v for k, v in inputs.items()},
             "environment": env,
             "results": {"single": summary, "comparison": comparison, "batch": batch, "switch": switch_report,
-                        "single_runs": single},
+                        "anchor": anchor, "single_runs": single},
             "goals": goals}
 
 
 def plot(report: dict, path: Path) -> None:
     single = report["results"]["single"]
     fig, (ax1, ax2, ax3) = subplots(1, 3, figsize=(15, 4.2))
-    width = 0.38
-    for k, (name, label) in enumerate([("bare", "bare FastAPI (constant)"), ("fenji", "POST /api/v1/score")]):
+    width = 0.27
+    series = [("bare", "bare FastAPI (constant)"), ("fenji", "POST /api/v1/score"),
+              ("mlflow", "mlflow models serve (same models)")]
+    for k, (name, label) in enumerate(series):
         rows = single[name]
-        xs = np.arange(len(rows)) + (k - 0.5) * width
+        xs = np.arange(len(rows)) + (k - 1) * width
         ax1.bar(xs, [r["requests_per_second"] for r in rows], width, label=label)
         ax2.bar(xs, [r["latency_ms"]["p99"] for r in rows], width, label=f"{label}, p99")
         ax2.scatter(xs, [r["latency_ms"]["p50"] for r in rows], color="black", marker="_", s=200, zorder=3,
-                    label="p50" if k else None)
+                    label="p50" if k == len(series) - 1 else None)
     labels = [str(r["connections"]) for r in single["fenji"]]
     for ax, title, unit in [(ax1, "single-patient throughput", "requests / s"), (ax2, "latency", "ms")]:
         ax.set_xticks(range(len(labels)), labels)

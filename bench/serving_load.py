@@ -1,5 +1,6 @@
-"""The serving benchmark's machinery: the two servers (the clinic's scoring app and a bare FastAPI
-endpoint), each in a process of its own under uvicorn, and the load generator (Debian's ``wrk``)."""
+"""The serving benchmark's machinery: two of its servers (the clinic's scoring app and a bare FastAPI
+endpoint), each in a process of its own under uvicorn, and the load generator (Debian's ``wrk``). The
+third server, ``mlflow models serve``, is started by ``bench.serving_mlflow``."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import httpx
 
 from bench.errors import BenchUnavailable
 
-__all__ = ["BATCH", "WRK_MARK", "impl", "serve", "server", "wrk", "wrk_version"]
+__all__ = ["BATCH", "WRK_MARK", "free_port", "impl", "serve", "server", "wrk", "wrk_version"]
 
 BATCH = 256
 WRK_MARK = "FENJI-WRK "
@@ -70,7 +71,7 @@ def serve(config_file: str) -> None:  # pragma: no cover - runs in the server's 
     uvicorn.run(app, host="127.0.0.1", port=config["port"], log_level="warning")  # as `fenji node serve`
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -78,7 +79,7 @@ def _free_port() -> int:
 
 @contextlib.contextmanager
 def server(config: dict, workdir: Path) -> Iterator[str]:
-    config = {**config, "port": _free_port()}
+    config = {**config, "port": free_port()}
     config_file = workdir / f"server-{config['kind']}.json"
     config_file.write_text(json.dumps(config))
     log = open(workdir / f"server-{config['kind']}.log", "w")  # noqa: SIM115 - closed below

@@ -57,18 +57,21 @@ def test_scale_runs_tiny(tmp_path):
 
 
 def test_serving_runs_tiny_against_real_servers(tmp_path):
-    """Both servers really started, wrk really loaded them, the switch really happened."""
+    """The three servers really started, wrk really loaded them, the switch really happened."""
     out, png = tmp_path / "serving.json", tmp_path / "serving.png"
     result = CliRunner().invoke(app, ["bench", "serving", "--json", str(out), "--repeats", "1", "--duration", "1",
                                       "--connections", "1,4", "--plot", str(png)])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     res = report["results"]
-    for kind in ("bare", "fenji"):
+    for kind in ("bare", "fenji", "mlflow"):
         assert [r["connections"] for r in res["single"][kind]] == [1, 4]
         for row in res["single"][kind]:
             assert row["requests_per_second"] > 0 and row["failed"] == 0
             assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["p99"]
+    # the MLflow anchor answered every benchmark patient as Fenji does before it was measured
+    assert res["anchor"]["same_predictions"] and res["anchor"]["rows_compared"] == report["inputs"]["batch_rows"]
+    assert "mlflow" in result.output  # the printed table has its columns
     assert res["batch"]["http_rows_per_second"] > 0 and res["batch"]["in_process_rows_per_second"]["assess"] > 0
     switch = res["switch"]
     assert switch["connections"] == 4 and switch["failed"] == 0 and switch["mixed_answers"] == 0
