@@ -303,13 +303,20 @@ def plot(report: dict, path) -> None:
                 label="round wall time (packed / plaintext)")
         ax.plot(x, [r["variants"]["nvflare"]["bytes_ratio"] for r in rows], "x--", color="grey",
                 label="bytes per site (NVFlare's CKKS / float32)")
+    if report.get("secagg"):
+        anchor = report["secagg"]["results"]
+        ax.plot([r["parameters"] for r in anchor], [r["bytes_ratio"] for r in anchor], "+--", color="black",
+                label="bytes per site (Flower SecAgg+ / float32)")
+        ax.plot([r["parameters"] for r in anchor], [r["round_time_ratio"] for r in anchor], "1--", color="black",
+                label="round time (Flower SecAgg+ / plain)")
     ax.axhline(1.1, color="tab:blue", ls=":", lw=1, label="goal: time ≤ 1.1×")
     ax.axhline(2.0, color="tab:orange", ls=":", lw=1, label="goal: bytes ≤ 2×")
     ax.axhline(2.7, color="grey", ls="--", lw=1, label="NVFlare HE anchor: time 2.7×")
     ax.set_xscale("log")
     ax.set_xlabel("model parameters")
     ax.set_ylabel("overhead ratio")
-    ax.set_title(f"CKKS overhead, {report['inputs']['sites']} sites")
+    ax.set_yscale("log")
+    ax.set_title(f"Encryption overhead, {report['inputs']['sites']} sites")
     ax.legend(fontsize=7)
 
     series = [("per_site", "tags_seconds", "tags (per site)", "o-"),

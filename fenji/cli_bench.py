@@ -32,7 +32,8 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
-BENCHMARKS = ("coordinator-memory", "heart", "he-overhead", "membership", "scale", "serving")
+BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "he-overhead", "membership", "scale", "serving",
+              "text-gain")
 
 
 def bench_command(
@@ -42,8 +43,10 @@ def bench_command(
     sizes: Annotated[str, typer.Option(help="he-overhead: model sizes (parameters), comma-separated.")] = "1000,100000,1000000",
     sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
-    seeds: Annotated[int, typer.Option(min=1, help="heart, membership: seeds (model init and shuffling).")] = 5,
-    rounds: Annotated[int, typer.Option(min=1, help="heart: federated rounds (one local epoch each).")] = 60,
+    seeds: Annotated[int, typer.Option(
+        min=1, help="heart, membership: seeds (model init and shuffling); text-gain: 1 unless given.")] = 5,
+    rounds: Annotated[int | None, typer.Option(
+        min=1, help="heart: federated rounds, one local epoch each (60); text-gain: FedAvg rounds (8).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="membership: training epochs per model.")] = 75,
     duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
@@ -58,10 +61,20 @@ def bench_command(
     if plot:
         output_file(plot, "--plot file")
     if name == "heart":
-        _bench_heart(json_out, plot, seeds=seeds, rounds=rounds)
+        _bench_heart(json_out, plot, seeds=seeds, rounds=rounds or 60)
+        return
+    if name == "text-gain":
+        from click import get_current_context
+        from click.core import ParameterSource
+
+        seeds_given = get_current_context().get_parameter_source("seeds") is not ParameterSource.DEFAULT
+        _bench_text_gain(json_out, plot, seeds=seeds if seeds_given else 1, rounds=rounds or 8)
         return
     if name == "membership":
         _bench_membership(json_out, plot, seeds=seeds, epochs=epochs)
+        return
+    if name == "engine-overhead":
+        _bench_engine_overhead(json_out, plot)
         return
     if name == "coordinator-memory":
         _bench_coordinator_memory(json_out, plot, sites=_ints(sites or "10,100,300", "--sites"),
@@ -117,9 +130,41 @@ def bench_command(
                              f"{v['round_seconds']['median']:.3f}", f"{v['round_time_ratio']['median']:.2f}×",
                              f"{v['max_error']['max']:.1e}")
     console.print(variants)
+    # The masking anchor: Flower's SecAgg+ workflow on the simulation engine, beside plain FedAvg.
+    from bench.secagg import run_secagg
+
+    with console.status("he-overhead: Flower's SecAgg+ on the simulation engine…"):
+        report["secagg"] = run_secagg(sizes=[s for s in size_list if s <= 100_000], sites=max(n_sites, 3))
+    secagg = Table("parameters", "bytes/site (SecAgg+)", "bytes ratio", "round s (plain)", "round s (SecAgg+)",
+                   "time ratio", title="Flower SecAgg+ (anchor), same model shapes (median)")
+    for r in report["secagg"]["results"]:
+        secagg.add_row(f"{r['parameters']:,}", f"{r['bytes_per_site_secagg']['median']:,.0f}", f"{r['bytes_ratio']:.2f}×",
+                       f"{r['round_seconds_plain']['median']:.3f}", f"{r['round_seconds_secagg']['median']:.3f}",
+                       f"{r['round_time_ratio']:.2f}×")
+    console.print(secagg)
     write_json(json_out, report)
     if plot:
         he_overhead.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
+    from bench import engine_overhead
+    from bench.common import write_json
+
+    table = Table("model", "parameters", "mode", "round s", "time ratio", "update bytes/site", "bytes / float32",
+                  "mean AUROC", title="Whole runs on Flower's simulation engine, demo clinics (median round)")
+    with console.status("engine-overhead: plaintext, CKKS and packed runs per model…"):
+        report = engine_overhead.run(progress=lambda p: console.print(
+            f"  {p['model']} {p['mode']}: {p['round_seconds']['median']:.2f} s per round"))
+    for p in report["points"]:
+        table.add_row(p["model"], f"{p['parameters']:,}", p["mode"], f"{p['round_seconds']['median']:.2f}",
+                      f"{p['round_time_ratio']:.2f}×", f"{p['update_bytes_per_site']:,.0f}",
+                      f"{p['bytes_ratio_float32']:.2f}×", f"{p['mean_auroc']:.4f}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        engine_overhead.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 
@@ -164,7 +209,7 @@ def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration:
     from bench import serving
     from bench.common import write_json
 
-    runs = repeats * (2 * len(connections) + 2) + 2  # + training, + the switch
+    runs = repeats * (3 * len(connections) + 2) + 2  # + the MLflow anchor's answers check, + the switch
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
         bar = progress.add_task("serving", total=runs)
@@ -175,13 +220,15 @@ def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration:
         report = serving.run(connections=connections, duration=duration, repeats=repeats, progress=step)
         progress.update(bar, completed=runs)
     res = report["results"]
-    table = Table("connections", "bare req/s", "/score req/s", "ratio", "bare p50 / p99 ms", "/score p50 / p99 ms",
-                  title=f"Single-patient scoring vs a bare FastAPI endpoint (median of {repeats})")
-    for bare, fenji, cmp in zip(res["single"]["bare"], res["single"]["fenji"], res["comparison"]):
+    table = Table("connections", "bare req/s", "/score req/s", "ratio", "mlflow serve req/s", "bare p50 / p99 ms",
+                  "/score p50 / p99 ms", "mlflow serve p50 / p99 ms",
+                  title=f"Single-patient scoring vs a bare FastAPI endpoint and `mlflow models serve` (median of {repeats})")
+    for bare, fenji, mlf, cmp in zip(res["single"]["bare"], res["single"]["fenji"], res["single"]["mlflow"],
+                                     res["comparison"]):
         table.add_row(str(bare["connections"]), f"{bare['requests_per_second']:,.0f}",
                       f"{fenji['requests_per_second']:,.0f}", f"{cmp['throughput_ratio']:.0%}",
-                      f"{bare['latency_ms']['p50']:.1f} / {bare['latency_ms']['p99']:.1f}",
-                      f"{fenji['latency_ms']['p50']:.1f} / {fenji['latency_ms']['p99']:.1f}")
+                      f"{mlf['requests_per_second']:,.0f}",
+                      *(f"{r['latency_ms']['p50']:.1f} / {r['latency_ms']['p99']:.1f}" for r in (bare, fenji, mlf)))
     console.print(table)
     batch, switch = res["batch"], res["switch"]
     console.print(f"Batch of {report['inputs']['batch_rows']}: {batch['http_rows_per_second']:,.0f} patients/s over HTTP, "
@@ -215,6 +262,29 @@ def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: 
     write_json(json_out, report)
     if plot:
         membership.plot(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
+def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
+    from bench import text_gain
+    from bench.common import write_json
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("text-gain: task x training", total=2 * len(text_gain.TASKS))
+        report = text_gain.run(seeds=seeds, rounds=rounds, progress=lambda: progress.advance(bar))
+    table = Table("task", "metric", "training", "without text", "with text", "gain",
+                  title=f"Free-text chief complaint, {len(report['inputs']['clinics'])} synthetic clinics "
+                        "(mean over clinics)")
+    for task, modes in report["results"].items():
+        for mode, result in modes.items():
+            for metric, gain in result["gain"].items():
+                table.add_row(task, metric, mode, f"{result['without']['means'][metric]:.3f}",
+                              f"{result['with']['means'][metric]:.3f}", f"{gain:+.3f}")
+    console.print(table)
+    write_json(json_out, report)
+    if plot:
+        text_gain.plot(report, plot)
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 

@@ -5,6 +5,10 @@ seeing each other's data. The only data-dependent parameters (means and standard
 numeric features) come from federated, encrypted sufficient statistics (see ``SiteStatistics``).
 A value missing for a patient, or never recorded at a site, becomes 0 after standardisation plus a
 missing indicator set to 1: never a plausible made-up value.
+
+A text feature owns ``buckets`` columns named ``<feature>#<bucket>`` (``models/text.py``): feature
+hashing needs no vocabulary, so the layout, and everything that leaves a site, holds no word of any
+text. An empty text counts as not recorded.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from models.spec import FeatureKind, TaskSpec
+from models.text import TextHasher, normalise
 
 __all__ = ["Encoder", "EncodingParams", "SiteStatistics", "encode_labels"]
 
@@ -120,13 +125,20 @@ class Encoder:
         self.spec = spec
         self.params = params or EncodingParams()
         self.columns: list[str] = []
+        self.hashers: dict[str, TextHasher] = {}
+        self._slices: dict[str, list[int]] = {}
         for f in spec.features:
+            start = len(self.columns)
             if f.kind is FeatureKind.CATEGORICAL:
                 self.columns += [f"{f.name}={v}" for v in f.values or []]
+            elif f.kind is FeatureKind.TEXT:
+                self.hashers[f.name] = hasher = TextHasher(f.buckets or 0, f.hash_key or "")
+                self.columns += [f"{f.name}#{b}" for b in range(hasher.buckets)]
             else:
                 self.columns.append(f.name)
             if not f.required:
                 self.columns.append(f"{f.name}:missing")
+            self._slices[f.name] = list(range(start, len(self.columns)))
 
     @property
     def width(self) -> int:
@@ -139,10 +151,12 @@ class Encoder:
 
     def feature_slices(self) -> dict[str, list[int]]:
         """Feature name -> the encoded columns it owns (its value columns and its missing indicator)."""
-        owned: dict[str, list[int]] = {f.name: [] for f in self.spec.features}
-        for i, column in enumerate(self.columns):
-            owned[column.split("=")[0].split(":missing")[0]].append(i)
-        return owned
+        return {name: list(cols) for name, cols in self._slices.items()}
+
+    def text_columns(self, name: str) -> list[int]:
+        """The hashed columns of text feature ``name`` (without its missing indicator), bucket order."""
+        start = self._slices[name][0]
+        return list(range(start, start + self.hashers[name].buckets))
 
     def transform(self, frame: pd.DataFrame) -> np.ndarray:
         blocks: list[np.ndarray] = []
@@ -156,6 +170,11 @@ class Encoder:
                 std = self.params.stds.get(f.name, 1.0) or 1.0
                 z = np.clip((values - mean) / std, -CLIP, CLIP)
                 blocks.append(np.where(missing, 0.0, z)[:, None])
+            elif f.kind is FeatureKind.TEXT:
+                texts = raw.where(~missing, None).tolist()
+                missing = np.asarray([not normalise(t) for t in texts])  # only punctuation: not recorded
+                hashed = self.hashers[f.name].transform(texts)
+                blocks.append(hashed.astype(float))
             elif f.kind is FeatureKind.BOOLEAN:
                 text = raw.astype(object).where(~missing, "").astype(str).str.lower()
                 blocks.append(text.isin(["true", "1", "1.0"]).to_numpy(dtype=float)[:, None])

@@ -11,9 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from models.errors import TaskSpecError
+from models.text import DEFAULT_BUCKETS, DEFAULT_HASH_KEY
 from models.yamlfile import load_yaml_model, safe_load
 
 __all__ = [
@@ -34,6 +43,7 @@ class FeatureKind(str, Enum):
     NUMERIC = "numeric"
     CATEGORICAL = "categorical"
     BOOLEAN = "boolean"
+    TEXT = "text"  # free text, hashed into a fixed number of columns (models/text.py)
 
 
 class FeatureSpec(BaseModel):
@@ -52,6 +62,20 @@ class FeatureSpec(BaseModel):
     display: dict[str, str] = Field(default_factory=dict, description="language code -> display name")
     value_display: dict[str, dict[str, str]] = Field(
         default_factory=dict, description="categorical value -> language code -> display name")
+    # Text features only: the hashed columns and the hash's key (public, fixed by the task, the same
+    # at every site; changing either makes a new layout, so a new model).
+    buckets: int | None = Field(default=None, ge=16, le=4096)
+    hash_key: str | None = Field(default=None, min_length=1, max_length=64)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_text_settings(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out when unset, so a spec without text features dumps (and digests: the site's
+        # approved plan, node_agent/policy.plan_digest) exactly as before text features existed.
+        data = handler(self)
+        for key in ("buckets", "hash_key"):
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     def title(self, lang: str = "en") -> str:
         return self.display.get(lang) or self.display.get("en") or self.name
@@ -71,6 +95,15 @@ class FeatureSpec(BaseModel):
             raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
         if self.values is not None:
             self.values = [str(v) for v in self.values]
+        if self.kind is FeatureKind.TEXT:
+            if self.values:
+                raise ValueError(f"text feature {self.name!r} takes no 'values'")
+            self.buckets = self.buckets or DEFAULT_BUCKETS
+            self.hash_key = self.hash_key or DEFAULT_HASH_KEY
+            if len(self.hash_key.encode("utf-8")) > 64:
+                raise ValueError(f"text feature {self.name!r}: hash_key is longer than 64 bytes")
+        elif self.buckets is not None or self.hash_key is not None:
+            raise ValueError(f"only text features take buckets/hash_key ({self.name!r})")
         return self
 
 
@@ -135,14 +168,13 @@ class TaskSpec(BaseModel):
     @field_validator("features", mode="before")
     @classmethod
     def _named_feature_set(cls, v: Any) -> Any:
-        """``features: first_visit`` reads the shared feature set ``tasks/features/first_visit.yaml``."""
-        if not isinstance(v, str):
-            return v
-        path = FEATURE_SETS_DIR / f"{v}.yaml"
-        if not path.exists():
-            known = ", ".join(sorted(p.stem for p in FEATURE_SETS_DIR.glob("*.yaml")))
-            raise ValueError(f"unknown feature set {v!r}: give a list of features or one of: {known}")
-        return safe_load(path.read_text(encoding="utf-8"))
+        """``features: first_visit`` reads the shared feature set ``tasks/features/first_visit.yaml``;
+        in a list, a name stands for that set's features (``[first_visit, {name: note, ...}]``)."""
+        if isinstance(v, str):
+            return _feature_set(v)
+        if isinstance(v, list):
+            return [f for item in v for f in (_feature_set(item) if isinstance(item, str) else [item])]
+        return v
 
     @model_validator(mode="after")
     def _check_names(self) -> TaskSpec:
@@ -169,6 +201,14 @@ class TaskSpec(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", exclude_none=True), sort_keys=False,
                               allow_unicode=True)
+
+
+def _feature_set(name: str) -> list:
+    path = FEATURE_SETS_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in FEATURE_SETS_DIR.glob("*.yaml")))
+        raise ValueError(f"unknown feature set {name!r}: give a list of features or one of: {known}")
+    return safe_load(path.read_text(encoding="utf-8"))
 
 
 def builtin_tasks() -> list[str]:

@@ -51,6 +51,7 @@ FALSE_WORDS = ("0", "0.0", "false", "f", "no", "n")
 NUMBER = {".": r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?",
           ",": r"[+-]?([0-9]+(,[0-9]*)?|,[0-9]+)([eE][+-]?[0-9]+)?"}
 _SHOWN_COLUMNS = 12
+MAX_TEXT = 2000  # characters of a free-text cell
 
 
 @dataclass
@@ -174,6 +175,13 @@ def _typed_and_checks(spec: TaskSpec, mapping: Mapping) -> tuple[list[str], list
                 f"{sql_text(name + ': unknown category ')} || {col} "
                 f"|| {sql_text(' (allowed: ' + ', '.join(feat.values or []) + ')')} END"
             )
+        elif feat.kind is FeatureKind.TEXT:
+            # Free text is kept as written (models/text.py normalises it when encoding); only its
+            # length is checked, so a pasted letter cannot bloat the store.
+            typed.append(f"{col} AS {col}")
+            hashed.append(col)
+            checks.append(f"CASE WHEN length({col}) > {MAX_TEXT} THEN {sql_text(name + ': text longer than ')} "
+                          f"|| {sql_text(str(MAX_TEXT))} || ' characters' END")
         else:
             yes = ", ".join(sql_text(w) for w in TRUE_WORDS)
             no = ", ".join(sql_text(w) for w in FALSE_WORDS)

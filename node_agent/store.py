@@ -17,7 +17,8 @@ from node_agent.errors import IngestError, SiteDataError
 __all__ = ["SiteStore", "quote_ident", "sql_text"]
 
 DB_NAME = "site.duckdb"
-SQL_TYPES = {FeatureKind.NUMERIC: "DOUBLE", FeatureKind.CATEGORICAL: "VARCHAR", FeatureKind.BOOLEAN: "BOOLEAN"}
+SQL_TYPES = {FeatureKind.NUMERIC: "DOUBLE", FeatureKind.CATEGORICAL: "VARCHAR", FeatureKind.BOOLEAN: "BOOLEAN",
+             FeatureKind.TEXT: "VARCHAR"}
 
 
 def quote_ident(name: str) -> str:

@@ -1,7 +1,8 @@
 """Synthetic community clinics for the embedded demo and the tests.
 
-Each clinic's export holds the 16 first-visit features of ``models/tasks/features/first_visit.yaml``
-and three outcomes, one per built-in clinical task:
+Each clinic's export holds the 16 first-visit features of ``models/tasks/features/first_visit.yaml``,
+the chief complaint as free text (``complaint_text``, read by the ``*_text`` tasks) and three
+outcomes, one per built-in clinical task:
 
 - ``triage_level`` (task ``triage``): 1..5 as assigned by the triage nurse, 1 most urgent;
 - ``diagnosis_group`` (task ``diagnosis``): ICD-10 chapter of the final diagnosis;
@@ -16,7 +17,11 @@ The generative story (every assumption is in docs/synthetic-data.md):
    vital signs together with the diagnosis group;
 5. the nurse's triage level = severity + noise cut at five levels (with a clinic's over- or
    under-triage habit), then 12 % of levels moved by one;
-6. referral = Bernoulli(sigmoid(a + b·severity + group effect + clinic offset)), 4 % flipped.
+6. referral = Bernoulli(sigmoid(a + b·severity + group effect + clinic offset)), 4 % flipped;
+7. the chief complaint as the desk wrote it (``complaint_text``, zh and some en, with synonyms and
+   typos, some empty) from the diagnosis group, the coded complaint, severity and fever
+   (``simulation/complaint_text.py``). Its draws come from a generator of their own, seeded from the
+   clinic's name and the federation's seed, so every other column is what it was before the text.
 
 The physiology (steps 2-6 apart from the intercepts) is shared by every clinic; clinics differ in
 size, age and case mix, prevalence, recording habits and triage habits.
@@ -24,6 +29,7 @@ size, age and case mix, prevalence, recording habits and triage habits.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,9 +37,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from simulation.complaint_text import complaint_texts
+
 __all__ = [
     "COMPLAINTS", "DEFAULT_CLINICS", "DIAGNOSIS_GROUPS", "NEIGHBOURS", "OUTCOMES", "TRIAGE_LEVELS",
-    "ClinicProfile", "generate_clinic", "write_federation",
+    "ClinicProfile", "generate_clinic", "text_rng", "write_federation",
 ]
 
 COMPLAINTS = ["chest_pain", "dyspnoea", "fever", "abdominal_pain", "neuro", "trauma", "other"]
@@ -128,11 +136,14 @@ class ClinicProfile:
     missing_rate: float = 0.05  # optional vitals; resp_rate and pain_score are missed 1.5 times as often
     never_records: list[str] = field(default_factory=list)
     export: str = "utf-8"  # or "gbk-semicolon"
+    text_empty_rate: float = 0.06  # complaint texts left empty at the desk
+    text_english_rate: float = 0.05  # complaint texts written in English
 
 
 DEFAULT_CLINICS = [
     # A large city community health centre: working-age adults, many vague "symptoms" visits.
-    ClinicProfile("clinic_01_urban", 1100, age_mean=46, case_mix={"R00-R99": 1.3}, missing_rate=0.06),
+    ClinicProfile("clinic_01_urban", 1100, age_mean=46, case_mix={"R00-R99": 1.3}, missing_rate=0.06,
+                  text_english_rate=0.12),
     # A centre for an ageing neighbourhood: heart and lung disease; refers only when it must.
     ClinicProfile("clinic_02_elderly", 800, age_mean=72, age_sd=10,
                   case_mix={"I00-I99": 1.5, "J00-J99": 1.3, "S00-T98": 0.6}, label_offset=-0.7, missing_rate=0.08),
@@ -154,7 +165,7 @@ DEFAULT_CLINICS = [
                   case_mix={"A00-B99": 1.8, "J00-J99": 1.5}, severity_shift=-0.3, missing_rate=0.06),
     # A village clinic: older patients, one doctor who under-triages and refers sparingly.
     ClinicProfile("clinic_08_small_village", 150, age_mean=62, case_mix={"A00-B99": 1.2, "M00-M99": 1.3},
-                  label_offset=-0.5, triage_shift=-0.3, missing_rate=0.09),
+                  label_offset=-0.5, triage_shift=-0.3, missing_rate=0.09, text_empty_rate=0.15),
 ]
 
 
@@ -189,10 +200,18 @@ def _with_decimal_commas(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).map(fmt)
 
 
-def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent: bool = False) -> pd.DataFrame:
+def text_rng(profile: ClinicProfile, seed: int = 0) -> np.random.Generator:
+    """The generator of a clinic's complaint texts: apart from ``rng``, so the texts leave the
+    draws of every other column as they were."""
+    return np.random.default_rng([seed, zlib.crc32(profile.name.encode("utf-8"))])
+
+
+def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent: bool = False,
+                    text_seed: int = 0) -> pd.DataFrame:
     """One clinic's first-visit encounters with the triage, diagnosis and referral outcomes.
 
     With ``latent`` the frame also holds the latent ``severity`` and ``acuity`` (never exported).
+    The complaint texts come from ``text_rng(profile, text_seed)``, never from ``rng``.
     """
     n = profile.size
     # 1. demographics and history
@@ -270,6 +289,11 @@ def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent:
         "triage_level": level.astype(int), "diagnosis_group": np.asarray(DIAGNOSIS_GROUPS)[dx],
         "referred_up": referred.astype(int),
     })
+    # 7. the complaint as written: last, from its own generator (see text_rng)
+    frame.insert(frame.columns.get_loc("complaint") + 1, "complaint_text", complaint_texts(
+        text_rng(profile, text_seed), groups=np.asarray(DIAGNOSIS_GROUPS)[dx],
+        complaints=np.asarray(COMPLAINTS)[complaint], severity=severity, fever=fever, child=child,
+        empty_rate=profile.text_empty_rate, english_rate=profile.text_english_rate))
     for col in OPTIONAL_RECORDED:
         rate = profile.missing_rate * (1.5 if col in ("resp_rate", "pain_score") else 1)
         gaps = rng.random(n) < rate
@@ -291,7 +315,7 @@ def write_federation(
     rng = np.random.default_rng(seed)
     written = []
     for profile in clinics or DEFAULT_CLINICS:
-        frame = generate_clinic(profile, rng)
+        frame = generate_clinic(profile, rng, text_seed=seed)
         if bad_rows and len(frame) > 20:
             frame = frame.astype(object)
             frame.loc[3, "heart_rate"] = 900  # a typo: 90 with an extra zero
@@ -301,13 +325,14 @@ def write_federation(
         mapping = None
         if profile.export == "gbk-semicolon":
             path = out_dir / f"{profile.name}.csv"
-            text = _with_decimal_commas(frame).rename(columns={"complaint": "主诉", "age": "年龄"}).to_csv(
+            text = _with_decimal_commas(frame).rename(
+                columns={"complaint": "主诉", "complaint_text": "主诉描述", "age": "年龄"}).to_csv(
                 index=False, sep=";")
             path.write_bytes(text.encode("gbk"))
             mapping = out_dir / f"{profile.name}.mapping.yaml"
             mapping.write_text(yaml.safe_dump({
                 "format": {"separator": ";", "decimal": ",", "encoding": "gbk"},
-                "rename": {"主诉": "complaint", "年龄": "age"},
+                "rename": {"主诉": "complaint", "主诉描述": "complaint_text", "年龄": "age"},
                 "values": {"hx_hypertension": {"True": "1", "False": "0"}},
             }, allow_unicode=True), encoding="utf-8")
         else:
