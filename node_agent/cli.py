@@ -1,4 +1,5 @@
-"""``fenji node …``: the commands a clinic's node agent runs (ingest, enrol, serve, tokens, approve, revoke, policy, status)."""
+"""``fenji node …``: the commands a clinic's node agent runs (ingest, enrol, serve, up, tokens, approve, revoke,
+approve-app, revoke-app, policy, status)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from node_agent.cli_clinic import register as register_clinic_commands
 from node_agent.cli_policy import register as register_policy_commands
 from node_agent.cli_tokens import token_app
+from node_agent.cli_up import up_command
 from node_agent.errors import IngestError, SiteDataError
 from node_agent.paths import input_file, removed_if_new, site_folder, store_errors
 from node_agent.settings import NodeSettings, load_node_settings
@@ -137,4 +140,6 @@ def enrol_command(
                   f"(institution {enrolment.institution}); saved to {site_dir / ENROLMENT_FILE} (mode 0600).")
 
 
-register_policy_commands(node_app)  # approve, revoke, policy, status (node_agent.cli_policy)
+register_policy_commands(node_app)  # approve, revoke, approve-app, revoke-app, policy, status (node_agent.cli_policy)
+node_app.command("up")(up_command)  # SuperNode + launcher + scoring service (node_agent.cli_up)
+register_clinic_commands(node_app)  # personalise, personalised, ingest-outcomes, quality (node_agent.cli_clinic)

@@ -1,9 +1,10 @@
-"""``fenji node approve / revoke / policy / status``: the site admin edits and reads the site's line.
+"""``fenji node approve / revoke / approve-app / revoke-app / policy / status``: the site admin edits and
+reads the site's line.
 
 The policy file (``node_agent.policy``) is changed only here (and by the simulation acting as every
 site's admin). Each change is validated in full before the file is written, so a bad value leaves
 the file as it was, and each change lands in the node's hash-chained audit log with what it was
-before. ``register`` adds the four commands to ``node_app``.
+before. ``register`` adds the six commands to ``node_app``.
 """
 
 from __future__ import annotations
@@ -26,15 +27,19 @@ from node_agent.budget import node_audit, spent
 from node_agent.errors import SiteDataError
 from node_agent.paths import site_folder, store_errors
 from node_agent.policy import (
+    ApprovedApp,
     ApprovedPlan,
     PlanBounds,
     SitePolicy,
+    describe_fab,
+    fab_digest,
     load_site_policy,
+    normal_digest,
     save_site_policy,
 )
 from node_agent.store import DB_NAME
 
-__all__ = ["approve_plan", "change_policy", "register", "revoke_plans"]
+__all__ = ["approve_app", "approve_plan", "change_policy", "register", "revoke_app", "revoke_plans"]
 
 console = Console()
 SiteDir = Annotated[Path, typer.Option(help="The site's folder (policy.json and node-audit.jsonl are kept there).")]
@@ -116,6 +121,51 @@ def revoke_plans(site_dir: Path, *, by: str, task: str | None = None,
     return removed
 
 
+def _fab_bytes(fab: Path) -> bytes:
+    """A FAB file's bytes, or the FAB Flower builds from an app folder (``flwr run <folder>`` sends the same bytes)."""
+    if fab.is_dir():
+        from flwr.cli.build import build_fab_from_disk
+
+        try:
+            return build_fab_from_disk(fab)
+        except (ValueError, OSError) as exc:
+            raise SiteDataError(f"cannot build a Flower app bundle from {fab}: {first_line(exc)}") from exc
+    try:
+        return fab.read_bytes()
+    except OSError as exc:
+        raise SiteDataError(f"cannot read the app bundle {fab}: {exc.strerror or exc}") from exc
+
+
+def approve_app(site_dir: Path, *, by: str, fab: Path | None = None,
+                digest: str | None = None) -> tuple[str, ApprovedApp]:
+    """Put an app bundle on the site's approved list, by its file (or app folder) or by its SHA-256."""
+    if (fab is None) == (digest is None):
+        raise SiteDataError("give either --fab or --digest (exactly one)")
+    app = version = ""
+    if fab is not None:
+        content = _fab_bytes(fab)
+        app, version = describe_fab(content)
+        digest = fab_digest(content)
+    policy, log = load_site_policy(site_dir), _audit(site_dir)
+    digest = policy.approve_app(digest, by=by, app=app, version=version)  # type: ignore[arg-type]
+    save_site_policy(site_dir, policy)
+    log.append(actor="site-admin", action="app-approved", fab=digest, app=app, version=version, by=by)
+    return digest, policy.approved_apps[digest]
+
+
+def revoke_app(site_dir: Path, *, by: str, digest: str) -> tuple[str, ApprovedApp]:
+    """Take the app bundle with this SHA-256 (all 64 digits) off the approved list."""
+    digest = normal_digest(digest)
+    policy = load_site_policy(site_dir)
+    if digest not in policy.approved_apps:
+        raise SiteDataError(f"no approved app has digest {digest} (see `fenji node policy`)")
+    log = _audit(site_dir)
+    removed = policy.approved_apps.pop(digest)
+    save_site_policy(site_dir, policy)
+    log.append(actor="site-admin", action="app-revoked", fab=digest, app=removed.app, version=removed.version, by=by)
+    return digest, removed
+
+
 def change_policy(site_dir: Path, *, by: str, **changes: Any) -> dict[str, tuple[Any, Any]]:
     """Set the given policy fields (``_POLICY_FIELDS`` names; ``None`` leaves one as it is); return
     ``{field: (old, new)}`` of what changed. Nothing is written unless the whole new policy is valid."""
@@ -178,6 +228,12 @@ def _show_policy(policy: SitePolicy) -> None:
         console.print(_plans_table(policy))
     else:
         console.print("Approved training plans: [bold]none[/] (every job is refused; `fenji node approve`)")
+    if policy.approved_apps:
+        for digest, app in sorted(policy.approved_apps.items(), key=lambda item: item[1].approved_at):
+            console.print(f"Approved app: {digest} {escape(app.app or '(by digest)')} {escape(app.version)} "
+                          f"({escape(app.approved_by)}, {app.approved_at[:10]})", soft_wrap=True)
+    else:
+        console.print("Approved apps: [bold]none[/] (the launcher runs no app bundle; `fenji node approve-app`)")
     console.print(f"Differential privacy: {_dp_text(policy)}")
     console.print(f"Minimum n: {policy.min_n} (no number about fewer rows leaves the site)")
     console.print(f"Training loss released: {'yes' if policy.release_train_loss else 'no'}")
@@ -213,6 +269,31 @@ def revoke_command(
     removed = revoke_plans(site_dir, by=_who(by), task=task, digest=digest)
     for d, plan in removed.items():
         console.print(f"revoked plan {escape(plan.task)} ({d[:12]})")
+
+
+def approve_app_command(
+    site_dir: SiteDir,
+    fab: Annotated[Path | None, typer.Option(help="The app bundle (.fab from `flwr build`) or the app's folder.")] = None,
+    digest: Annotated[str | None, typer.Option(help="The bundle's SHA-256 (64 hex digits), as `flwr build` names it.")] = None,
+    by: By = None,
+) -> None:
+    """Approve an app bundle: the node's launcher runs this exact bundle (by its SHA-256) and no other."""
+    site_folder(site_dir, SiteDataError, must_exist=True)
+    digest_, app = approve_app(site_dir, by=_who(by), fab=fab, digest=digest)
+    console.print(f"approved app [bold]{escape(app.app or '(by digest)')}[/] {escape(app.version)} by "
+                  f"{escape(app.approved_by)}")
+    typer.echo(f"digest: {digest_}")
+
+
+def revoke_app_command(
+    site_dir: SiteDir,
+    digest: Annotated[str, typer.Option(help="The approved bundle's SHA-256 (all 64 hex digits).")],
+    by: By = None,
+) -> None:
+    """Revoke an approved app bundle: the launcher refuses it from its next task on."""
+    site_folder(site_dir, SiteDataError, must_exist=True)
+    digest_, app = revoke_app(site_dir, by=_who(by), digest=digest)
+    console.print(f"revoked app {escape(app.app or '(by digest)')} {escape(app.version)} ({digest_[:12]})")
 
 
 def policy_command(
@@ -301,8 +382,11 @@ def status_command(site_dir: SiteDir) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``approve``, ``revoke``, ``policy`` and ``status`` to the node's command group."""
+    """Add ``approve``, ``revoke``, ``approve-app``, ``revoke-app``, ``policy`` and ``status`` to the node's
+    command group."""
     app.command("approve")(approve_command)
     app.command("revoke")(revoke_command)
+    app.command("approve-app")(approve_app_command)
+    app.command("revoke-app")(revoke_app_command)
     app.command("policy")(policy_command)
     app.command("status")(status_command)

@@ -3,7 +3,8 @@ keep the last good one, and load it offline when the coordinator cannot be reach
 
 Versions are cached under ``<site>/models/<task>/<version>/``; ``<site>/models/current.json`` names the
 last good set (task -> version and bundle digest). A version whose bundle digest differs from the one
-registered (or from the one the node was told about) is refused and the last good set stays.
+registered (or from the one the node was told about) is refused and the last good set stays. Every
+set fetched lands in the node's audit log (``model-reload``, with the versions before and after).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from models.advisor import TASKS, Advisor, TaskModel, load_bundle_model
 from models.bundle import bundle_digest
 from models.errors import BundleError, first_line
 from models.policy import TierPolicy
+from node_agent.budget import node_audit
 from node_agent.errors import RegistryError
 
 __all__ = ["ModelDistribution", "advisor_from_registry", "load_task_model"]
@@ -41,7 +43,8 @@ def bounded_registry_calls(timeout: float = REGISTRY_TIMEOUT_SECONDS, retries: i
 
 class ModelDistribution:
     def __init__(self, site_dir: Path, tracking_uri: str | None, *, alias: str = "production") -> None:
-        self.cache = Path(site_dir) / "models"
+        self.site_dir = Path(site_dir)
+        self.cache = self.site_dir / "models"
         self.tracking_uri = tracking_uri
         self.alias = alias
         self.status = "nothing loaded yet"  # one line for the operator: where the served models came from
@@ -67,11 +70,16 @@ class ModelDistribution:
                 raise RegistryError(f"{ref.name} version {ref.version} has digest {digest[:12]}…, but this node was "
                                     f"told to expect {wanted[:12]}…; keeping the last good version")
             state[task] = {"version": ref.version, "digest": digest}
+        previous = self.current()
         self.cache.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(self.state_file)
         self.status = f"fetched from {self.tracking_uri} ({self.alias}): {_versions(state)}"
+        node_audit(self.site_dir).append(
+            actor="node", action="model-reload", registry=self.tracking_uri, alias=self.alias,
+            versions={t: e["version"] for t, e in state.items()}, digests={t: e["digest"] for t, e in state.items()},
+            previous={t: e.get("version") for t, e in previous.items()})
         return advisor
 
     def last_good(self) -> Advisor:

@@ -13,30 +13,69 @@ The policy is a file in the site folder (``policy.json``), edited only by the si
   node's budget ledger (``node_agent.budget``).
 - **Minimum n.** A site with fewer than ``min_n`` training rows declines; metrics over fewer than
   ``min_n`` held-out rows are withheld and counts are rounded (``node_agent.egress``).
+- **Approved apps.** On Flower's deployment engine, the app bundle (FAB) that runs at the node is
+  identified by the SHA-256 of its bytes (Flower's ``fab_hash``); the node's launcher
+  (``node_agent.launcher``) runs only FABs on ``approved_apps`` (``fenji node approve-app``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import re
+import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.spec import TaskSpec
 from node_agent.errors import PolicyRefusal, SiteDataError
 
-__all__ = ["POLICY_FILE", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy", "load_site_policy",
-           "plan_digest", "save_site_policy"]
+__all__ = ["POLICY_FILE", "ApprovedApp", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy", "describe_fab",
+           "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "save_site_policy"]
 
 POLICY_FILE = "policy.json"
+_HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def plan_digest(spec: TaskSpec) -> str:
     """The plan's identity: SHA-256 of the task spec's canonical JSON (any change is another plan)."""
     canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def fab_digest(content: bytes) -> str:
+    """A Flower app bundle's identity, as Flower computes its ``fab_hash``: SHA-256 of its bytes."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def normal_digest(digest: str) -> str:
+    """``digest`` as 64 lower-case hex digits, or a ``SiteDataError`` (a prefix approves nothing)."""
+    value = digest.strip().lower()
+    if not _HEX_DIGEST.fullmatch(value):
+        raise SiteDataError(f"{digest!r} is not a SHA-256 digest (64 hex digits)")
+    return value
+
+
+def describe_fab(content: bytes) -> tuple[str, str]:
+    """The app's ``(publisher/name, version)`` from the ``pyproject.toml`` inside a FAB.
+
+    Raises
+    ------
+    SiteDataError
+        If ``content`` is not a FAB (a zip file with a ``pyproject.toml``).
+    """
+    try:
+        with zipfile.ZipFile(io.BytesIO(content)) as fab:
+            config = tomllib.loads(fab.read("pyproject.toml").decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise SiteDataError(f"not a Flower app bundle (a zip file with a pyproject.toml): {exc}") from exc
+    project = config.get("project", {})
+    publisher = config.get("tool", {}).get("flwr", {}).get("app", {}).get("publisher", "")
+    return f"{publisher}/{project.get('name', '')}", str(project.get("version", ""))
 
 
 class PlanBounds(BaseModel):
@@ -53,6 +92,17 @@ class ApprovedPlan(BaseModel):
     task: str
     family: str
     bounds: PlanBounds = Field(default_factory=PlanBounds)
+    approved_by: str
+    approved_at: str
+
+
+class ApprovedApp(BaseModel):
+    """An app bundle the site's admin allowed to run at this node (keyed by its digest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    app: str = ""  # publisher/name, as the bundle said when it was approved (the digest is what counts)
+    version: str = ""
     approved_by: str
     approved_at: str
 
@@ -75,6 +125,7 @@ class SitePolicy(BaseModel):
 
     version: int = 1
     approved_plans: dict[str, ApprovedPlan] = Field(default_factory=dict)
+    approved_apps: dict[str, ApprovedApp] = Field(default_factory=dict)
     dp: DPPolicy = Field(default_factory=DPPolicy)
     min_n: int = Field(10, ge=1, description="No number about fewer rows than this leaves the site.")
     release_train_loss: bool = False
@@ -86,6 +137,21 @@ class SitePolicy(BaseModel):
             task=spec.name, family=spec.model.family, bounds=bounds or PlanBounds(), approved_by=by,
             approved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         return digest
+
+    def approve_app(self, digest: str, *, by: str, app: str = "", version: str = "") -> str:
+        """Put the app bundle with SHA-256 ``digest`` on the approved list; return the digest."""
+        digest = normal_digest(digest)
+        self.approved_apps[digest] = ApprovedApp(app=app, version=version, approved_by=by,
+                                                 approved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        return digest
+
+    def check_app(self, digest: str) -> ApprovedApp:
+        """The approval of the app bundle with SHA-256 ``digest``, or a ``PolicyRefusal``."""
+        approved = self.approved_apps.get(digest.lower())
+        if approved is None:
+            raise PolicyRefusal(f"app not approved: the app bundle {digest[:12]} is not on this site's approved "
+                                "app list (`fenji node approve-app`)")
+        return approved
 
     def check_job(self, spec: TaskSpec, config: dict) -> str:
         """The approved plan's digest for this job, or a ``PolicyRefusal`` saying why not.

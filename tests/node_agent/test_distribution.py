@@ -70,3 +70,45 @@ def test_unreachable_registry_and_no_cache_is_a_clear_error(tmp_path, registry):
     with pytest.raises(RegistryError, match="no model has been fetched"):
         dist.load()
     assert registry.connections == 1
+
+
+def _register(client, experiment_id: str, tmp, models, version: str) -> None:
+    """Each task's bundle as a new registered version, marked "production" (as governance would)."""
+    for task, model in models.items():
+        folder = tmp / f"{task}-{version}"
+        digest = write_bundle(folder / "bundle", spec=model.spec, encoding=model.encoding,
+                              calibration=model.calibration, policy=load_policy(), flat=model.flat)
+        (folder / "model_card.md").write_text(f"# fenji-{task} {version}\n")
+        run_id = client.create_run(experiment_id).info.run_id
+        client.log_artifacts(run_id, str(folder / "bundle"), "bundle")
+        client.log_artifact(run_id, str(folder / "model_card.md"))
+        client.set_terminated(run_id)
+        if not client.search_registered_models(f"name = 'fenji-{task}'"):
+            client.create_registered_model(f"fenji-{task}")
+        mv = client.create_model_version(f"fenji-{task}", f"runs:/{run_id}/bundle", run_id=run_id,
+                                         tags={"bundle-sha256": digest})
+        assert str(mv.version) == version
+        client.set_registered_model_alias(f"fenji-{task}", "production", mv.version)
+
+
+def test_every_model_reload_is_in_the_node_audit_log_with_its_versions(tmp_path):
+    import mlflow
+
+    from node_agent.budget import node_audit
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment_id = client.create_experiment("fenji-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    models = _models()
+    _register(client, experiment_id, tmp_path, models, "1")
+    site = tmp_path / "clinic"
+    dist = ModelDistribution(site, uri)
+    dist.fetch()  # what `fenji node serve` does at start
+    _register(client, experiment_id, tmp_path, {"triage": models["triage"]}, "2")
+    dist.fetch()  # what POST /api/v1/admin/reload calls
+    reloads = [e["details"] for e in node_audit(site).entries() if e["action"] == "model-reload"]
+    assert [(r["previous"], r["versions"]) for r in reloads] == [
+        ({}, {task: "1" for task in models}),
+        ({task: "1" for task in models}, {**{task: "1" for task in models}, "triage": "2"})]
+    assert reloads[1]["digests"] == {task: entry["digest"] for task, entry in dist.current().items()}
+    assert node_audit(site).verify() == 2
