@@ -24,6 +24,9 @@ class CoordinatorSettings(RegistryLocation):
     tier_policy: str | None = None
     keyholder_url: str | None = None
     keyholder_token: str | None = None
+    # The key holder's fingerprint (`fenji keyholder show`), pinned: an audit checked against another
+    # key holder's signatures (a URL pointed elsewhere) fails.
+    keyholder_id: str | None = None
     coordinator_db: str | None = None
 
     @property

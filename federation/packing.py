@@ -8,16 +8,20 @@ So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
 - **fixed point**: each value ``w_i * theta_j`` becomes ``round(w_i * theta_j / step)``, with
   ``step = bound / 2^16`` for a per-round ``bound`` on ``|theta_j|`` (``packing_bound``) that every
   site checks before it encrypts (a site whose model leaves the bound refuses, it never clips);
-- **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi``;
+- **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi`` (the low lane
+  is read back within ``+-2^18``, the high one within what ``t`` leaves, about ``+-2^18``);
 - **BFV batching** (TenSEAL ``bfv_vector``): N = 8192 slots per ciphertext, not CKKS's N/2, a
   56-bit data prime (stored compressed) and a 38-bit plaintext modulus ``t``.
 
-**Overflow is impossible by construction.** The weights sum to 1 (``w_i = n_i / N``), so with every
+**Overflow is impossible by construction, for honest parties.** The weights sum to 1 (``w_i = n_i / N``), so with every
 ``|theta_j| <= bound`` the summed lane holds at most ``2^16 * sum(w_i) + S/2`` in magnitude, inside
 its ``+-2^17`` with a factor of 2 to spare. The weight itself is a slot of its own at ``WEIGHT_SCALE``,
 which cannot overflow below 2^12 sites; the key holder decrypts, reads the weight sum and refuses
 (``check_weight_sum``) any sum whose weights exceed 1 (a coordinator that lied about N to inflate
-them), before a lane is read. BFV decryption is exact; its noise (std about 2^8.4 per site at
+them), before a lane is read. That check is a safety net against mistakes, not a defence: ``a`` is
+public, so a malicious coordinator can add ``Enc(delta)`` to the weight slot with matching tags. It
+can only corrupt the model that way (what is released stays a function of the cohort's sum), as a
+malicious site could by sending lanes of any size. BFV decryption is exact; its noise (std about 2^8.4 per site at
 N = 8192) stays far below the ``2^17`` half-step of ``q/t``, even at 10,000 sites.
 
 **Error budget.** Each site's rounding moves a value by at most ``step / 2``; the sum of S sites by
@@ -275,6 +279,8 @@ def check_weight_sum(slots: np.ndarray, *, length: int, sites: int) -> float:
     if sites > MAX_SITES:
         raise AggregateCheckError(f"a packed sum covers at most {MAX_SITES} sites, not {sites}")
     total = float(slots[length - 1]) / WEIGHT_SCALE
+    if total < 0:
+        raise AggregateCheckError(f"the weights sum to {total:.6g} < 0: not a sum of sites' weights")
     if total > 1.0 + sites / WEIGHT_SCALE:
         raise AggregateCheckError(f"the weights sum to {total:.6g} > 1: the sites were sent inflated weights; "
                                   "the lanes may have overflowed, nothing is released")

@@ -12,7 +12,7 @@ from federation.errors import (
 )
 
 __all__ = ["AggregateCheckError", "CiphertextError", "CohortError", "EnrolmentError", "KeyHolderStateError",
-           "NotEnoughSitesError", "PrivacyError", "ReplayError"]
+           "NotEnoughSitesError", "PrivacyError", "ReplayError", "RoleError"]
 
 
 class KeyHolderStateError(SettingsError):
@@ -26,6 +26,10 @@ class EnrolmentError(PrivacyError):
 class CohortError(PrivacyError):
     """A decryption whose claimed cohort is not allowed: unknown or repeated sites, or one that differs
     from an earlier cohort of the same kind of query by fewer than min-sites sites."""
+
+
+class RoleError(PrivacyError):
+    """A caller whose token's role does not allow the request (an audit token asking to decrypt)."""
 
 
 class ReplayError(PrivacyError):

@@ -41,6 +41,7 @@ from keyholder.errors import (
     CohortError,
     NotEnoughSitesError,
     ReplayError,
+    RoleError,
 )
 from keyholder.key_holder import KeyHolder
 from models.errors import FenjiError, first_line
@@ -63,6 +64,7 @@ class InvalidRequest(FenjiError):
 STATUS: list[tuple[type[FenjiError], int]] = [
     (NotAuthenticated, 401),
     (NotEnoughSitesError, 403),
+    (RoleError, 403),
     (CohortError, 403),
     (ReplayError, 409),
     (InvalidRequest, 422),
@@ -98,6 +100,17 @@ def _caller(request: Request, key_holder: KeyHolderDep,
                                        path=request.url.path, client=client)
         raise NotAuthenticated(f"{reason}: a caller of the key holder needs a token from "
                                "`fenji keyholder token issue`")
+    return caller
+
+
+def _decrypting(key_holder: KeyHolderDep, caller: Annotated[str, Depends(_caller)]) -> str:
+    """A caller whose token's role may decrypt (checked before the request is even read)."""
+    key_holder.state.require_role(caller, "decrypt")
+    return caller
+
+
+def _anchoring(key_holder: KeyHolderDep, caller: Annotated[str, Depends(_caller)]) -> str:
+    key_holder.state.require_role(caller, "anchor")
     return caller
 
 
@@ -141,15 +154,15 @@ def create_app(key_holder: KeyHolder) -> FastAPI:
         200: {"content": {OCTET_STREAM: {}}, "description": "The decrypted data, float64 little-endian"},
         **_REFUSALS}, openapi_extra={"requestBody": {"required": True, "content": {OCTET_STREAM: {}}}},
         summary="Decrypt an encrypted sum, if every rule of the key holder holds")
-    def decrypt(kh: KeyHolderDep, caller: Annotated[str, Depends(_caller)],
+    def decrypt(kh: KeyHolderDep, caller: Annotated[str, Depends(_decrypting)],
                 request: Annotated[DecryptRequest, Depends(_decrypt_request)],
                 body: Annotated[bytes, Depends(_body)]) -> Response:
         values = kh.decrypt_aggregate(body, request, caller=caller)
         return Response(values.astype("<f8").tobytes(), media_type=OCTET_STREAM)
 
-    @app.post(ANCHOR_PATH, response_model=Anchor, responses={401: _REFUSALS[401], 409: _REFUSALS[409]},
+    @app.post(ANCHOR_PATH, response_model=Anchor, responses={401: _REFUSALS[401], 403: _REFUSALS[403], 409: _REFUSALS[409]},
               summary="Countersign the caller's audit-log head (ledgered)")
-    def anchor(kh: KeyHolderDep, caller: Annotated[str, Depends(_caller)], body: AnchorRequest) -> Anchor:
+    def anchor(kh: KeyHolderDep, caller: Annotated[str, Depends(_anchoring)], body: AnchorRequest) -> Anchor:
         return kh.state.anchor(caller, body.seq, body.head, body.entries)
 
     @app.get(ANCHOR_PATH, response_model=Anchor, responses={401: _REFUSALS[401], 404: {"description": "No anchor"}},

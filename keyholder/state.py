@@ -28,8 +28,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from federation.audit import GENESIS, Anchor, AuditLog, anchor_message, check_extension
-from federation.errors import AuditTamperedError
 from federation.crypto import CKKSParams
+from federation.errors import AuditTamperedError
 from federation.identity import (
     Enrolment,
     b64,
@@ -38,9 +38,14 @@ from federation.identity import (
     unb64,
     write_secret,
 )
-from keyholder.errors import EnrolmentError, KeyHolderStateError, ReplayError
+from keyholder.errors import EnrolmentError, KeyHolderStateError, ReplayError, RoleError
 
-__all__ = ["AnchorConflict", "KeyHolderState"]
+__all__ = ["AUDIT_LOG", "ROLES", "AnchorConflict", "KeyHolderState"]
+
+# What each token role may ask of the key holder.
+ROLES: dict[str, frozenset[str]] = {"coordinator": frozenset({"decrypt", "anchor"}), "audit": frozenset({"anchor"})}
+# The one audit log a key holder anchors (the city coordinator's), under the first caller that anchors it.
+AUDIT_LOG = "city-audit-log"
 
 
 class AnchorConflict(ReplayError):
@@ -195,7 +200,13 @@ class KeyHolderState:
 
     # -- callers' tokens ---------------------------------------------------------------------
     def issue_token(self, name: str, role: str = "coordinator") -> str:
-        """A new bearer token for caller ``name`` (shown once; only its hash is kept)."""
+        """A new bearer token for caller ``name`` (shown once; only its hash is kept); a new token for
+        an existing name replaces the old one (rotation keeps the name, and with it the audit anchors).
+
+        ``role``: ``coordinator`` may ask for decryptions and anchor the city's audit log; ``audit``
+        may only anchor it (the governance service's token: it never needs to decrypt)."""
+        if role not in ROLES:
+            raise EnrolmentError(f"unknown role {role!r}; one of: {', '.join(sorted(ROLES))}")
         token = "fkh_" + secrets.token_urlsafe(32)
 
         def add(data: dict) -> None:
@@ -224,6 +235,16 @@ class KeyHolderState:
                 found = name
         return found
 
+    def role_of(self, name: str) -> str:
+        return str(self._read("tokens.json").get(name, {}).get("role", ""))
+
+    def require_role(self, name: str, action: str) -> None:
+        """Raise ``RoleError`` unless caller ``name``'s role allows ``action`` ("decrypt" or "anchor")."""
+        role = self.role_of(name)
+        if action not in ROLES.get(role, frozenset()):
+            self.ledger.append(actor=name, action="role-refused", role=role, wanted=action)
+            raise RoleError(f"caller {name!r} has role {role!r}, which may not {action}")
+
     # -- anchors of callers' audit logs ------------------------------------------------------
     def anchor(self, caller: str, seq: int, head: str, entries: list[str]) -> Anchor:
         """Countersign ``caller``'s audit head (``seq`` entries ending in ``head``) and ledger it.
@@ -243,7 +264,14 @@ class KeyHolderState:
             if fcntl is not None:
                 fcntl.flock(lock, fcntl.LOCK_EX)
             anchors = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            latest = anchors.get(caller)
+            latest = anchors.get(AUDIT_LOG)
+            if latest and latest["caller"] != caller:
+                # One city audit log per key holder, anchored under one caller name (rotate its token,
+                # keep the name): a second name would start a second, forked chain.
+                self.ledger.append(actor=caller, action="anchor-refused", seq=seq, head=head,
+                                   reason=f"the audit log is anchored by {latest['caller']!r}")
+                raise AnchorConflict(f"refusing to anchor for {caller!r}: this key holder anchors the city's audit "
+                                     f"log for {latest['caller']!r} only (rotate that caller's token instead)")
             if latest and (seq < latest["seq"] or (seq == latest["seq"] and head != latest["head"])):
                 self.ledger.append(actor=caller, action="anchor-refused", seq=seq, head=head,
                                    anchored_seq=latest["seq"], anchored_head=latest["head"])
@@ -264,12 +292,14 @@ class KeyHolderState:
             anchor = Anchor(caller=caller, seq=seq, head=head, keyholder=self.keyholder_id, signed_at=signed_at,
                             signature=b64(signature))
             self.ledger.append(actor=caller, action="anchor", seq=seq, head=head, signed_at=signed_at)
-            anchors[caller] = anchor.model_dump()
+            anchors[AUDIT_LOG] = anchor.model_dump()
             write_secret(path, json.dumps(anchors, indent=2, sort_keys=True) + "\n")
             return anchor
 
-    def latest_anchor(self, caller: str) -> Anchor | None:
-        """The latest head of ``caller``'s audit log this key holder countersigned (``None``: none yet)."""
+    def latest_anchor(self, caller: str | None = None) -> Anchor | None:
+        """The latest head of the city's audit log this key holder countersigned (``None``: none yet),
+        whoever asks; it names the caller it was anchored for."""
+        del caller  # one log per key holder (see ``anchor``)
         path = self.require().home / "anchors.json"
-        latest = json.loads(path.read_text(encoding="utf-8")).get(caller) if path.is_file() else None
+        latest = json.loads(path.read_text(encoding="utf-8")).get(AUDIT_LOG) if path.is_file() else None
         return Anchor(**latest) if latest else None

@@ -29,7 +29,7 @@ from federation.identity import (
     load_enrolment,
     verify_context,
 )
-from federation.packing import encrypt_packed
+from federation.packing import encrypt_packed, packing_bound
 from federation.tags import QueryLabel, inputs_digest
 from models.calibration import Calibration
 from models.encoding import EncodingParams
@@ -92,6 +92,15 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
+def _check_packing_bound(config: ConfigRecord, arrays: Sequence[np.ndarray]) -> None:
+    """The round's packing bound must be the one the global model sets (``packing_bound``): a bound the
+    coordinator picked per site could probe where this site's model lies."""
+    expected = packing_bound(arrays[0]) if arrays else None
+    if expected is None or float(config.get("packing-bound", -1.0)) != expected:
+        raise PolicyRefusal(f"the packing bound {config.get('packing-bound')} is not the one the global model "
+                            f"sets ({expected}): refused before training")
+
+
 def build_client_app(
     sites: Sequence[Path] | None = None,
     *,
@@ -119,6 +128,8 @@ def build_client_app(
                     # What this site was sent, bound into its tags: sites sent different inputs cannot be summed.
                     arrays = message.content["arrays"].to_numpy_ndarrays() if "arrays" in message.content else []
                     admitted.inputs = inputs_digest(dict(config), arrays)
+                    if phase == "train" and "packed-context" in config:
+                        _check_packing_bound(config, arrays)
                 except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                     raise PolicyRefusal(f"a malformed job: {first_line(str(exc))}") from exc
                 data = load_site_data(site_dir, admitted.spec)
@@ -189,8 +200,19 @@ def build_client_app(
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
         weight = n / max(float(config.get("total-examples", n)), 1.0)
         if "packed-context" in config:
-            record = encrypted(admitted, data, weight * flat, phase="train", round_=int(config["server-round"]),
-                               packed_weight=weight)
+            if weight > 1.0 + 1e-6:  # n > N: the coordinator's total is wrong (n is declared anyway)
+                return reply(message, refusal_content(admitted.site_dir, PolicyRefusal(
+                    f"the round's total row count {config.get('total-examples')} is below this site's {n} rows"),
+                    phase="train", config=config))
+            bound = float(config["packing-bound"])
+            clipped = int(np.sum(np.abs(flat) > bound))
+            if clipped:
+                # Clipped, never refused: a refusal would tell the coordinator that this site's own
+                # model left the bound (one bit about its data per round). Recorded here.
+                node_audit(admitted.site_dir).append(actor="node", action="packing-clip", run_id=str(config["run-id"]),
+                                                     round=int(config["server-round"]), values=clipped, bound=bound)
+            record = encrypted(admitted, data, min(weight, 1.0) * np.clip(flat, -bound, bound), phase="train",
+                               round_=int(config["server-round"]), packed_weight=min(weight, 1.0))
         else:
             record = encrypted(admitted, data, np.append(weight * flat, weight), phase="train",
                                round_=int(config["server-round"]))

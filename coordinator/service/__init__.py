@@ -32,6 +32,7 @@ def open_coordinator(settings: object | None = None, *, transport: object | None
     settings = settings or load_coordinator_settings()
     sessions = open_database(settings.database_url)
     ensure_head(sessions)
-    anchors = (AnchorClient(settings.keyholder_url, settings.keyholder_token, transport=transport)
+    anchors = (AnchorClient(settings.keyholder_url, settings.keyholder_token, transport=transport,
+                            pinned=settings.keyholder_id)
                if settings.keyholder_url else None)
     return Coordinator(sessions=sessions, registry=ModelRegistry(settings.tracking_uri), anchors=anchors)

@@ -13,6 +13,7 @@ import httpx
 
 from federation.audit import ANCHOR_PATH, Anchor, AnchorRequest
 from federation.errors import AuditTamperedError, SettingsError
+from federation.identity import fingerprint
 from federation.keyholder_api import INFO_PATH, KeyHolderInfo
 
 __all__ = ["AnchorClient"]
@@ -22,8 +23,9 @@ class AnchorClient:
     """Asks the key holder at ``url`` (bearer ``token``) to anchor heads, and reads its latest anchor."""
 
     def __init__(self, url: str, token: str | None, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, pinned: str | None = None) -> None:
         self.url = url.rstrip("/")
+        self.pinned = pinned  # FENJI_KEYHOLDER_ID: the key holder's fingerprint, if the city pinned it
         self._token = token
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
         self._verify_key: bytes | None = None
@@ -51,7 +53,11 @@ class AnchorClient:
                 info = KeyHolderInfo.model_validate_json(answer.content)
             except (httpx.HTTPError, ValueError) as exc:
                 raise SettingsError(f"cannot read the key holder's info at {self.url}{INFO_PATH}: {exc}") from exc
-            self._verify_key = base64.b64decode(info.verify_key)
+            key = base64.b64decode(info.verify_key)
+            if self.pinned and fingerprint(key) != self.pinned:
+                raise AuditTamperedError(f"the key holder at {self.url} is {fingerprint(key)}, not the pinned "
+                                         f"{self.pinned} (FENJI_KEYHOLDER_ID): its signatures prove nothing")
+            self._verify_key = key
         return self._verify_key
 
     def anchor(self, seq: int, head: str, entries: list[str]) -> Anchor:

@@ -163,6 +163,10 @@ def verify(session: Session, client: AnchorClient | None) -> Verdict:
                              "together with its anchors, or an entry appended behind the service's back, goes unseen")
         return verdict
     latest = client.latest()
+    callers = {row.caller for row in stored} | ({latest.caller} if latest is not None else set())
+    if len(callers) > 1:
+        raise AuditTamperedError(f"audit log {WHERE}: anchors for {', '.join(sorted(callers))}: the key holder "
+                                 "anchors one log under one caller, so another caller's anchors belong to a fork")
     if latest is not None:
         _check_anchor(latest, entries, verify_key, "the key holder's latest anchor")
         verdict.anchored_seq, verdict.keyholder = max(verdict.anchored_seq, latest.seq), latest.keyholder

@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,17 +97,23 @@ def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
         sock.close()
 
 
-@pytest.fixture(scope="session")
-def key_holder(tmp_path_factory):
-    """A real key holder service in its own process (shared: each coordinator anchors under its own name)."""
+@contextmanager
+def fresh_key_holder(home: Path):
+    """A real key holder service in its own process, over a new folder at ``home``."""
     from keyholder.process import start_key_holder_service
     from keyholder.state import KeyHolderState
 
-    home = tmp_path_factory.mktemp("keyholder")
     state = KeyHolderState(home)
     state.init()
     with start_key_holder_service(home, min_sites=3) as service:
         service.state = state
+        yield service
+
+
+@pytest.fixture()
+def key_holder(tmp_path):
+    """A key holder of the test's own: a key holder anchors one city's audit log, under one caller."""
+    with fresh_key_holder(tmp_path / "keyholder") as service:
         yield service
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 
 import httpx
+import pytest
 
 from federation.audit import ANCHOR_PATH, GENESIS, Anchor, chain_entry, entry_line, verify_anchor
 from tests.coordinator.service.conftest import unique
@@ -55,3 +56,35 @@ def test_only_an_extension_of_the_last_anchor_is_countersigned(key_holder):
     assert actions == [("anchor", 3), ("anchor-refused", 5), ("anchor-refused", 2), ("anchor-refused", 3),
                        ("anchor-refused", 4), ("anchor", 5)]
     assert key_holder.state.ledger.verify() > 0
+
+
+def test_a_second_caller_cannot_anchor_a_fork_and_roles_are_enforced(key_holder):
+    """Review finding: anchors were kept per token name, so a second token could get a rewritten
+    chain countersigned; and a token's role was never checked."""
+    entries = _chain(3)
+    lines = [entry_line(e) for e in entries]
+    first = {"Authorization": f"Bearer {key_holder.state.issue_token('city', role='audit')}"}
+    second = {"Authorization": f"Bearer {key_holder.state.issue_token('nightly-bench')}"}
+    with httpx.Client(base_url=key_holder.url) as client:
+        assert client.post(ANCHOR_PATH, json={"seq": 3, "head": entries[2]["hash"], "entries": lines},
+                           headers=first).status_code == 200
+        fork = _chain(2, actor="rewritten")
+        refused = client.post(ANCHOR_PATH, json={"seq": 4, "head": fork[1]["hash"],
+                                                 "entries": [entry_line(e) for e in fork]}, headers=second)
+        assert refused.status_code == 409 and "city" in refused.json()["detail"]
+        # Anyone may read the one log's latest anchor; it names the caller it belongs to.
+        assert client.get(ANCHOR_PATH, headers=second).json()["caller"] == "city"
+        # An audit token anchors but never decrypts.
+        denied = client.post("/v1/decrypt", content=b"x", headers=first | {"X-Fenji-Request": "e30="})
+        assert denied.status_code == 403 and "may not decrypt" in denied.json()["detail"]
+
+
+def test_a_pinned_key_holder_fingerprint_is_checked(key_holder):
+    from coordinator.service.anchoring import AnchorClient
+    from federation.errors import AuditTamperedError
+
+    client = AnchorClient(key_holder.url, "unused", pinned="kh-not-this-one")
+    with pytest.raises(AuditTamperedError, match="pinned"):
+        client.verify_key()
+    client.close()
+    assert AnchorClient(key_holder.url, "unused", pinned=key_holder.state.keyholder_id).verify_key()

@@ -6,19 +6,25 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from schemathesis.checks import content_type_conformance, not_a_server_error, response_schema_conformance
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+)
 
 from coordinator.service import ACCESS, PUBLIC, Role, create_app
-from tests.coordinator.service.conftest import make_service, running
+from tests.coordinator.service.conftest import fresh_key_holder, make_service, running
 
 TOKEN_OF = {Role.COMMISSIONER: "commissioner", Role.DATA_SCIENTIST: "data_scientist", Role.COORDINATOR_ADMIN: "admin"}
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory, key_holder, registry_file):
-    service = make_service(tmp_path_factory.mktemp("schemathesis") / "home", registry_file, key_holder=key_holder)
-    with running(create_app(service.coordinator)) as service.base_url:
-        yield service
+def served(tmp_path_factory, registry_file):
+    base = tmp_path_factory.mktemp("schemathesis")
+    with fresh_key_holder(base / "keyholder") as key_holder:
+        service = make_service(base / "home", registry_file, key_holder=key_holder)
+        with running(create_app(service.coordinator)) as service.base_url:
+            yield service
 
 
 @pytest.fixture(scope="module")
