@@ -1,6 +1,7 @@
 """The coordinator's peak memory in one encrypted round, by number of sites: every reply held until
 the round ends (Flower's ``send_and_receive``, and Fenji before issue 17) against streaming sums
-(``coordinator.streaming``: each reply is screened, added to a running sum and dropped).
+(``coordinator.streaming``: each reply is screened, added to a running sum and dropped), with CKKS
+replies and with packed ones (``federation.packing``).
 
 Each (mode, sites) point runs in a fresh process, so its peak resident set size (``ru_maxrss``) is
 its own. The replies are real ones: one site's CKKS ciphertext of a ``params``-long update (made
@@ -24,7 +25,7 @@ from bench.common import environment, save_figure, subplots
 
 __all__ = ["MODES", "plot", "run"]
 
-MODES = ("held until the round ends", "streaming")
+MODES = ("held until the round ends", "streaming", "streaming, packed")
 
 
 def _reply(node: int, blob: bytes):
@@ -44,16 +45,25 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
     """One measurement, in its own process: peak RSS and seconds of the coordinator's work."""
     from coordinator.aggregator import Aggregator
     from coordinator.strategy import ReplyScreen, ciphertext_of
+    from federation.tags import QueryLabel
     from federation.crypto import encrypt_vector, load_public_context
+    from federation.packing import encrypt_packed
+    from keyholder.packed import ensure_packed, packed_public_context
     from keyholder.state import KeyHolderState
 
     with tempfile.TemporaryDirectory() as home:
         state = KeyHolderState(Path(home) / "kh")
         state.init()
-        public = state.public_context()
-    context = load_public_context(public)
-    blob = encrypt_vector(context, np.random.default_rng(0).normal(0, 0.1, params), tags=np.zeros(4))
-    aggregator = Aggregator(public)
+        ensure_packed(state)
+        public, packed_public = state.public_context(), packed_public_context(state)
+    update = np.random.default_rng(0).normal(0, 0.1, params)
+    packed = mode.endswith("packed")
+    if packed:  # a packed reply (the weighted update, its weight) as a site sends it
+        blob = encrypt_packed(load_public_context(packed_public), 0.01 * update, weight=0.01, bound=8.0,
+                              site_key=b"k" * 32, label=QueryLabel(run_id="m", phase="train", round=1, task="m"))
+    else:
+        blob = encrypt_vector(load_public_context(public), update, tags=np.zeros(4))
+    aggregator = Aggregator(public, packed_public)
     screen = ReplyScreen(min_sites=1, aggregator=aggregator)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
@@ -62,7 +72,11 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
         for node in range(1, sites + 1):
             yield _reply(node, blob)
 
-    if mode == "streaming":
+    if packed:
+        running = aggregator.running(length=params + 1, packed=True)
+        screen.usable(arriving(), phase="train", server_round=1, length=params + 1, into=running)
+        summed = running.serialize()
+    elif mode == "streaming":
         running = aggregator.running(length=params, scale_bits=aggregator.scale_bits)
         screen.usable(arriving(), phase="train", server_round=1, length=params, scale_bits=aggregator.scale_bits,
                       into=running)
@@ -97,7 +111,7 @@ def run(*, sites: Sequence[int] = (10, 100, 300), params: int = 100_000, on_poin
 
 def plot(report: dict, path: Path) -> None:
     fig, ax = subplots(figsize=(6.4, 4.0))
-    for mode, marker in zip(MODES, ("o", "s")):
+    for mode, marker in zip(MODES, ("o", "s", "^")):
         points = [p for p in report["points"] if p["mode"] == mode]
         ax.plot([p["sites"] for p in points], [p["peak_rss_mb"] for p in points], marker=marker, label=mode)
     ax.set_xlabel("sites in the round")
