@@ -28,6 +28,7 @@ from models.explain import occlusion_contributions
 from models.nets import OrdinalModel, build_model, set_flat
 from models.policy import TierPolicy, recommend_tier
 from models.spec import FeatureKind, TaskSpec
+from models.text import normalise
 from models.training import predicted_level
 
 __all__ = ["TASKS", "Advisor", "TaskModel", "encode_records", "load_bundle_model"]
@@ -53,8 +54,16 @@ class RecordEncoder:
         categorical: list[tuple[str, dict[str, int]]] = []
         value_cols, cat_offsets, means, stds = {}, [], {}, {}
         missing: dict[str, int] = {}  # feature -> its "not recorded" indicator column
+        # Free text: (name, first hashed column, hasher, its "not recorded" column or -1), hashed per record.
+        self.texts: list[tuple[str, int, object, int]] = []
         col = 0
         for f in encoder.spec.features:
+            if f.kind is FeatureKind.TEXT:
+                hasher = encoder.hashers[f.name]
+                start, col = col, col + hasher.buckets
+                self.texts.append((f.name, start, hasher, -1 if f.required else col))
+                col += 0 if f.required else 1
+                continue
             if f.kind is FeatureKind.CATEGORICAL:
                 categorical.append((f.name, {v: i for i, v in enumerate(f.values or [])}))
                 cat_offsets.append(col)
@@ -109,6 +118,11 @@ class RecordEncoder:
             out[rows, self._cat_offsets[feats] + codes[rows, feats]] = 1.0
         if len(self._flag_cols):
             out[:, self._flag_cols] = absent[:, self._flag_src]
+        for name, start, hasher, flag in self.texts:
+            texts = [r.get(name) for r in records]
+            out[:, start : start + hasher.buckets] = hasher.transform(texts)
+            if flag >= 0:  # empty, or only punctuation: not recorded (as ``Encoder.transform``)
+                out[:, flag] = [0.0 if normalise(t) else 1.0 for t in texts]
         return out
 
 

@@ -36,6 +36,9 @@ _EXAMPLE = {"age": 67, "sex": "M", "sbp": 152, "dbp": 91, "heart_rate": 108, "re
             "hx_heart_disease": True}
 
 
+MAX_TEXT_CHARS = 2000  # as ingest (node_agent.ingest.MAX_TEXT)
+
+
 def _example_value(feature: FeatureSpec) -> Any:
     if feature.name in _EXAMPLE:
         return _EXAMPLE[feature.name]
@@ -43,6 +46,8 @@ def _example_value(feature: FeatureSpec) -> Any:
         return feature.values[0]
     if feature.kind is FeatureKind.BOOLEAN:
         return False
+    if feature.kind is FeatureKind.TEXT:
+        return "发热两天，咳嗽"
     low, high = feature.min if feature.min is not None else 0.0, feature.max if feature.max is not None else 1.0
     return (low + high) / 2
 
@@ -63,6 +68,9 @@ def _field(feature: FeatureSpec) -> tuple[Any, Any]:
             parts.append(f"range {feature.min:g}–{feature.max:g}")
     elif feature.kind is FeatureKind.CATEGORICAL:
         kind = Literal[tuple(feature.values)]  # type: ignore[valid-type]
+    elif feature.kind is FeatureKind.TEXT:  # the complaint as written (models.text hashes it; never sent)
+        kind = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+        parts.append(f"free text, at most {MAX_TEXT_CHARS} characters")
     else:
         kind = bool
     description = "; ".join(parts) + (". Required." if feature.required else ". Absent or null: not recorded.")

@@ -204,3 +204,35 @@ def test_explanation_names_the_words_of_this_record(text_spec):
     empty[cols] = 0
     assert word == "sweating"
     assert contribution == pytest.approx(float(score(x1[None])[0] - score(empty[None])[0]), abs=1e-4)
+
+
+def test_the_serving_encoder_hashes_text_exactly_as_training_does():
+    """The scoring service's record encoder (``models.advisor``) gives ``Encoder.transform``'s matrix
+    for a task with free text, so a ``*_text`` model scores at the clinic as it was trained."""
+    import numpy as np
+    import pandas as pd
+
+    from models.advisor import encode_records
+    from models.encoding import Encoder, SiteStatistics
+    from models.spec import load_task
+
+    spec = load_task("referral_risk_text")
+    rng = np.random.default_rng(5)
+    texts = ["发热三天，咳嗽咳痰", "chest pain since morning", "", None, "！！", "腹泻 fever 2 days", "头晕头痛"]
+    rows = []
+    for i in range(28):
+        row = {f.name: None for f in spec.features}
+        for f in spec.features:
+            if f.kind.value == "numeric":
+                row[f.name] = float(rng.normal(50, 10)) if i % 5 else None
+            elif f.kind.value == "categorical":
+                row[f.name] = (f.values or [None])[i % len(f.values or [None])]
+            elif f.kind.value == "boolean":
+                row[f.name] = bool(i % 2) if i % 7 else None
+            elif f.kind.value == "text":
+                row[f.name] = texts[i % len(texts)]
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    frame[spec.label.name] = spec.label.classes[0]
+    encoder = Encoder(spec, SiteStatistics.from_frame(spec, frame).encoding_params())
+    np.testing.assert_allclose(encode_records(encoder, rows), encoder.transform(frame), atol=1e-6)

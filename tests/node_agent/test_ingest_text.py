@@ -36,3 +36,19 @@ def test_an_overlong_complaint_is_quarantined_with_its_reason(tmp_path):
         summary = ingest_file(store, spec, path, load_mapping(mapping))
     assert summary.quarantined == 1
     assert any("text longer than" in reason for reason in summary.reasons)
+
+
+def test_the_scoring_api_takes_the_complaint_as_text_and_bounds_it():
+    import pydantic
+    import pytest
+
+    from node_agent.serve.inputs import MAX_TEXT_CHARS, example_patient, patient_model
+
+    spec = load_task("referral_risk_text")
+    model = patient_model(spec)
+    patient = example_patient(spec)
+    assert isinstance(patient["complaint_text"], str)
+    assert model.model_validate(patient).complaint_text == patient["complaint_text"]
+    assert model.model_validate(patient | {"complaint_text": None}).complaint_text is None
+    with pytest.raises(pydantic.ValidationError):
+        model.model_validate(patient | {"complaint_text": "咳" * (MAX_TEXT_CHARS + 1)})
