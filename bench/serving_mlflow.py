@@ -139,15 +139,18 @@ def register_anchor(workdir: Path, folders: Mapping[str, tuple[Path, str]],
 def _tracking(uri: str) -> Iterator[None]:
     """``mlflow``'s global tracking and registry URI set to ``uri`` for the block, then restored."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # The raw settings, not get_*_uri(): those resolve an unset URI to a value, and restoring that
+    # value would pin every later MLflow call in this process to this benchmark's registry.
+    before = tracking_utils._tracking_uri, registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before[0])
-        mlflow.set_registry_uri(before[1])
+        tracking_utils._tracking_uri, registry_utils._registry_uri = before
 
 
 def _server_env(tracking_uri: str) -> dict[str, str]:

@@ -97,6 +97,7 @@ def register_outcome(
     spec = outcome.task
     try:
         mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)  # never a registry some other code set process-wide
         root = artifact_location or artifact_root_for(tracking_uri)
         experiment = f"fenji-{spec.name}"
         experiment_id = _use_experiment(mlflow.MlflowClient(tracking_uri=tracking_uri), experiment,

@@ -152,8 +152,11 @@ def run_federation(
     # 2. Training rounds.
     n_inputs = Encoder(spec, encoding).width
     initial = get_flat(build_model(spec, n_inputs, seed=settings.seed))
+    # Row counts are whole: the decrypted total (CKKS, within 1e-3) is rounded, so that the sites'
+    # weights n_i / N add up to 1 and a packed sum's weight check holds (check_total bounds the rounding).
+    total_rows = float(round(encoding.n_rows))
     train_config = ConfigRecord(dict(base) | {
-        "encoding": json.dumps(encoding.to_dict()), "total-examples": float(encoding.n_rows),
+        "encoding": json.dumps(encoding.to_dict()), "total-examples": total_rows,
     })
     if settings.local_epochs is not None:
         train_config["epochs"] = settings.local_epochs
@@ -178,7 +181,7 @@ def run_federation(
     if aggregator is not None and key_holder is not None:
         train_label = replace(label, phase="train")
         strategy = EncryptedFedAvg(aggregator=aggregator, key_holder=key_holder, n_params=initial.size,
-                                   total_examples=encoding.n_rows, screen=screen, label=train_label,
+                                   total_examples=total_rows, screen=screen, label=train_label,
                                    packed=aggregator.packed_context is not None, **common)
     else:
         strategy = ScreenedFedAvg(screen=screen, n_params=initial.size, **common)

@@ -15,9 +15,11 @@ import re
 import time
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
+from logging import INFO
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
@@ -336,16 +338,18 @@ class EncryptedFedAvg(ScreenedFedAvg):
         self._running = self.aggregator.running(length=self.update_length, scale_bits=self.aggregator.scale_bits,
                                                 packed=self.packed)
         self._adding_seconds = 0.0
+        self._received = [0, 0]  # results, failures: Flower's own log line, counted as replies stream by
         good = self.screen.usable(self._timed(replies), phase="train", server_round=server_round,
                                   expected_nodes=self._sent["train"], length=self.update_length,
                                   scale_bits=None if self.packed else self._scale_bits(), into=self._running)
-        logger.info("aggregate_train: %d usable of the replies received (round %d)", len(good), server_round)
+        flwr_log(INFO, "aggregate_train: Received %s results and %s failures", *self._received)
         arrays = self._aggregate(server_round, good)
         return arrays, self.train_metrics_aggr_fn([m.content for m in good], self.weighted_by_key)
 
     def _timed(self, replies: Iterable[Message]) -> Iterator[Message]:
         """The replies, timing the coordinator's work on each (screen and add), not the wait for it."""
         for reply in replies:
+            self._received[1 if reply.has_error() else 0] += 1
             started = time.perf_counter()
             yield reply
             self._adding_seconds += time.perf_counter() - started
