@@ -107,7 +107,8 @@ class RunningSum:
                 for total, vector in zip(self._total, vectors):
                     if total.size() != vector.size():
                         raise ValueError(f"{vector.size()} values, the sum holds {total.size()}")
-                    if isinstance(total, ts.CKKSVector) and _scale(total) != _scale(vector):
+                    # ``read`` checked the scale already when one is required; else the summands must agree.
+                    if self.scale_bits is None and isinstance(total, ts.CKKSVector) and _scale(total) != _scale(vector):
                         raise ValueError(f"scale 2^{math.log2(_scale(vector)):.1f}, the sum's is "
                                          f"2^{math.log2(_scale(total)):.1f}")
             except ValueError as exc:

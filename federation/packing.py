@@ -135,10 +135,9 @@ def make_packed_context(params: PackedParams | None = None) -> ts.Context:
                       coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
 
 
-def _plain_modulus(context: ts.Context) -> int:
+def _plain_modulus() -> int:
     """The protocol's ``t`` (TenSEAL does not expose a context's own): a context made with another ``t``
     decrypts to sums whose tags do not check, so a mismatch is refused, never released."""
-    del context
     return PackedParams().plain_modulus
 
 
@@ -214,7 +213,7 @@ def encrypt_packed(context: ts.Context, values: np.ndarray, *, weight: float, bo
     if values.size and float(np.max(np.abs(values))) > weight * bound + 1e-12:
         raise SiteDataError(f"the model holds values beyond the round's packing bound ±{bound:g}: not sent "
                             "(a bound is never clipped silently)")
-    t = _plain_modulus(context)
+    t = _plain_modulus()
     data = np.append(_lanes(values, step_of(bound)), np.int64(round(weight * WEIGHT_SCALE)))
     tags = _tags(data, site_key, label, t)
     centred = [x - t if x > t // 2 else x for x in tags]
@@ -244,7 +243,7 @@ def decrypt_packed(secret: ts.Context, blob: bytes) -> np.ndarray:
     """The decrypted slots of a packed sum, centred in (-t/2, t/2] (key holder only)."""
     if not secret.has_secret_key():
         raise PrivacyError("decrypting needs the secret key")
-    t = _plain_modulus(secret)
+    t = _plain_modulus()
     try:
         slots = np.concatenate([np.asarray(ts.bfv_vector_from(secret, c).decrypt(), dtype=np.int64)
                                 for c in unpack(blob)])

@@ -32,6 +32,16 @@ def _ints(text: str, option: str) -> list[int]:
     return values
 
 
+def _write_results(json_out: Path, plot: Path | None, report: dict, plot_fn) -> None:
+    """Every benchmark's last step: its JSON, its plot if asked for, and where they went."""
+    from bench.common import write_json
+
+    write_json(json_out, report)
+    if plot:
+        plot_fn(report, plot)
+    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+
+
 BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "he-overhead", "membership", "scale", "serving",
               "text-gain")
 
@@ -52,7 +62,6 @@ def bench_command(
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
-    from bench.common import write_json
 
     if name not in BENCHMARKS:
         raise BenchUnavailable(f"unknown benchmark {name!r}; available: {', '.join(BENCHMARKS)}")
@@ -142,15 +151,11 @@ def bench_command(
                        f"{r['round_seconds_plain']['median']:.3f}", f"{r['round_seconds_secagg']['median']:.3f}",
                        f"{r['round_time_ratio']:.2f}×")
     console.print(secagg)
-    write_json(json_out, report)
-    if plot:
-        he_overhead.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, he_overhead.plot)
 
 
 def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
     from bench import engine_overhead
-    from bench.common import write_json
 
     table = Table("model", "parameters", "mode", "round s", "time ratio", "update bytes/site", "bytes / float32",
                   "mean AUROC", title="Whole runs on Flower's simulation engine, demo clinics (median round)")
@@ -162,30 +167,22 @@ def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
                       f"{p['round_time_ratio']:.2f}×", f"{p['update_bytes_per_site']:,.0f}",
                       f"{p['bytes_ratio_float32']:.2f}×", f"{p['mean_auroc']:.4f}")
     console.print(table)
-    write_json(json_out, report)
-    if plot:
-        engine_overhead.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, engine_overhead.plot)
 
 
 def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[int], params: int) -> None:
     from bench import coordinator_memory
-    from bench.common import write_json
 
     table = Table("sites", "mode", "peak memory MB", "seconds", title=f"Coordinator memory, one round, {params:,} parameters")
     with console.status("coordinator-memory: one fresh process per point…"):
         report = coordinator_memory.run(sites=sites, params=params, on_point=lambda p: table.add_row(
             str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['seconds']:.1f}"))
     console.print(table)
-    write_json(json_out, report)
-    if plot:
-        coordinator_memory.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, coordinator_memory.plot)
 
 
 def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
     from bench import scale
-    from bench.common import write_json
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
@@ -198,16 +195,12 @@ def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None
                       f"{r['aggregate_seconds']['median']:.3f}", f"{r['coordinator_peak_rss_mb']:.0f}",
                       f"{r['total_seconds']:.0f}")
     console.print(table)
-    write_json(json_out, report)
-    if plot:
-        scale.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, scale.plot)
 
 
 def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration: float,
                    connections: tuple[int, ...]) -> None:
     from bench import serving
-    from bench.common import write_json
 
     runs = repeats * (3 * len(connections) + 2) + 2  # + the MLflow anchor's answers check, + the switch
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -239,15 +232,11 @@ def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration:
     for goal, g in report["goals"].items():
         console.print(f"  {goal}: goal {g['goal']}, measured {g['measured']:.3g}: "
                       + ("[green]met[/]" if g["met"] else "[yellow]not met[/]"))
-    write_json(json_out, report)
-    if plot:
-        serving.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, serving.plot)
 
 
 def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: int) -> None:
     from bench import membership
-    from bench.common import write_json
 
     datasets = membership.default_datasets(load_shell_settings().data_dir)
     total = len(datasets) * 2 * (1 + len(membership.EPSILONS)) * seeds
@@ -259,15 +248,11 @@ def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: 
     console.print(membership.table(report))
     for name, reason in report["inputs"]["unavailable"].items():
         console.print(f"[yellow]{name} skipped[/]: {reason}")
-    write_json(json_out, report)
-    if plot:
-        membership.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, membership.plot)
 
 
 def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
     from bench import text_gain
-    from bench.common import write_json
 
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=console) as progress:
@@ -282,15 +267,11 @@ def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: i
                 table.add_row(task, metric, mode, f"{result['without']['means'][metric]:.3f}",
                               f"{result['with']['means'][metric]:.3f}", f"{gain:+.3f}")
     console.print(table)
-    write_json(json_out, report)
-    if plot:
-        text_gain.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, text_gain.plot)
 
 
 def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
     from bench import heart
-    from bench.common import write_json
 
     data_dir = load_shell_settings().data_dir
     if not (data_dir / "uci_heart_disease").is_dir():
@@ -312,7 +293,4 @@ def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) 
     table.add_row("FLamby pooled / FedAvg / FedYogi / DP ε=1",
                   f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']} / {flamby['dp_eps1']}", "")
     console.print(table)
-    write_json(json_out, report)
-    if plot:
-        heart.plot(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
+    _write_results(json_out, plot, report, heart.plot)

@@ -3,12 +3,8 @@ metrics, a real key holder service (its own process), and the app on a real uvic
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,13 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from coordinator.service import Coordinator, Role, create_app, open_coordinator
 from coordinator.service.accounts import add_account, bootstrap_admin
 from coordinator.service.chain import anchor_head
 from coordinator.settings import load_coordinator_settings
+from tests.servers import running  # noqa: F401  (re-exported for the tests here)
 
 TASK = "triage"
 # What each version's sites released (version -> site -> metric); version 3 serves one site badly.
@@ -74,27 +69,6 @@ class Service:
 
     def alias(self, alias: str = "production") -> str | None:
         return self.coordinator.registry.alias_version(TASK, alias)
-
-
-@contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on a port the OS picked; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @contextmanager

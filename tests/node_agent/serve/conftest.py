@@ -7,10 +7,6 @@ every test using ``served`` runs against it too. Tests that recompute answers fr
 
 from __future__ import annotations
 
-import contextlib
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +14,12 @@ from pathlib import Path
 import duckdb
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from models.assessment import Assessment
 from node_agent.serve import AdvisorHolder, Role, Scorer, TokenStore, create_app
 from tests.node_agent.serve.fake_advisor import FakeAdvisor
 from tests.node_agent.serve.trained_advisor import trained_advisor
+from tests.servers import running  # noqa: F401  (re-exported for the tests here)
 
 ADVISORS: dict[str, Callable[[], Scorer]] = {"fake": FakeAdvisor, "trained": trained_advisor}
 MAX_BATCH = 8
@@ -65,28 +60,6 @@ class Served:
         """Read the site's DuckDB file directly, as another program on the node would."""
         with duckdb.connect(str(self.site_dir / "site.duckdb"), read_only=True) as con:
             return con.execute(sql, params or []).fetchall()
-
-
-@contextlib.contextmanager
-def running(app: FastAPI, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread (no signal handlers off the main thread) on a port the OS
-    picked; yield its base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind((host, 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://{host}:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 def issue_tokens(tokens: TokenStore) -> dict[str, str]:
