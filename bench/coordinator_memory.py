@@ -29,7 +29,15 @@ MODES = ("held until the round ends", "streaming", "streaming, packed")
 
 
 def _reply(node: int, blob: bytes):
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, Metadata, MetricRecord, RecordDict
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Message,
+        Metadata,
+        MetricRecord,
+        RecordDict,
+    )
 
     metadata = Metadata(run_id=1, message_id="", src_node_id=node, dst_node_id=0, reply_to_message_id=str(node),
                         group_id="", created_at=0.0, ttl=60.0, message_type="train")
@@ -45,9 +53,9 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
     """One measurement, in its own process: peak RSS and seconds of the coordinator's work."""
     from coordinator.aggregator import Aggregator
     from coordinator.strategy import ReplyScreen, ciphertext_of
-    from federation.tags import QueryLabel
     from federation.crypto import encrypt_vector, load_public_context
-    from federation.packing import encrypt_packed
+    from federation.packing import encrypt_packed, load_packed_context
+    from federation.tags import QueryLabel
     from keyholder.packed import ensure_packed, packed_public_context
     from keyholder.state import KeyHolderState
 
@@ -59,7 +67,7 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
     update = np.random.default_rng(0).normal(0, 0.1, params)
     packed = mode.endswith("packed")
     if packed:  # a packed reply (the weighted update, its weight) as a site sends it
-        blob = encrypt_packed(load_public_context(packed_public), 0.01 * update, weight=0.01, bound=8.0,
+        blob = encrypt_packed(load_packed_context(packed_public), 0.01 * update, weight=0.01, bound=8.0,
                               site_key=b"k" * 32, label=QueryLabel(run_id="m", phase="train", round=1, task="m"))
     else:
         blob = encrypt_vector(load_public_context(public), update, tags=np.zeros(4))

@@ -294,7 +294,11 @@ def _variant(rounds: list[dict], train_s: list[float], round_plain: list[float],
 def plot(report: dict, path) -> None:
     rows = report["results"]
     x = [r["parameters"] for r in rows]
-    fig, (ax, checks) = subplots(1, 2, figsize=(11, 4))
+    extra = [key for key in ("engine", "coordinator_memory") if report.get(key)]
+    rows_ = 2 if extra else 1
+    fig, axes = subplots(rows_, 2, figsize=(11, 4 * rows_), squeeze=False)
+    axes = list(axes.flat)
+    ax, checks = axes[0], axes[1]
     ax.plot(x, [r["round_time_ratio"]["median"] for r in rows], "o-", label="round wall time (encrypted / plaintext)")
     ax.plot(x, [r["bytes_ratio"] for r in rows], "s-", label="bytes per site (CKKS / float32)")
     if all("variants" in r for r in rows):
@@ -335,4 +339,37 @@ def plot(report: dict, path) -> None:
     checks.set_ylabel("ms (median)")
     checks.set_title("What the authenticated protocol adds")
     checks.legend(fontsize=7)
+    for panel, key in zip(axes[2:], extra, strict=False):
+        (_engine_panel if key == "engine" else _memory_panel)(panel, report[key])
+    for unused in axes[2 + len(extra):]:
+        unused.set_visible(False)
+    fig.tight_layout()
     save_figure(fig, path)
+
+
+def _engine_panel(ax, engine: dict) -> None:
+    """Round time on Flower's engine, per model and mode, against the plaintext round."""
+    models = list(dict.fromkeys(p["model"] for p in engine["points"]))
+    modes = list(dict.fromkeys(p["mode"] for p in engine["points"]))
+    width = 0.8 / len(modes)
+    for i, mode in enumerate(modes):
+        ratios = [next(p["round_time_ratio"] for p in engine["points"] if p["model"] == m and p["mode"] == mode)
+                  for m in models]
+        ax.bar([j + i * width for j in range(len(models))], ratios, width, label=mode)
+    ax.axhline(1.1, color="tab:blue", ls=":", lw=1, label="goal: time ≤ 1.1×")
+    ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(models))],
+                  [f"{m} ({next(p['parameters'] for p in engine['points'] if p['model'] == m):,})" for m in models])
+    ax.set_ylabel("median round time / plaintext round")
+    ax.set_title("Whole rounds on Flower's engine (demo clinics)")
+    ax.legend(fontsize=7)
+
+
+def _memory_panel(ax, memory: dict) -> None:
+    """The coordinator's peak memory for one round, by number of sites and mode."""
+    for mode in dict.fromkeys(p["mode"] for p in memory["points"]):
+        points = [p for p in memory["points"] if p["mode"] == mode]
+        ax.plot([p["sites"] for p in points], [p["peak_rss_mb"] for p in points], "o-", label=mode)
+    ax.set_xlabel("sites in the round")
+    ax.set_ylabel("coordinator peak memory (MB, RSS)")
+    ax.set_title(f"Coordinator memory, {memory['params']:,} parameters")
+    ax.legend(fontsize=7)

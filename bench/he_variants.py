@@ -17,10 +17,14 @@ import tenseal as ts
 
 from coordinator.aggregator import Aggregator
 from coordinator.keyholder_client import KeyHolderClient
-from federation.crypto import load_public_context
 from federation.identity import verify_context
 from federation.keyholder_api import DecryptRequest
-from federation.packing import encrypt_packed, max_error, packing_bound
+from federation.packing import (
+    encrypt_packed,
+    load_packed_context,
+    max_error,
+    packing_bound,
+)
 from federation.tags import QueryLabel, inputs_digest
 
 __all__ = ["NVFLARE_CKKS", "nvflare_context", "nvflare_round", "packed_round"]
@@ -65,7 +69,7 @@ def packed_round(*, enrolments, packed_public: bytes, packed_signature: bytes, p
     config = {"run-id": run_id, "server-round": 1, "task-name": task, "ckks-context": public,
               "packed-context": packed_public, "packed-context-signature": packed_signature,
               "packing-bound": bound, "total-examples": 1000}
-    context = load_public_context(packed_public)
+    context = load_packed_context(packed_public)
     blobs, site = [], 0.0
     for enrolment, w, update in zip(enrolments, weights, updates):
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import tenseal as ts
 from coordinator.streaming import RunningSum
 from federation.crypto import chunk_sizes, load_public_context, slot_count, unpack
 from federation.errors import CiphertextError
-from federation.packing import packed_length, read_packed
+from federation.packing import load_packed_context, packed_length, read_packed
 from federation.tags import TRAILER
 
 __all__ = ["Aggregator"]
@@ -23,7 +23,7 @@ class Aggregator:
     def __init__(self, public_context: bytes, packed_context: bytes | None = None) -> None:
         self.context = load_public_context(public_context)
         # Model updates packed as fixed-point lanes in BFV (federation.packing), when the key holder offers it.
-        self.packed_context = load_public_context(packed_context) if packed_context else None
+        self.packed_context = load_packed_context(packed_context) if packed_context else None
 
     @property
     def scale_bits(self) -> int:

@@ -8,6 +8,7 @@ contradicts the sites' declared row counts fails the run instead of becoming the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import uuid
@@ -122,6 +123,7 @@ def run_federation(
     base = ConfigRecord({"task-json": spec.model_dump_json(), "task-name": spec.name, "run-id": run_id,
                          "plaintext": not settings.encrypt, "seed": settings.seed, "num-rounds": settings.rounds})
     aggregator: Aggregator | None = None
+    contexts: dict[str, bytes] = {}
     min_sites = settings.min_sites
     if settings.encrypt:
         if key_holder is None:
@@ -129,10 +131,17 @@ def run_federation(
         info = key_holder.info()
         # min-sites is the key holder's: the coordinator may ask for more, never for fewer.
         min_sites = max(settings.min_sites, info.min_sites)
-        base["ckks-context"] = info.public_context_bytes
-        base["ckks-context-signature"] = info.signature_bytes
         packed = info.packed_context_bytes if settings.packed and info.packed_context else None
         aggregator = Aggregator(info.public_context_bytes, packed)
+        # The public contexts (about 260 kB each) travel once, with the run's first message; every
+        # later message names them by digest and the sites use the copies they verified then.
+        base["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
+        contexts["ckks-context"] = info.public_context_bytes
+        contexts["ckks-context-signature"] = info.signature_bytes
+        if packed is not None:
+            base["packed-context-sha256"] = hashlib.sha256(packed).hexdigest()
+            contexts["packed-context"] = packed
+            contexts["packed-context-signature"] = info.packed_signature_bytes
     nodes = _wait_for_nodes(grid, n_sites or min_sites, min_sites, settings.timeout)
     label = QueryLabel(run_id=run_id, phase="stats", round=0, task=spec.name)
     # Every reply is screened before it counts; a bad one is left out and named (coordinator.strategy).
@@ -141,7 +150,8 @@ def run_federation(
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
     size = SiteStatistics.size(spec)
     running = _running(aggregator, size)
-    replies = screen.usable(_send(grid, nodes, "query.stats", RecordDict({"config": base}), settings.timeout),
+    replies = screen.usable(_send(grid, nodes, "query.stats", RecordDict({"config": ConfigRecord(dict(base) | contexts)}),
+                                  settings.timeout),
                             phase="stats", server_round=0, expected_nodes=nodes, length=size,
                             scale_bits=WIDE_SCALE_BITS, into=running)
     totals = _decrypt_sum(replies, running, key_holder, size, label, min_sites)
@@ -165,15 +175,12 @@ def run_federation(
     if settings.proximal_mu:
         train_config["proximal-mu"] = settings.proximal_mu
     train_config["num-rounds"] = settings.rounds
-    if aggregator is not None and aggregator.packed_context is not None:
-        train_config["packed-context"] = info.packed_context_bytes
-        train_config["packed-context-signature"] = info.packed_signature_bytes
     if settings.dp_epsilon:
         train_config["dp-epsilon"] = settings.dp_epsilon
         train_config["dp-delta"] = settings.dp_delta
         train_config["dp-max-grad-norm"] = settings.dp_max_grad_norm
     evaluate_config = ConfigRecord({k: v for k, v in train_config.items() if k not in (
-        "ckks-context", "ckks-context-signature", "packed-context", "packed-context-signature")})
+        "ckks-context-sha256", "packed-context-sha256")})
     common = dict(
         min_train_nodes=min_sites, min_evaluate_nodes=min_sites, min_available_nodes=min_sites,
     )

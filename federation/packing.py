@@ -11,7 +11,10 @@ So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
 - **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi`` (the low lane
   is read back within ``+-2^18``, the high one within what ``t`` leaves, about ``+-2^18``);
 - **BFV batching** (TenSEAL ``bfv_vector``): N = 8192 slots per ciphertext, not CKKS's N/2, a
-  56-bit data prime (stored compressed) and a 38-bit plaintext modulus ``t``.
+  56-bit data prime (stored compressed) and a 38-bit plaintext modulus ``t``;
+- **the ring by the vector's length** (``PackedContext.plan``): full chunks in the N = 8192 ring,
+  and the rest, when it fits, in one N = 4096 ciphertext (same ``t``) of about half the bytes, so
+  a 1k-parameter model does not pay for 8,192 slots.
 
 **Overflow is impossible by construction, for honest parties.** The weights sum to 1 (``w_i = n_i / N``), so with every
 ``|theta_j| <= bound`` the summed lane holds at most ``2^16 * sum(w_i) + S/2`` in magnitude, inside
@@ -56,11 +59,14 @@ from federation.tags import TAG_SLOTS, QueryLabel
 
 __all__ = [
     "LANE_BITS",
+    "SMALL_RING",
+    "PackedContext",
     "PackedParams",
     "check_packed_tags",
     "check_weight_sum",
     "decrypt_packed",
     "encrypt_packed",
+    "load_packed_context",
     "make_packed_context",
     "max_error",
     "packed_length",
@@ -95,6 +101,68 @@ class PackedParams:
         return _batching_prime(self.plain_modulus_bits, self.poly_modulus_degree)
 
 
+# Ring by length: the tail of a vector (or a whole small model) goes in a ciphertext of the smaller
+# ring when it fits, half the bytes of a large one. Same t (t = 1 mod 2N holds for both rings);
+# 60 + 49 = 109 bits is the most N = 4096 allows at 128-bit security, and its 60-bit data prime
+# leaves more noise room than the large ring's 56 bits (measured: 2^14 identical sums decrypt exactly).
+SMALL_RING = PackedParams(poly_modulus_degree=4096, coeff_mod_bit_sizes=(60, 49))
+_MAGIC = b"fenji-packed-rings-v1"
+
+
+@dataclass(frozen=True)
+class PackedContext:
+    """The key holder's packed BFV contexts: the large ring and the small one (``None`` for a key holder
+    made before the small ring existed: every chunk then goes in the large ring)."""
+
+    large: ts.Context
+    small: ts.Context | None = None
+
+    def plan(self, total: int) -> list[tuple[ts.Context, int]]:
+        """(ring, slots) for each ciphertext of a vector of ``total`` slots: large ones while the rest
+        does not fit in one small ciphertext, then a small one."""
+        chunks, rest = [], total
+        large, small = _slots(self.large), _slots(self.small) if self.small is not None else 0
+        while rest > 0:
+            if rest <= small:
+                chunks.append((self.small, rest))
+                break
+            chunks.append((self.large, min(large, rest)))
+            rest -= min(large, rest)
+        return chunks
+
+    def has_secret_key(self) -> bool:
+        return self.large.has_secret_key() and (self.small is None or self.small.has_secret_key())
+
+    def serialize(self, *, secret: bool = False) -> bytes:
+        rings = [self.large] if self.small is None else [self.large, self.small]
+        return _MAGIC + pack([ring.serialize(save_public_key=True, save_secret_key=secret, save_galois_keys=False,
+                                             save_relin_keys=False) for ring in rings])
+
+
+def load_packed_context(blob: bytes, *, secret: bool = False) -> PackedContext:
+    """The packed contexts from their bytes (a lone BFV context: a key holder made before ring choice).
+
+    Raises
+    ------
+    PrivacyError
+        If a public context (``secret`` False) carries a secret key, or a secret one lacks it.
+    CiphertextError
+        If the bytes are not packed contexts.
+    """
+    try:
+        parts = unpack(blob[len(_MAGIC):]) if blob.startswith(_MAGIC) else [blob]
+        rings = [ts.context_from(part) for part in parts]
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CiphertextError(f"not a packed context ({exc})") from exc
+    if not 1 <= len(rings) <= 2 or any(not _is_bfv(ring) for ring in rings):
+        raise CiphertextError("not a packed context: expected one or two BFV contexts")
+    for ring in rings:
+        if ring.has_secret_key() != secret:
+            raise PrivacyError("refusing a packed context that carries a secret key" if not secret
+                               else "decrypting needs the secret key")
+    return PackedContext(rings[0], rings[1] if len(rings) == 2 else None)
+
+
 def _is_prime(n: int) -> bool:
     if n < 2:
         return False
@@ -127,18 +195,22 @@ def _batching_prime(bits: int, degree: int) -> int:
     return k * 2 * degree + 1
 
 
-def make_packed_context(params: PackedParams | None = None) -> ts.Context:
-    """The key holder's BFV context (with its secret key): made once, at ``keyholder init``."""
-    params = params or PackedParams()
-    return ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=params.poly_modulus_degree,
-                      plain_modulus=params.plain_modulus,
-                      coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes))
+def make_packed_context() -> PackedContext:
+    """The key holder's BFV contexts, both rings (with their secret keys): made once, at ``keyholder init``."""
+    t = PackedParams().plain_modulus
+    large, small = PackedParams(), SMALL_RING
+    return PackedContext(*(ts.context(ts.SCHEME_TYPE.BFV, poly_modulus_degree=p.poly_modulus_degree, plain_modulus=t,
+                                      coeff_mod_bit_sizes=list(p.coeff_mod_bit_sizes)) for p in (large, small)))
 
 
 def _plain_modulus() -> int:
     """The protocol's ``t`` (TenSEAL does not expose a context's own): a context made with another ``t``
     decrypts to sums whose tags do not check, so a mismatch is refused, never released."""
     return PackedParams().plain_modulus
+
+
+def _is_bfv(context: ts.Context) -> bool:
+    return str(context.seal_context().data.key_context_data().parms().scheme()).endswith("BFV")
 
 
 def _slots(context: ts.Context) -> int:
@@ -195,7 +267,7 @@ def _lanes(values: np.ndarray, step: float) -> np.ndarray:
     return q[0::2] + q[1::2] * _LANE
 
 
-def encrypt_packed(context: ts.Context, values: np.ndarray, *, weight: float, bound: float, site_key: bytes,
+def encrypt_packed(context: PackedContext, values: np.ndarray, *, weight: float, bound: float, site_key: bytes,
                    label: QueryLabel) -> bytes:
     """A site's packed reply ``Enc([w * theta (two per slot), w, 1, tags])``; ``values`` is ``w * theta``.
 
@@ -218,35 +290,46 @@ def encrypt_packed(context: ts.Context, values: np.ndarray, *, weight: float, bo
     tags = _tags(data, site_key, label, t)
     centred = [x - t if x > t // 2 else x for x in tags]
     slots = [int(x) for x in data] + [1] + centred
-    n = _slots(context)
-    return pack([ts.bfv_vector(context, slots[i : i + n]).serialize() for i in range(0, len(slots), n)])
+    chunks, start = [], 0
+    for ring, size in context.plan(len(slots)):
+        chunks.append(ts.bfv_vector(ring, slots[start : start + size]).serialize())
+        start += size
+    return pack(chunks)
 
 
-def read_packed(context: ts.Context, blob: bytes, *, length: int | None = None) -> list[ts.BFVVector]:
-    """A packed reply's ciphertexts, checked (``length``: the data slots, without the trailer)."""
+def read_packed(context: PackedContext, blob: bytes, *, length: int | None = None) -> list[ts.BFVVector]:
+    """A packed reply's ciphertexts, checked (``length``: the data slots, without the trailer): each
+    chunk in the ring the plan gives its place, so a sum never mixes rings."""
+    chunks = unpack(blob)
+    if length is not None:
+        plan = context.plan(length + 1 + TAG_SLOTS)
+    else:  # the ring of each chunk follows from the total, which the chunks' sizes give
+        plan = [(context.large, 0)] * len(chunks)
+    if len(plan) != len(chunks):
+        raise CiphertextError(f"holds {len(chunks)} ciphertexts, expected {len(plan)}")
     vectors = []
-    for i, chunk in enumerate(unpack(blob)):
+    for i, (chunk, (ring, _)) in enumerate(zip(chunks, plan, strict=True)):
         try:
-            vectors.append(ts.bfv_vector_from(context, chunk))
+            vectors.append(ts.bfv_vector_from(ring, chunk))
         except Exception as exc:  # TenSEAL raises ValueError or RuntimeError, by cause
             raise CiphertextError(f"chunk {i} is not a BFV ciphertext under the packed context ({exc})") from exc
-    if length is not None:
-        n = _slots(context)
-        total = length + 1 + TAG_SLOTS
-        expected = [min(n, total - start) for start in range(0, total, n)]
-        if [v.size() for v in vectors] != expected:
-            raise CiphertextError(f"holds {[v.size() for v in vectors]} values per chunk, expected {expected}")
+    if length is not None and [v.size() for v in vectors] != [size for _, size in plan]:
+        raise CiphertextError(f"holds {[v.size() for v in vectors]} values per chunk, "
+                              f"expected {[size for _, size in plan]}")
     return vectors
 
 
-def decrypt_packed(secret: ts.Context, blob: bytes) -> np.ndarray:
-    """The decrypted slots of a packed sum, centred in (-t/2, t/2] (key holder only)."""
+def decrypt_packed(secret: PackedContext, blob: bytes, *, length: int) -> np.ndarray:
+    """The decrypted slots of a packed sum of ``length`` data slots, centred in (-t/2, t/2] (key holder only)."""
     if not secret.has_secret_key():
         raise PrivacyError("decrypting needs the secret key")
     t = _plain_modulus()
     try:
-        slots = np.concatenate([np.asarray(ts.bfv_vector_from(secret, c).decrypt(), dtype=np.int64)
-                                for c in unpack(blob)])
+        chunks, plan = unpack(blob), secret.plan(length + 1 + TAG_SLOTS)
+        if len(chunks) != len(plan):
+            raise ValueError(f"{len(chunks)} ciphertexts, expected {len(plan)}")
+        slots = np.concatenate([np.asarray(ts.bfv_vector_from(ring, c).decrypt(), dtype=np.int64)
+                                for c, (ring, _) in zip(chunks, plan, strict=True)])
     except (ValueError, RuntimeError, TypeError) as exc:
         raise CiphertextError("the sum is not a ciphertext under this key holder's packed context") from exc
     slots = np.mod(slots, t)

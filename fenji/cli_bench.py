@@ -42,8 +42,8 @@ def _write_results(json_out: Path, plot: Path | None, report: dict, plot_fn) -> 
     console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
 
 
-BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "he-overhead", "membership", "scale", "serving",
-              "text-gain")
+BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "heart-packing", "he-overhead", "membership", "scale",
+              "serving", "text-gain")
 
 
 def bench_command(
@@ -60,6 +60,9 @@ def bench_command(
     epochs: Annotated[int, typer.Option(min=1, help="membership: training epochs per model.")] = 75,
     duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
+    full: Annotated[bool, typer.Option(
+        "--full/--quick", help="he-overhead: also run whole rounds on Flower's engine and the coordinator-memory "
+                               "sweep (10/100/300 sites), in the same report.")] = True,
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
 
@@ -71,6 +74,9 @@ def bench_command(
         output_file(plot, "--plot file")
     if name == "heart":
         _bench_heart(json_out, plot, seeds=seeds, rounds=rounds or 60)
+        return
+    if name == "heart-packing":
+        _bench_heart_packing(json_out, seeds=seeds, rounds=rounds or 60)
         return
     if name == "text-gain":
         from click import get_current_context
@@ -151,10 +157,21 @@ def bench_command(
                        f"{r['round_seconds_plain']['median']:.3f}", f"{r['round_seconds_secagg']['median']:.3f}",
                        f"{r['round_time_ratio']:.2f}×")
     console.print(secagg)
+    if full:
+        # The same comparison where it counts: whole runs on Flower's engine (demo clinics, realistic
+        # local training), then the coordinator's peak memory at 10 / 100 / 300 sites.
+        report["engine"] = _engine_overhead_report()
+        report["coordinator_memory"] = _coordinator_memory_report([10, 100, 300], 100_000)
     _write_results(json_out, plot, report, he_overhead.plot)
 
 
 def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
+    from bench import engine_overhead
+
+    _write_results(json_out, plot, _engine_overhead_report(), engine_overhead.plot)
+
+
+def _engine_overhead_report() -> dict:
     from bench import engine_overhead
 
     table = Table("model", "parameters", "mode", "round s", "time ratio", "update bytes/site", "bytes / float32",
@@ -167,10 +184,16 @@ def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
                       f"{p['round_time_ratio']:.2f}×", f"{p['update_bytes_per_site']:,.0f}",
                       f"{p['bytes_ratio_float32']:.2f}×", f"{p['mean_auroc']:.4f}")
     console.print(table)
-    _write_results(json_out, plot, report, engine_overhead.plot)
+    return report
 
 
 def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[int], params: int) -> None:
+    from bench import coordinator_memory
+
+    _write_results(json_out, plot, _coordinator_memory_report(sites, params), coordinator_memory.plot)
+
+
+def _coordinator_memory_report(sites: list[int], params: int) -> dict:
     from bench import coordinator_memory
 
     table = Table("sites", "mode", "peak memory MB", "seconds", title=f"Coordinator memory, one round, {params:,} parameters")
@@ -178,7 +201,7 @@ def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[
         report = coordinator_memory.run(sites=sites, params=params, on_point=lambda p: table.add_row(
             str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['seconds']:.1f}"))
     console.print(table)
-    _write_results(json_out, plot, report, coordinator_memory.plot)
+    return report
 
 
 def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
@@ -268,6 +291,30 @@ def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: i
                               f"{result['with']['means'][metric]:.3f}", f"{gain:+.3f}")
     console.print(table)
     _write_results(json_out, plot, report, text_gain.plot)
+
+
+def _bench_heart_packing(json_out: Path, *, seeds: int, rounds: int) -> None:
+    from bench import heart
+
+    data_dir = load_shell_settings().data_dir
+    if not (data_dir / "uci_heart_disease").is_dir():
+        raise BenchUnavailable(f"UCI heart disease data not found under {data_dir} (set FENJI_DATA_DIR)")
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as progress:
+        bar = progress.add_task("heart-packing: seeds (packed and CKKS runs)", total=seeds)
+        report = heart.packing_check(data_dir=data_dir, seeds=seeds, rounds=rounds,
+                                     progress=lambda: progress.advance(bar))
+    table = Table("seed", "packed: mean accuracy", "CKKS: mean accuracy", "packed: mean AUROC", "CKKS: mean AUROC",
+                  title=f"Fed-Heart-Disease, {rounds} encrypted rounds: packed vs CKKS updates")
+    for seed, (p, c) in enumerate(zip(report["per_seed"]["packed"], report["per_seed"]["ckks"], strict=True)):
+        table.add_row(str(seed), f"{p['mean_accuracy']:.4f}", f"{c['mean_accuracy']:.4f}",
+                      f"{p['mean_auroc']:.4f}", f"{c['mean_auroc']:.4f}")
+    console.print(table)
+    verdict = "met" if report["goal"]["met"] else "missed"
+    console.print(f"same mean accuracy to 3 decimals on every seed: {verdict}; largest differences "
+                  f"{report['max_abs_difference']['mean_accuracy']:.2e} (accuracy), "
+                  f"{report['max_abs_difference']['mean_auroc']:.2e} (AUROC)")
+    _write_results(json_out, None, report, None)
 
 
 def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:

@@ -203,8 +203,8 @@ class KeyHolder:
         """A packed sum (``federation.packing``): exact tags, then the weight sum (overflow), then the lanes."""
         if request.bound <= 0:
             raise AggregateCheckError("a packed sum needs the round's bound")
-        slots = decrypt_packed(self.__packed_context, blob)
         length = packed_length(request.length - 1)
+        slots = decrypt_packed(self.__packed_context, blob, length=length)
         check_packed_tags(slots, length=length, site_keys={s: keys[s] for s in request.cohort}, label=request.label,
                           t=PackedParams().plain_modulus, site_dp=request.site_dp)
         check_weight_sum(slots, length=length, sites=len(request.cohort))

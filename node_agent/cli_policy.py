@@ -35,6 +35,7 @@ from node_agent.policy import (
     fab_digest,
     load_site_policy,
     normal_digest,
+    policy_lock,
     save_site_policy,
 )
 from node_agent.store import DB_NAME
@@ -86,9 +87,10 @@ def approve_plan(site_dir: Path, task: str, *, by: str, max_rounds: int | None =
         bounds = PlanBounds(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         raise _invalid("plan bounds", exc) from exc
-    policy, log = load_site_policy(site_dir), _audit(site_dir)
-    digest = policy.approve(spec, by=by, bounds=bounds)
-    save_site_policy(site_dir, policy)
+    with policy_lock(site_dir):  # load, change and save as one edit
+        policy, log = load_site_policy(site_dir), _audit(site_dir)
+        digest = policy.approve(spec, by=by, bounds=bounds)
+        save_site_policy(site_dir, policy)
     plan = policy.approved_plans[digest]
     log.append(actor="site-admin", action="plan-approved", task=spec.name, family=plan.family, plan=digest,
                bounds=bounds.model_dump(), by=by)
@@ -100,22 +102,23 @@ def revoke_plans(site_dir: Path, *, by: str, task: str | None = None,
     """Remove the plans of task ``task`` (all its versions), or the one plan whose digest starts with ``digest``."""
     if (task is None) == (digest is None):
         raise SiteDataError("give either --task or --digest (exactly one)")
-    policy = load_site_policy(site_dir)
-    if task is not None:
-        chosen = [d for d, plan in policy.approved_plans.items() if plan.task == task]
-        if not chosen:
-            raise SiteDataError(f"no approved plan for task {task!r} at this site")
-    else:
-        prefix = digest.strip().lower()  # type: ignore[union-attr]
-        chosen = [d for d in policy.approved_plans if prefix and d.startswith(prefix)]
-        if not chosen:
-            raise SiteDataError(f"no approved plan has a digest starting with {digest!r} (see `fenji node policy`)")
-        if len(chosen) > 1:
-            raise SiteDataError(f"digest prefix {digest!r} matches {len(chosen)} plans "
-                                f"({', '.join(d[:12] for d in chosen)}): give more of it")
-    log = _audit(site_dir)
-    removed = {d: policy.approved_plans.pop(d) for d in chosen}
-    save_site_policy(site_dir, policy)
+    with policy_lock(site_dir):  # load, change and save as one edit
+        policy = load_site_policy(site_dir)
+        if task is not None:
+            chosen = [d for d, plan in policy.approved_plans.items() if plan.task == task]
+            if not chosen:
+                raise SiteDataError(f"no approved plan for task {task!r} at this site")
+        else:
+            prefix = digest.strip().lower()  # type: ignore[union-attr]
+            chosen = [d for d in policy.approved_plans if prefix and d.startswith(prefix)]
+            if not chosen:
+                raise SiteDataError(f"no approved plan has a digest starting with {digest!r} (see `fenji node policy`)")
+            if len(chosen) > 1:
+                raise SiteDataError(f"digest prefix {digest!r} matches {len(chosen)} plans "
+                                    f"({', '.join(d[:12] for d in chosen)}): give more of it")
+        log = _audit(site_dir)
+        removed = {d: policy.approved_plans.pop(d) for d in chosen}
+        save_site_policy(site_dir, policy)
     for d, plan in removed.items():
         log.append(actor="site-admin", action="plan-revoked", task=plan.task, plan=d, by=by)
     return removed
@@ -146,9 +149,10 @@ def approve_app(site_dir: Path, *, by: str, fab: Path | None = None,
         content = _fab_bytes(fab)
         app, version = describe_fab(content)
         digest = fab_digest(content)
-    policy, log = load_site_policy(site_dir), _audit(site_dir)
-    digest = policy.approve_app(digest, by=by, app=app, version=version)  # type: ignore[arg-type]
-    save_site_policy(site_dir, policy)
+    with policy_lock(site_dir):  # load, change and save as one edit
+        policy, log = load_site_policy(site_dir), _audit(site_dir)
+        digest = policy.approve_app(digest, by=by, app=app, version=version)  # type: ignore[arg-type]
+        save_site_policy(site_dir, policy)
     log.append(actor="site-admin", action="app-approved", fab=digest, app=app, version=version, by=by)
     return digest, policy.approved_apps[digest]
 
@@ -156,12 +160,13 @@ def approve_app(site_dir: Path, *, by: str, fab: Path | None = None,
 def revoke_app(site_dir: Path, *, by: str, digest: str) -> tuple[str, ApprovedApp]:
     """Take the app bundle with this SHA-256 (all 64 digits) off the approved list."""
     digest = normal_digest(digest)
-    policy = load_site_policy(site_dir)
-    if digest not in policy.approved_apps:
-        raise SiteDataError(f"no approved app has digest {digest} (see `fenji node policy`)")
-    log = _audit(site_dir)
-    removed = policy.approved_apps.pop(digest)
-    save_site_policy(site_dir, policy)
+    with policy_lock(site_dir):  # load, change and save as one edit
+        policy = load_site_policy(site_dir)
+        if digest not in policy.approved_apps:
+            raise SiteDataError(f"no approved app has digest {digest} (see `fenji node policy`)")
+        log = _audit(site_dir)
+        removed = policy.approved_apps.pop(digest)
+        save_site_policy(site_dir, policy)
     log.append(actor="site-admin", action="app-revoked", fab=digest, app=removed.app, version=removed.version, by=by)
     return digest, removed
 
@@ -169,27 +174,28 @@ def revoke_app(site_dir: Path, *, by: str, digest: str) -> tuple[str, ApprovedAp
 def change_policy(site_dir: Path, *, by: str, **changes: Any) -> dict[str, tuple[Any, Any]]:
     """Set the given policy fields (``_POLICY_FIELDS`` names; ``None`` leaves one as it is); return
     ``{field: (old, new)}`` of what changed. Nothing is written unless the whole new policy is valid."""
-    policy = load_site_policy(site_dir)
-    data = policy.model_dump()
-    diff: dict[str, tuple[Any, Any]] = {}
-    for name, value in changes.items():
-        if value is None:
-            continue
-        *parents, leaf = _POLICY_FIELDS[name]
-        holder = data
-        for part in parents:
-            holder = holder[part]
-        if holder[leaf] != value:
-            diff[".".join(_POLICY_FIELDS[name])] = (holder[leaf], value)
-            holder[leaf] = value
-    if not diff:
-        return diff
-    try:
-        new = SitePolicy.model_validate(data)
-    except ValidationError as exc:
-        raise _invalid("policy value", exc) from exc
-    log = _audit(site_dir)
-    save_site_policy(site_dir, new)
+    with policy_lock(site_dir):  # load, change and save as one edit
+        policy = load_site_policy(site_dir)
+        data = policy.model_dump()
+        diff: dict[str, tuple[Any, Any]] = {}
+        for name, value in changes.items():
+            if value is None:
+                continue
+            *parents, leaf = _POLICY_FIELDS[name]
+            holder = data
+            for part in parents:
+                holder = holder[part]
+            if holder[leaf] != value:
+                diff[".".join(_POLICY_FIELDS[name])] = (holder[leaf], value)
+                holder[leaf] = value
+        if not diff:
+            return diff
+        try:
+            new = SitePolicy.model_validate(data)
+        except ValidationError as exc:
+            raise _invalid("policy value", exc) from exc
+        log = _audit(site_dir)
+        save_site_policy(site_dir, new)
     log.append(actor="site-admin", action="policy-changed", old={k: v[0] for k, v in diff.items()},
                new={k: v[1] for k, v in diff.items()}, by=by)
     return diff

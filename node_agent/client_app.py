@@ -22,13 +22,8 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 
-from federation.crypto import WIDE_SCALE_BITS, encrypt_contribution, load_public_context
-from federation.identity import (
-    ENROLMENT_FILE,
-    Enrolment,
-    load_enrolment,
-    verify_context,
-)
+from federation.crypto import WIDE_SCALE_BITS, encrypt_contribution
+from federation.identity import ENROLMENT_FILE, Enrolment, load_enrolment
 from federation.packing import encrypt_packed, packing_bound
 from federation.tags import QueryLabel, inputs_digest
 from models.calibration import Calibration
@@ -38,6 +33,7 @@ from models.training import evaluate as evaluate_model
 from node_agent.admission import Admitted, admit, refusal_content, site_train_config
 from node_agent.answered import claim_query
 from node_agent.budget import charge_run, node_audit
+from node_agent.contexts import keep_sent, public_context
 from node_agent.egress import make_egress_guard
 from node_agent.errors import EgressViolation, PolicyRefusal
 from node_agent.local import (
@@ -73,23 +69,26 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     ``values`` is a weighted model update ``w * theta`` sent packed with its weight ``w``.
     """
     enrolment = _enrolment(site_dir, site_id)
-    public_context = bytes(config["ckks-context"])
-    # Pinned identity: a context the enrolled key holder did not sign is refused before anything is encrypted.
-    verify_context(public_context, bytes(config.get("ckks-context-signature", b"")), enrolment.verify_key_bytes)
-    context = load_public_context(public_context)
+    # Pinned identity: a context the enrolled key holder did not sign is refused before anything is
+    # encrypted; a run sends its contexts once and names them by digest afterwards (node_agent.contexts).
+    keep_sent(site_dir, config, enrolment)
+    context = public_context(site_dir, config, "packed" if packed_weight is not None else "ckks", enrolment)
     label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
                        dp_epsilon=dp_epsilon, inputs=inputs)
     claim_query(site_dir, enrolment.keyholder, label)
     if packed_weight is not None:
         # A model update, packed (federation.packing): under the key holder's BFV context, which it signed too.
-        packed = bytes(config["packed-context"])
-        verify_context(packed, bytes(config.get("packed-context-signature", b"")), enrolment.verify_key_bytes)
-        blob = encrypt_packed(load_public_context(packed), values, weight=packed_weight,
+        blob = encrypt_packed(context, values, weight=packed_weight,
                               bound=float(config["packing-bound"]), site_key=enrolment.site_key_bytes, label=label)
     else:
         blob = encrypt_contribution(context, values, site_key=enrolment.site_key_bytes, label=label,
                                     scale_bits=scale_bits)
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
+
+
+def _packed(config: ConfigRecord) -> bool:
+    """Whether a training message asks for a packed update (it names or carries the packed context)."""
+    return "packed-context-sha256" in config or "packed-context" in config
 
 
 def _check_packing_bound(config: ConfigRecord, arrays: Sequence[np.ndarray]) -> None:
@@ -128,7 +127,7 @@ def build_client_app(
                     # What this site was sent, bound into its tags: sites sent different inputs cannot be summed.
                     arrays = message.content["arrays"].to_numpy_ndarrays() if "arrays" in message.content else []
                     admitted.inputs = inputs_digest(dict(config), arrays)
-                    if phase == "train" and "packed-context" in config:
+                    if phase == "train" and _packed(config):
                         _check_packing_bound(config, arrays)
                 except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                     raise PolicyRefusal(f"a malformed job: {first_line(str(exc))}") from exc
@@ -199,7 +198,7 @@ def build_client_app(
         # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.
         weight = n / max(float(config.get("total-examples", n)), 1.0)
-        if "packed-context" in config:
+        if _packed(config):
             if weight > 1.0 + 1e-6:  # n > N: the coordinator's total is wrong (n is declared anyway)
                 return reply(message, refusal_content(admitted.site_dir, PolicyRefusal(
                     f"the round's total row count {config.get('total-examples')} is below this site's {n} rows"),

@@ -20,11 +20,16 @@ The policy is a file in the site folder (``policy.json``), edited only by the si
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
+import os
 import re
+import threading
 import zipfile
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,7 +40,7 @@ from models.spec import TaskSpec
 from node_agent.errors import PolicyRefusal, SiteDataError
 
 __all__ = ["POLICY_FILE", "ApprovedApp", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy", "describe_fab",
-           "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "save_site_policy"]
+           "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "policy_lock", "save_site_policy"]
 
 POLICY_FILE = "policy.json"
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -205,9 +210,23 @@ def load_site_policy(site_dir: Path) -> SitePolicy:
         raise SiteDataError(f"the site policy {path} is not valid: {str(exc).splitlines()[0]}") from exc
 
 
+@contextlib.contextmanager
+def policy_lock(site_dir: Path) -> Iterator[None]:
+    """Hold the site's policy lock: an edit loads, changes and saves the policy inside it, so that two
+    admins' edits at once never lose one (each sees the other's saved file)."""
+    path = Path(site_dir) / f".{POLICY_FILE}.lock"
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def save_site_policy(site_dir: Path, policy: SitePolicy) -> Path:
+    """Write the policy atomically (a reader sees the old file or the new one, never half of one)."""
     path = Path(site_dir) / POLICY_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(policy.model_dump_json(indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path

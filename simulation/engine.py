@@ -134,30 +134,37 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
     (``fenji node approve``, ``fenji node policy``); returns the plan's digest. ``dp`` is (epsilon
     per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is."""
     from node_agent.budget import node_audit
-    from node_agent.policy import PlanBounds, load_site_policy, plan_digest, save_site_policy
+    from node_agent.policy import (
+        PlanBounds,
+        load_site_policy,
+        plan_digest,
+        policy_lock,
+        save_site_policy,
+    )
 
     digest = plan_digest(spec)
     for site_dir in site_dirs:
-        policy = load_site_policy(site_dir)
-        plan = policy.approved_plans.get(digest)
-        default = PlanBounds()
-        wanted = PlanBounds(max_rounds=max(rounds, default.max_rounds),
-                            max_local_epochs=max(local_epochs or 0, default.max_local_epochs),
-                            max_learning_rate=max(learning_rate or 0.0, default.max_learning_rate))
-        changed = plan is None or (plan.bounds.max_rounds < rounds
-                                   or plan.bounds.max_learning_rate < (learning_rate or 0.0)
-                                   or plan.bounds.max_local_epochs < (local_epochs or 0))
-        if changed:
-            policy.approve(spec, by="simulation (acting as the site's admin)", bounds=wanted)
-        # DP is set only when asked for: a site's own DP policy is never switched off by a simulation.
-        if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp):
-            policy.dp.enabled = True
-            policy.dp.epsilon_per_run, policy.dp.delta = dp
-            changed = True
-        if changed:
-            save_site_policy(site_dir, policy)
-            node_audit(site_dir).append(actor="simulation", action="policy-changed", plan=digest, task=spec.name,
-                                        dp=policy.dp.model_dump() if policy.dp.enabled else None)
+        with policy_lock(site_dir):  # as an admin's edit: load, change and save as one
+            policy = load_site_policy(site_dir)
+            plan = policy.approved_plans.get(digest)
+            default = PlanBounds()
+            wanted = PlanBounds(max_rounds=max(rounds, default.max_rounds),
+                                max_local_epochs=max(local_epochs or 0, default.max_local_epochs),
+                                max_learning_rate=max(learning_rate or 0.0, default.max_learning_rate))
+            changed = plan is None or (plan.bounds.max_rounds < rounds
+                                       or plan.bounds.max_learning_rate < (learning_rate or 0.0)
+                                       or plan.bounds.max_local_epochs < (local_epochs or 0))
+            if changed:
+                policy.approve(spec, by="simulation (acting as the site's admin)", bounds=wanted)
+            # DP is set only when asked for: a site's own DP policy is never switched off by a simulation.
+            if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp):
+                policy.dp.enabled = True
+                policy.dp.epsilon_per_run, policy.dp.delta = dp
+                changed = True
+            if changed:
+                save_site_policy(site_dir, policy)
+                node_audit(site_dir).append(actor="simulation", action="policy-changed", plan=digest,
+                                            task=spec.name, dp=policy.dp.model_dump() if policy.dp.enabled else None)
     return digest
 
 

@@ -10,7 +10,7 @@ from fenji.cli import app
 def test_he_overhead_runs_tiny(tmp_path):
     out, png = tmp_path / "he.json", tmp_path / "he.png"
     result = CliRunner().invoke(app, ["bench", "he-overhead", "--json", str(out), "--repeats", "1",
-                                      "--sizes", "1000", "--sites", "3", "--plot", str(png)])
+                                      "--sizes", "1000", "--sites", "3", "--plot", str(png), "--quick"])
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     (row,) = report["results"]

@@ -26,6 +26,7 @@ from flwr.app import (
     RecordDict,
 )
 
+import node_agent.contexts as node_contexts
 from coordinator.aggregator import Aggregator
 from coordinator.strategy import (
     EncryptedFedAvg,
@@ -311,7 +312,9 @@ def misbehaving_site(message: Message, context: Context, call_next) -> Message:
     elif kind == MessageType.TRAIN:
         blob = blob[: len(blob) // 2]
     else:
-        context_ = load_public_context(bytes(message.content["config"]["ckks-context"]))
+        # Calibration messages name the CKKS context by digest; this process just used its verified copy.
+        digest = str(message.content["config"]["ckks-context-sha256"])
+        context_ = next(c for (_, d), c in node_contexts._LOADED.items() if d == digest)
         blob = encrypt_vector(context_, np.ones(3), tags=np.zeros(TAG_SLOTS), scale_bits=25)
     reply.content["ciphertext"] = _ciphertext(blob)
     return reply

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from coordinator.aggregator import Aggregator
-from federation.crypto import encrypt_vector, load_public_context
+from federation.crypto import encrypt_vector, unpack
 from federation.errors import AggregateCheckError, CiphertextError, SiteDataError
 from federation.keyholder_api import DecryptRequest
 from federation.packing import (
+    PackedContext,
     encrypt_packed,
+    load_packed_context,
     max_error,
     packing_bound,
     step_of,
@@ -43,7 +45,7 @@ def _label(run: str) -> QueryLabel:
 
 
 def _replies(key_holder, enrolments, thetas, weights, bound, label, sites=None):
-    context = load_public_context(key_holder.packed_public_context)
+    context = load_packed_context(key_holder.packed_public_context)
     sites = sites or list(enrolments)
     return {site: encrypt_packed(context, weights[i] * thetas[i], weight=float(weights[i]), bound=bound,
                                  site_key=enrolments[site].site_key_bytes, label=label)
@@ -83,7 +85,7 @@ def test_the_packed_sum_is_the_weighted_average_within_the_documented_error(big_
 
 def test_a_site_refuses_values_beyond_the_bound_and_weights_outside_0_1(big_federation):
     key_holder, enrolments = big_federation
-    context = load_public_context(key_holder.packed_public_context)
+    context = load_packed_context(key_holder.packed_public_context)
     key = enrolments["site_000"].site_key_bytes
     label = _label("packed-refusals")
     with pytest.raises(SiteDataError, match="packing bound"):
@@ -140,3 +142,62 @@ def test_the_bound_follows_the_model_and_is_a_power_of_two():
     assert packing_bound(np.array([0.1, -0.3])) == 8.0  # never below 8
     assert packing_bound(np.array([5.0, -11.0])) == 32.0  # twice the largest, rounded up
     assert step_of(8.0) == 8.0 / 2**16
+
+
+def test_the_ring_follows_the_vector_length():
+    """Large ciphertexts while the rest does not fit in a small one, then one small one: a 1k-parameter
+    model pays for 4,096 slots, not 8,192, and a long vector's tail half the bytes of a full chunk."""
+    from federation.packing import make_packed_context
+
+    rings = make_packed_context()
+    sizes = lambda total: [(8192 if ring is rings.large else 4096, n) for ring, n in rings.plan(total)]
+    assert sizes(506) == [(4096, 506)]
+    assert sizes(4096) == [(4096, 4096)]
+    assert sizes(4097) == [(8192, 4097)]
+    assert sizes(8192 * 6 + 100) == [(8192, 8192)] * 6 + [(4096, 100)]
+    assert sizes(8192 * 2 + 5000) == [(8192, 8192), (8192, 8192), (8192, 5000)]
+    legacy = PackedContext(rings.large)  # a key holder made before the small ring: all large
+    assert [n for _, n in legacy.plan(9000)] == [8192, 808]
+
+
+def test_a_vector_across_both_rings_sums_exactly_and_small_chunks_are_half_the_bytes(big_federation):
+    key_holder, enrolments = big_federation
+    sites = list(enrolments)[20:24]
+    n_params = 2 * 8192 + 301  # one full large chunk, then a small one for the tail and the trailer
+    rng = np.random.default_rng(2)
+    thetas, weights = rng.uniform(-8, 8, (4, n_params)), np.array([0.1, 0.2, 0.3, 0.4])
+    label = _label("packed-two-rings")
+    blobs = _replies(key_holder, enrolments, thetas, weights, 8.0, label, sites=sites)
+    chunks = unpack(next(iter(blobs.values())))
+    assert len(chunks) == 2 and len(chunks[1]) < 0.6 * len(chunks[0])
+    values = _decrypt(key_holder, blobs.values(), sites, label, 8.0, length=n_params + 1)
+    assert np.abs(values[:n_params] - weights @ thetas).max() <= max_error(8.0, 4)
+
+
+def test_a_chunk_in_the_wrong_ring_is_refused(big_federation):
+    key_holder, enrolments = big_federation
+    site = list(enrolments)[30]
+    context = load_packed_context(key_holder.packed_public_context)
+    label = _label("packed-wrong-ring")
+    honest = encrypt_packed(context, 0.5 * np.ones(N_PARAMS), weight=0.5, bound=8.0,
+                            site_key=enrolments[site].site_key_bytes, label=label)
+    large_only = encrypt_packed(PackedContext(context.large), 0.5 * np.ones(N_PARAMS), weight=0.5, bound=8.0,
+                                site_key=enrolments[site].site_key_bytes, label=label)
+    assert len(large_only) > 1.6 * len(honest)
+    aggregator = Aggregator(key_holder.public_context, key_holder.packed_public_context)
+    aggregator.running(length=N_PARAMS + 1, packed=True).add(honest)
+    with pytest.raises(CiphertextError):
+        aggregator.running(length=N_PARAMS + 1, packed=True).add(large_only)
+
+
+def test_packed_contexts_refuse_secret_keys_and_other_schemes(big_federation):
+    key_holder, _ = big_federation
+    from federation.errors import PrivacyError
+    from federation.packing import make_packed_context
+
+    with pytest.raises(PrivacyError, match="secret key"):
+        load_packed_context(make_packed_context().serialize(secret=True))
+    with pytest.raises(CiphertextError, match="BFV"):
+        load_packed_context(key_holder.public_context)  # the CKKS one
+    single = load_packed_context(key_holder.packed_public_context).large.serialize(save_secret_key=False)
+    assert load_packed_context(single).small is None  # a key holder's lone large ring still loads

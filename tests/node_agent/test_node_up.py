@@ -211,3 +211,31 @@ def test_the_launcher_checks_the_bytes_it_would_install_and_the_site(tmp_path):
     (site / "policy.json").write_text("{not json")
     with pytest.raises(PolicyRefusal, match="site policy cannot be read"):
         check_task(site, context(site), fab)
+
+
+def test_a_node_up_killed_with_sigkill_takes_its_supernode_with_it(tmp_path, certs):
+    """SIGKILL runs none of ``node up``'s handlers; the SuperNode must not keep taking tasks for a
+    node that is down (its children ask the kernel for SIGTERM when their parent dies)."""
+    site = tmp_path / "clinic_a"
+    site.mkdir()
+    argv = _up(site, certs)
+    runtime_port = int(argv[argv.index("--runtime-port") + 1])
+    log = tmp_path / "node-up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "FENJI_"))} | QUIET | {
+        "FLWR_HOME": str(tmp_path / "flwr-home"), "FENJI_HOME": str(tmp_path / "no-coordinator")}
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(Path(sys.executable).with_name("fenji")), *argv], stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        _wait_for(lambda: _listening(runtime_port), "the SuperNode's Runtime API is not up", proc, log)
+        proc.kill()  # SIGKILL to node up alone, not to its process group
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _listening(runtime_port) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _listening(runtime_port), "the SuperNode outlived node up"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        # Never leave a process behind, even when the check failed: the SuperNode's argv names the site.
+        subprocess.run(["pkill", "-KILL", "-f", str(site)], check=False)

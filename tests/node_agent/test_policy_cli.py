@@ -188,3 +188,31 @@ def test_status_with_a_charge_in_view_and_a_tampered_chain(site):
     result = fenji("node", "status", "--site-dir", site)
     assert result.exit_code == ExitCode.AUDIT, result.output
     assert "does NOT verify" in result.stdout and "broken at entry 1" in result.stderr
+
+
+def _approve_many(site_dir: str, first: int, count: int, barrier) -> None:
+    from node_agent.cli_policy import approve_app
+
+    barrier.wait()  # every process starts its edits at once: the most contention
+    for i in range(first, first + count):
+        approve_app(Path(site_dir), by=f"admin-{first}", digest=f"{i:064x}")
+
+
+def test_concurrent_policy_edits_lose_nothing(tmp_path):
+    """Two admins (here six processes) editing the policy at once: every edit survives, because each
+    loads, changes and saves under the site's policy lock."""
+    import multiprocessing
+
+    site = tmp_path / "clinic"
+    site.mkdir()
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(6)
+    workers = [ctx.Process(target=_approve_many, args=(str(site), 100 * k, 15, barrier)) for k in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    from node_agent.policy import load_site_policy
+
+    assert len(load_site_policy(site).approved_apps) == 6 * 15
