@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from coordinator.errors import RegistryError
 from coordinator.service.cli import account_app, audit_app, init_command, serve_command
+from coordinator.service.errors import FourEyes
 from coordinator.settings import load_coordinator_settings
 from models.errors import FenjiError, TaskSpecError
 
@@ -31,7 +32,10 @@ def promote_command(
     actor: Annotated[str, typer.Option(help="Who approves (recorded in the audit log).")],
     alias: Annotated[str, typer.Option(help="Registry alias the clinics fetch.")] = "production",
 ) -> None:
-    """Approve a model version for the clinics: audit the decision, then point the alias at it."""
+    """Approve a model version for the clinics: audit the decision, then point the alias at it.
+
+    Only where no governance service runs (a single-machine trial): a coordinator with the service
+    (``fenji coordinator init``) refuses, since there a promotion needs two commissioners."""
     from coordinator.audit import AuditLog
     from coordinator.registry import model_name, promote
 
@@ -44,6 +48,14 @@ def promote_command(
         raise RegistryError(f"{alias!r} cannot be a registry alias (letters, digits, _ and -; not 'latest' or v<n>)")
     if not actor.strip():
         raise FenjiError("--actor must name who approves")
+    if settings.coordinator_db or (settings.service_home / "coordinator.db").exists():
+        # A city that runs the governance service decides under four eyes; this command would let one
+        # person with shell access move the alias alone, outside the countersigned audit chain.
+        raise FourEyes(
+            "this coordinator runs the governance service: a version reaches the clinics only when two different "
+            "commissioners approve it, each with a reason (the console, or POST "
+            f"/api/v1/models/{task}/versions/{version}/approve); `fenji coordinator promote` is for a "
+            "single-machine trial without the service")
     uri = settings.existing_tracking_uri(must_exist=True)
     console.print(f"Model registry: {escape(uri)}", soft_wrap=True)
     digest = promote(task, version, tracking_uri=uri, alias=alias, audit=AuditLog(settings.audit_path), actor=actor)

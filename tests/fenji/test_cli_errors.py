@@ -260,6 +260,15 @@ def test_promote_is_audited_and_names_its_registry(registry, home):
     assert entry["details"]["bundle_sha256"] == "b" * 64 and str(_alias_version(registry)) == "2"
 
 
+def test_promote_is_refused_where_the_governance_service_runs(registry, home, monkeypatch):
+    """One person with a shell must not move the alias past the four-eyes rule and its countersigned chain."""
+    monkeypatch.delenv("FENJI_COORDINATOR_DB", raising=False)
+    assert run("coordinator", "init").exit_code == 0
+    result = run("coordinator", "promote", "--task", "referral_risk", "--version", "2", "--actor", "commission:li")
+    assert_one_error_line(result, says="two different commissioners")
+    assert _alias_version(registry) is None and not (home / "audit.jsonl").exists()
+
+
 @pytest.mark.parametrize("args, says", [
     (["--task", "referral_risk", "--version", "9"], "no version 9"),
     (["--task", "triage", "--version", "1"], "no model fenji-triage"),
