@@ -14,11 +14,13 @@ from rich.table import Table
 
 from coordinator.cli import audit_app, coordinator_app, promote_command
 from coordinator.errors import NotEnoughSitesError
+from coordinator.service.cli import JOB_RUNNER
 from coordinator.settings import load_coordinator_settings
 from federation.settings import configure_environment
 from fenji.cli_bench import bench_command
 from fenji.cli_guard import FenjiGroup, output_file, set_verbose
 from fenji.demo import demo_command
+from fenji.jobs_runner import runner_from_settings
 from fenji.run_report import audit_log, console, run_and_report
 from keyholder.cli import keyholder_app
 from keyholder.settings import load_keyholder_settings
@@ -41,12 +43,15 @@ app = typer.Typer(help="Fenji (分级): privacy-preserving federated learning fo
 
 
 @app.callback()
-def _root(verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and third-party logs.")] = False) -> None:
+def _root(ctx: typer.Context,
+          verbose: Annotated[bool, typer.Option("--verbose", help="Show tracebacks and third-party logs.")] = False) -> None:
     """Fenji (分级): privacy-preserving federated learning for tiered diagnosis.
 
     Every error ends in one line on stderr and a non-zero exit code (fenji.cli_guard).
     """
     set_verbose(verbose)
+    # `fenji coordinator serve` runs its training jobs on the simulation engine over FENJI_SITES_DIR.
+    ctx.ensure_object(dict).setdefault(JOB_RUNNER, runner_from_settings)
 
 
 app.add_typer(node_app, name="node")

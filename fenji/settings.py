@@ -12,11 +12,14 @@ __all__ = ["ShellSettings", "load_shell_settings"]
 
 
 class ShellSettings(BaseSettings):
-    """``FENJI_DATA_DIR``: the real public data sets (default ``../shared/data``), read in place."""
+    """``FENJI_DATA_DIR``: the real public data sets (default ``../shared/data``), read in place.
+    ``FENJI_SITES_DIR``: the site folders (as ``fenji sim --sites-dir``) that the coordinator's training
+    jobs run over on the simulation engine, when ``fenji coordinator serve`` is the embedded demo's."""
 
     model_config = SettingsConfigDict(env_prefix="FENJI_", extra="ignore")
 
     data_dir: Path = Path("../shared/data")
+    sites_dir: Path | None = None
 
 
 def load_shell_settings(**overrides: object) -> ShellSettings:

@@ -27,6 +27,7 @@ class Role(str, Enum):
 PUBLIC = None  # no token needed (the health check only)
 _ANY = frozenset(Role)
 _COMMISSIONER, _ADMIN = frozenset({Role.COMMISSIONER}), frozenset({Role.COORDINATOR_ADMIN})
+_SUBMITTERS = frozenset({Role.DATA_SCIENTIST, Role.COORDINATOR_ADMIN})
 
 # Commissioners govern models (approve, roll back) and read the audit trail; coordinator admins run
 # the service (accounts, anchoring) and read the audit trail; data scientists read model versions.
@@ -38,12 +39,18 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("DELETE", "/api/v1/accounts/{account_id}"): _ADMIN,
     ("GET", "/api/v1/models"): _ANY,
     ("GET", "/api/v1/models/{task}/versions"): _ANY,
+    ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): _ANY,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): _COMMISSIONER,
     ("POST", "/api/v1/models/{task}/rollback"): _COMMISSIONER,
     ("GET", "/api/v1/promotions"): _ANY,
     ("GET", "/api/v1/audit"): _COMMISSIONER | _ADMIN,
     ("GET", "/api/v1/audit/verify"): _COMMISSIONER | _ADMIN,
     ("POST", "/api/v1/audit/anchor"): _ADMIN,
+    # Data scientists and coordinator admins submit and cancel training jobs; everyone follows them.
+    ("POST", "/api/v1/jobs"): _SUBMITTERS,
+    ("GET", "/api/v1/jobs"): _ANY,
+    ("GET", "/api/v1/jobs/{job_id}"): _ANY,
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): _SUBMITTERS,
 }
 
 

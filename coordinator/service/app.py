@@ -8,11 +8,12 @@ from fastapi.routing import APIRoute
 from coordinator.service.access import ACCESS, API_PREFIX, PUBLIC, check_access_table
 from coordinator.service.deps import Coordinator, authorize
 from coordinator.service.errors import install_error_handlers
-from coordinator.service.routes import accounts, audit, meta, models
+from coordinator.service.routes import accounts, audit, jobs, meta, models
+from coordinator.service.routes.console import mount_console
 
 __all__ = ["ROUTERS", "create_app"]
 
-ROUTERS = [meta.public, meta.router, accounts.router, models.router, audit.router]
+ROUTERS = [meta.public, meta.router, accounts.router, models.router, audit.router, jobs.router]
 
 DESCRIPTION = """The city's coordinator: model versions with the metrics each clinic released, promotion to
 production under four eyes (two different commissioners, each with a reason), rollback, and an audit
@@ -35,4 +36,5 @@ def create_app(coordinator: Coordinator) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
+    mount_console(app)  # after the API: the page is not an endpoint of ACCESS
     return app

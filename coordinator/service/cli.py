@@ -15,7 +15,7 @@ from rich.table import Table
 
 from coordinator.service.access import Role
 
-__all__ = ["account_app", "audit_app", "init_command", "serve_command"]
+__all__ = ["JOB_RUNNER", "account_app", "audit_app", "init_command", "serve_command"]
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -24,6 +24,7 @@ account_app = typer.Typer(help="Accounts of the coordinator's API (tokens shown 
 audit_app = typer.Typer(help="The coordinator's audit chain: verify it, anchor it at the key holder.",
                         no_args_is_help=True)
 CLI_ACTOR = "coordinator-cli"
+JOB_RUNNER = "job_runner"  # key of the root context's obj: CoordinatorSettings -> JobRunner | None
 
 
 def _open():
@@ -59,10 +60,15 @@ def init_command() -> None:
 
 
 def serve_command(
+    ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port.")] = 8480,
 ) -> None:
-    """Serve the coordinator's API (/api/v1; OpenAPI at /api/v1/openapi.json)."""
+    """Serve the coordinator's API (/api/v1; OpenAPI at /api/v1/openapi.json) and run its training jobs.
+
+    Which engine runs the jobs is the shell's to say: the root command puts a factory under
+    ``JOB_RUNNER`` in the click context's ``obj`` (``fenji.jobs_runner``); without one, jobs stay queued.
+    """
     import uvicorn
 
     from coordinator.service import create_app
@@ -79,10 +85,27 @@ def serve_command(
     if coordinator.anchors is None:
         err_console.print("warning: FENJI_KEYHOLDER_URL is unset: the audit chain is not anchored at the key holder, "
                           "so a rewrite by whoever holds the database cannot be detected")
+    _start_jobs(ctx, coordinator)
     console.print(f"Coordinator at http://{host}:{port}/api/v1 (registry {escape(coordinator.registry.tracking_uri)})",
                   soft_wrap=True)
     sys.stdout.flush()
     uvicorn.run(create_app(coordinator), host=host, port=port, log_level="info")
+
+
+def _start_jobs(ctx: typer.Context, coordinator) -> None:
+    """Fail the jobs a dead process left running, then start the worker with the shell's runner."""
+    from coordinator.settings import load_coordinator_settings
+
+    obj = ctx.find_root().obj
+    factory = obj.get(JOB_RUNNER) if isinstance(obj, dict) else None
+    runner = factory(load_coordinator_settings()) if factory is not None else None
+    for job_id in coordinator.jobs.start(runner):
+        err_console.print(f"job {job_id} was running when the coordinator stopped: marked failed")
+    if runner is None:
+        err_console.print("warning: no training engine configured: submitted jobs stay queued "
+                          "(the `fenji` command runs them on the simulation engine over FENJI_SITES_DIR)")
+    else:
+        console.print(f"Training jobs run on {escape(str(runner))}", soft_wrap=True)
 
 
 @account_app.command("add")

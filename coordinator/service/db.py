@@ -1,5 +1,5 @@
 """The coordinator service's state, through SQLAlchemy 2: accounts, promotions and their approvals,
-and the audit chain with its anchors. An SQLite file by default, PostgreSQL by URL
+training jobs, and the audit chain with its anchors. An SQLite file by default, PostgreSQL by URL
 (``FENJI_COORDINATOR_DB=postgresql+psycopg://…``); the tables are created on first use.
 
 Every state change happens in one transaction with its audit entry (``coordinator.service.chain``).
@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from federation.errors import SettingsError
 
-__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Promotion", "open_database"]
+__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Job", "Promotion", "open_database"]
 
 
 class Base(DeclarativeBase):
@@ -65,6 +65,30 @@ class Approval(Base):
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
     reason: Mapped[str] = mapped_column(Text)
     at: Mapped[str] = mapped_column(String(40))
+
+
+class Job(Base):
+    """A training job (``coordinator.service.jobs``): what was asked, its state, its progress and
+    per-round metrics, and how it ended (JSON columns: the same text on SQLite and PostgreSQL)."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task: Mapped[str] = mapped_column(String(100))
+    rounds: Mapped[int]
+    dp_epsilon: Mapped[float | None] = mapped_column(default=None)
+    personalisation: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued | running | succeeded | failed | cancelled
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    finished_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(200), default=None)
+    rounds_done: Mapped[int] = mapped_column(default=0)
+    history_json: Mapped[str] = mapped_column(Text, default="[]")  # one metrics dict per finished round
+    result_json: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(String(100), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    sites_json: Mapped[str] = mapped_column(Text, default="[]")  # sites that refused or failed, and why
 
 
 class AuditRow(Base):

@@ -16,6 +16,7 @@ from coordinator.service.accounts import authenticate
 from coordinator.service.anchoring import AnchorClient
 from coordinator.service.db import Account
 from coordinator.service.errors import ERROR_RESPONSES, Forbidden, NotAuthenticated
+from coordinator.service.jobs import JobQueue
 from coordinator.service.versions import ModelRegistry
 
 __all__ = ["Caller", "Coordinator", "CoordinatorDep", "Db", "api_router", "authorize"]
@@ -25,11 +26,17 @@ _bearer = HTTPBearer(auto_error=False, description="An account's token: `fenji c
 
 @dataclass
 class Coordinator:
-    """The service's parts: its database, the model registry, and the key holder that anchors its audit."""
+    """The service's parts: its database, the model registry, the key holder that anchors its audit,
+    and the training jobs' queue (its worker runs only once ``jobs.start(runner)`` is called)."""
 
     sessions: sessionmaker
     registry: ModelRegistry
     anchors: AnchorClient | None = None
+    jobs: JobQueue | None = None
+
+    def __post_init__(self) -> None:
+        if self.jobs is None:
+            self.jobs = JobQueue(self.sessions, self.anchors)
 
 
 def _coordinator(request: Request) -> Coordinator:

@@ -7,7 +7,9 @@
         ├── NotFound               404   unknown task, version or account
         ├── Conflict               409
         │   └── FourEyes                 the same commissioner approving a promotion twice
-        └── Unavailable            503   the model registry or the audit chain refused the change
+        ├── Unavailable            503   the model registry or the audit chain refused the change
+        ├── JobCancelled                 raised between rounds to stop a job someone cancelled
+        └── JobFailed                    a runner's report of a failed job: which sites refused or failed, why
 
 The other ``FenjiError``s are mapped here too: ``RegistryError`` 503, ``AuditTamperedError`` 503
 (no change is made on a chain that does not verify), ``SettingsError`` 503. Every error body has one
@@ -25,8 +27,8 @@ from pydantic import BaseModel
 from federation.errors import AuditTamperedError, RegistryError, SettingsError
 from models.errors import FenjiError
 
-__all__ = ["ERROR_RESPONSES", "Conflict", "ErrorBody", "Forbidden", "FourEyes", "NotAuthenticated", "NotFound",
-           "ServiceError", "Unavailable", "install_error_handlers", "status_of"]
+__all__ = ["ERROR_RESPONSES", "Conflict", "ErrorBody", "Forbidden", "FourEyes", "JobCancelled", "JobFailed",
+           "NotAuthenticated", "NotFound", "ServiceError", "Unavailable", "install_error_handlers", "status_of"]
 
 
 class ServiceError(FenjiError):
@@ -55,6 +57,21 @@ class FourEyes(Conflict):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class JobCancelled(ServiceError):
+    """Raised by a job's round callback when the job was cancelled: the run stops between rounds."""
+
+
+class JobFailed(ServiceError):
+    """A runner's account of a failed job. ``sites`` names the sites that refused or failed, each a
+    ``{"site", "reason", "phase"}`` dict (``phase`` may be None); ``error`` is the underlying error's
+    class name."""
+
+    def __init__(self, reason: str, *, sites: list[dict[str, Any]] | None = None, error: str | None = None) -> None:
+        super().__init__(reason)
+        self.sites = list(sites or [])
+        self.error = error or type(self).__name__
 
 
 class ErrorBody(BaseModel):

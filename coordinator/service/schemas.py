@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from coordinator.service.access import Role
-from coordinator.service.db import Account, Approval, Promotion
+from coordinator.service.db import Account, Approval, Job, Promotion
 
 __all__ = ["AccountCreate", "AccountIssued", "AccountPublic", "ApprovalPublic", "AuditEntry", "AuditPage",
-           "ChangeResult", "Health", "PromotionPublic", "ReasonBody", "RollbackBody", "TaskList", "VerifyResult"]
+           "ChangeResult", "Health", "JobCreate", "JobPublic", "PromotionPublic", "ReasonBody", "RollbackBody", "TaskList", "VerifyResult"]
 
 
 def _storable(text: str) -> str:
@@ -123,3 +125,61 @@ class VerifyResult(BaseModel):
     keyholder: str = ""
     notes: list[str] = Field(default_factory=list)
     error: str | None = None
+
+
+class JobCreate(BaseModel):
+    task: str = Field(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="A built-in task, e.g. triage, diagnosis")
+    rounds: int = Field(ge=1, le=1000, description="Federated training rounds")
+    dp_epsilon: float | None = Field(None, gt=0, le=1000, description="Ask the sites for DP-SGD at this epsilon "
+                                     "per run (each site books it in its own ledger); none: the sites' own policy")
+    personalisation: bool = Field(True, description="Report each site's personalised model (chosen at the site "
+                                  "on its own rows) with the result")
+
+
+class SiteProblem(BaseModel):
+    site: str = Field(description="The site's id, or 'node <n>' before the run learnt it")
+    reason: str
+    phase: str | None = None
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: a metric a site could not compute (one class only) is shown as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class JobPublic(BaseModel):
+    id: int
+    task: str
+    rounds: int
+    dp_epsilon: float | None
+    personalisation: bool
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
+    submitted_by: str
+    submitted_at: str
+    started_at: str | None
+    finished_at: str | None
+    rounds_done: int
+    progress: float = Field(description="rounds done / rounds")
+    cancel_requested_by: str | None = Field(description="A running job stops after its current round")
+    history: list[dict[str, float | None]] = Field(description="Each completed round's metrics (over the sites)")
+    result: dict[str, Any] | None = Field(description="Per-site released metrics, replies left out, the registered "
+                                                      "version")
+    error: str | None
+    reason: str | None
+    failed_sites: list[SiteProblem] = Field(description="The sites that refused or failed, and why")
+
+    @classmethod
+    def of(cls, job: Job) -> JobPublic:
+        return cls(id=job.id, task=job.task, rounds=job.rounds, dp_epsilon=job.dp_epsilon,
+                   personalisation=job.personalisation, status=job.status, submitted_by=job.submitted_by,
+                   submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
+                   rounds_done=job.rounds_done, progress=job.rounds_done / job.rounds if job.rounds else 0.0,
+                   cancel_requested_by=job.cancel_requested_by, history=_finite(json.loads(job.history_json)),
+                   result=_finite(json.loads(job.result_json)) if job.result_json else None, error=job.error,
+                   reason=job.reason, failed_sites=[SiteProblem(**s) for s in json.loads(job.sites_json)])

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from coordinator.registry import model_name
 from federation.errors import RegistryError
 
-__all__ = ["LOWER_IS_BETTER", "Gap", "ModelRegistry", "VersionView", "site_gaps"]
+__all__ = ["LOWER_IS_BETTER", "Gap", "ModelRegistry", "RoundMetrics", "RoundPoint", "VersionView", "site_gaps"]
 
 LOWER_IS_BETTER = {"log-loss", "ece", "brier", "mae"}
 _NOT_QUALITY = {"n", "n-eval", "rows"}  # counts, not how good a model is
@@ -36,6 +36,18 @@ class VersionView(BaseModel):
     encrypted: bool
     sites: dict[str, dict[str, float]] = Field(description="metric per site, as the site released it")
     gaps: dict[str, Gap] = Field(description="per metric, the best and the worst site")
+
+
+class RoundPoint(BaseModel):
+    round: int
+    value: float
+
+
+class RoundMetrics(BaseModel):
+    task: str
+    version: str
+    rounds: dict[str, list[RoundPoint]] = Field(description="per metric, the federated model's value after each "
+                                                            "round (what the training run logged per round)")
 
 
 def site_gaps(sites: dict[str, dict[str, float]]) -> dict[str, Gap]:
@@ -77,12 +89,35 @@ class ModelRegistry:
 
         try:
             found = self.client.search_model_versions(f"name = '{model_name(task)}'")
-            return sorted((self._view(task, mv) for mv in found), key=lambda v: -int(v.version))
+            # The search leaves each version's aliases empty; the registered model has them all.
+            aliases = self.client.get_registered_model(model_name(task)).aliases if found else {}
+            return sorted((self._view(task, mv, aliases) for mv in found), key=lambda v: -int(v.version))
         except mlflow.exceptions.MlflowException as exc:
             raise RegistryError(f"cannot read {model_name(task)}'s versions: {exc}") from exc
 
     def version(self, task: str, version: str) -> VersionView | None:
         return next((v for v in self.versions(task) if v.version == str(version)), None)
+
+    def rounds(self, task: str, version: str) -> RoundMetrics | None:
+        """The metrics the version's training run logged per round (not the sites'); ``None`` for an
+        unknown version."""
+        import mlflow
+
+        try:
+            mv = self.client.get_model_version(model_name(task), str(version))
+        except mlflow.exceptions.MlflowException:
+            return None
+        rounds: dict[str, list[RoundPoint]] = {}
+        try:
+            keys = self.client.get_run(mv.run_id).data.metrics if mv.run_id else {}
+            for key in sorted(k for k in keys if not k.startswith("site.")):
+                history = self.client.get_metric_history(mv.run_id, key)
+                points = {m.step: m.value for m in history if m.step > 0 and math.isfinite(m.value)}
+                if points:
+                    rounds[key] = [RoundPoint(round=step, value=points[step]) for step in sorted(points)]
+        except mlflow.exceptions.MlflowException as exc:
+            raise RegistryError(f"cannot read the rounds of {model_name(task)} version {version}: {exc}") from exc
+        return RoundMetrics(task=task, version=str(mv.version), rounds=rounds)
 
     def alias_version(self, task: str, alias: str) -> str | None:
         """The version ``alias`` points at, ``None`` if it points nowhere."""
@@ -93,7 +128,7 @@ class ModelRegistry:
         except mlflow.exceptions.MlflowException:
             return None
 
-    def _view(self, task: str, mv: object) -> VersionView:
+    def _view(self, task: str, mv: object, aliases: dict[str, str | int]) -> VersionView:
         sites: dict[str, dict[str, float]] = {}
         if mv.run_id:
             for key, value in self.client.get_run(mv.run_id).data.metrics.items():
@@ -102,6 +137,6 @@ class ModelRegistry:
                     if site and metric:
                         sites.setdefault(site, {})[metric] = float(value)
         return VersionView(task=task, version=str(mv.version), run_id=mv.run_id or "",
-                           created_at=int(mv.creation_timestamp or 0), aliases=sorted(mv.aliases or []),
+                           created_at=int(mv.creation_timestamp or 0), aliases=sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                            bundle_sha256=mv.tags.get("bundle-sha256", ""),
                            encrypted=mv.tags.get("encrypted", "") == "True", sites=sites, gaps=site_gaps(sites))

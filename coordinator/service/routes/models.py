@@ -12,7 +12,7 @@ from coordinator.service import governance
 from coordinator.service.chain import anchor_head
 from coordinator.service.db import Account, Approval, Promotion
 from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
-from coordinator.service.errors import ErrorBody
+from coordinator.service.errors import ErrorBody, NotFound
 from coordinator.service.schemas import (
     ChangeResult,
     PromotionPublic,
@@ -20,7 +20,7 @@ from coordinator.service.schemas import (
     RollbackBody,
     TaskList,
 )
-from coordinator.service.versions import VersionView
+from coordinator.service.versions import RoundMetrics, VersionView
 
 router = api_router(tags=["models"])
 Task = Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="e.g. triage, diagnosis")]
@@ -44,6 +44,15 @@ def list_models(coordinator: CoordinatorDep) -> TaskList:
 @router.get("/models/{task}/versions", summary="Versions with per-site metrics and the best-worst site gap")
 def list_versions(task: Task, coordinator: CoordinatorDep) -> list[VersionView]:
     return coordinator.registry.versions(task)
+
+
+@router.get("/models/{task}/versions/{version}/rounds", summary="The version's metrics per training round",
+            responses={404: {"model": ErrorBody, "description": "No such version"}})
+def version_rounds(task: Task, version: Version, coordinator: CoordinatorDep) -> RoundMetrics:
+    found = coordinator.registry.rounds(task, version)
+    if found is None:
+        raise NotFound(f"fenji-{task} has no version {version}")
+    return found
 
 
 @router.post("/models/{task}/versions/{version}/approve", responses=_CHANGE_ERRORS,

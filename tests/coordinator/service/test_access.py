@@ -25,12 +25,17 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("DELETE", "/api/v1/accounts/{account_id}"): {A},
     ("GET", "/api/v1/models"): EVERYONE,
     ("GET", "/api/v1/models/{task}/versions"): EVERYONE,
+    ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): EVERYONE,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): {C},
     ("POST", "/api/v1/models/{task}/rollback"): {C},
     ("GET", "/api/v1/promotions"): EVERYONE,
     ("GET", "/api/v1/audit"): {C, A},
     ("GET", "/api/v1/audit/verify"): {C, A},
     ("POST", "/api/v1/audit/anchor"): {A},
+    ("POST", "/api/v1/jobs"): {S, A},
+    ("GET", "/api/v1/jobs"): EVERYONE,
+    ("GET", "/api/v1/jobs/{job_id}"): EVERYONE,
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): {S, A},
 }
 ROUTES = sorted({(method, route.path) for router in ROUTERS for route in router.routes
                  if isinstance(route, APIRoute) for method in route.methods})
@@ -66,8 +71,12 @@ def call(service, method: str, path: str, headers: dict[str, str], n: int) -> ht
             with service.client("admin") as admin:
                 victim = admin.post("/api/v1/accounts", json={"name": f"victim {n}", "role": S}).json()
             return client.delete(path.format(account_id=victim["account"]["id"]))
+        if path.startswith("/api/v1/jobs/{job_id}"):  # a queued job of its own (no engine runs it here)
+            with service.client("admin") as admin:
+                job = admin.post("/api/v1/jobs", json={"task": TASK, "rounds": 2}).json()
+            return client.request(method, path.format(job_id=job["id"]))
         url = path.format(task=TASK, version="2")
-        bodies = {"/api/v1/accounts": {"name": f"new {n}", "role": S},
+        bodies = {"/api/v1/accounts": {"name": f"new {n}", "role": S}, "/api/v1/jobs": {"task": TASK, "rounds": 2},
                   "/api/v1/models/{task}/versions/{version}/approve": {"reason": "better everywhere"},
                   "/api/v1/models/{task}/rollback": {"version": "1", "reason": "version 3 fails clinic_b"}}
         return client.request(method, url, json=bodies.get(path) if method == "POST" else None)

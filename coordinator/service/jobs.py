@@ -1,0 +1,290 @@
+"""Training jobs: submitted through the API, queued in the database, run one at a time on Flower by a
+worker thread, through a ``JobRunner`` the shell injects (the coordinator does not know which engine:
+``fenji.jobs_runner`` runs the simulation engine over local site folders).
+
+States::
+
+    queued ──> running ──> succeeded
+       │          ├──────> failed      (reason; the sites that refused or failed, when the runner says)
+       └──────────┴──────> cancelled
+
+- Submitting, starting, finishing, failing and cancelling are each written in one transaction with
+  their audit entry (``coordinator.service.chain``), then the head is anchored at the key holder.
+  Progress (rounds done, each round's metrics) is written as it comes without an entry: it is a
+  report, not a decision, and the job's last entry records the rounds done.
+- Cancellation: a queued job is cancelled at once. A running job is cancelled *between rounds*: the
+  request is stored (and audited), and the runner's round callback raises ``JobCancelled`` after the
+  next round completes; the statistics phase before round 1 is not interrupted, and a request that
+  arrives after the last round lets the job finish (it then ends ``succeeded``).
+- Restart: ``JobQueue.start`` first marks every job left ``running`` failed with the reason
+  ``RESTARTED`` (its worker died with the process that ran it), so none is left "running"; queued
+  jobs then run. Only the serving process calls ``start``: a command such as ``fenji coordinator
+  account add`` opens the same database while a job runs and must not touch it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.service import chain
+from coordinator.service.accounts import now
+from coordinator.service.anchoring import AnchorClient
+from coordinator.service.db import Account, Job
+from coordinator.service.errors import Conflict, JobCancelled, JobFailed, NotFound
+from models.errors import first_line
+
+__all__ = ["FINISHED", "RESTARTED", "WORKER", "JobQueue", "JobRequest", "JobResult", "JobRunner", "RoundCallback",
+           "cancel", "submit"]
+
+log = logging.getLogger("fenji.coordinator")
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+RESTARTED = "coordinator restarted mid-job"
+WORKER = "coordinator"  # the audit actor of what the queue does itself
+RoundCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What a runner is asked to run."""
+
+    id: int
+    task: str
+    rounds: int
+    dp_epsilon: float | None = None
+    personalisation: bool = True
+
+
+@dataclass
+class JobResult:
+    """What a finished run produced: each site's released metrics, the replies left out on the way
+    (each ``{"site", "phase", "round", "reason"}``), and the registered model version if any."""
+
+    sites: dict[str, dict[str, float]] = field(default_factory=dict)
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    version: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sites": self.sites, "excluded": self.excluded, "model": self.model, "version": self.version,
+                **self.details}
+
+
+class JobRunner(Protocol):
+    """Runs one job to its end. It calls ``on_round(round, metrics)`` after every completed round and
+    lets that callback's ``JobCancelled`` end the run; it raises ``JobFailed`` (naming the sites that
+    refused or failed) or any other error when the run fails."""
+
+    def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult: ...
+
+
+def submit(session: Session, account: Account, *, task: str, rounds: int, dp_epsilon: float | None = None,
+           personalisation: bool = True) -> Job:
+    """Queue a job (audited as ``job-submitted``); committed."""
+    job = Job(task=task, rounds=rounds, dp_epsilon=dp_epsilon, personalisation=personalisation, status=QUEUED,
+              submitted_by=account.name, submitted_at=now())
+    session.add(job)
+    session.flush()
+    chain.append(session, actor=account.name, action="job-submitted", job_id=job.id, task=task, rounds=rounds,
+                 dp_epsilon=dp_epsilon, personalisation=personalisation)
+    session.commit()
+    return job
+
+
+def get(session: Session, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    return job
+
+
+def cancel(session: Session, account: Account, job_id: int) -> Job:
+    """Cancel a queued job now, or ask a running one to stop after its current round (audited); committed.
+
+    Raises
+    ------
+    NotFound
+        If there is no such job.
+    Conflict
+        If it has finished already.
+    """
+    job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
+    if job is None:
+        raise NotFound(f"no job {job_id}")
+    if job.status in FINISHED:
+        raise Conflict(f"job {job_id} has {job.status} already")
+    if job.status == QUEUED:
+        job.status, job.finished_at, job.reason = CANCELLED, now(), f"cancelled by {account.name} before it started"
+        chain.append(session, actor=account.name, action="job-cancelled", job_id=job.id, task=job.task, rounds_done=0)
+    elif job.cancel_requested_by is None:
+        job.cancel_requested_by = account.name
+        chain.append(session, actor=account.name, action="job-cancel-requested", job_id=job.id, task=job.task,
+                     rounds_done=job.rounds_done)
+    session.commit()
+    return job
+
+
+class JobQueue:
+    """The jobs table as a queue, and the one worker thread that runs its jobs in order of submission.
+
+    Parameters
+    ----------
+    sessions
+        The coordinator's database.
+    anchors
+        The key holder that countersigns the audit head after each change (``None``: not anchored).
+    poll_seconds
+        How often the idle worker looks for jobs nobody woke it for (e.g. queued before a restart).
+    """
+
+    def __init__(self, sessions: sessionmaker, anchors: AnchorClient | None = None, *,
+                 poll_seconds: float = 5.0) -> None:
+        self.sessions = sessions
+        self.anchors = anchors
+        self.poll_seconds = poll_seconds
+        self.runner: JobRunner | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, runner: JobRunner | None) -> list[int]:
+        """Fail the jobs a dead process left running (returns their ids), then, with a ``runner``,
+        start the worker; without one, jobs wait in the queue (no training engine configured)."""
+        recovered = self.recover()
+        self.runner = runner
+        if runner is not None and self._thread is None:
+            self._stopping.clear()
+            self._thread = threading.Thread(target=self._loop, name="fenji-jobs", daemon=True)
+            self._thread.start()
+        return recovered
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Let the worker end after the job it runs (a test's or a shutdown's; a daemon thread otherwise)."""
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def wake(self) -> None:
+        """Tell the worker a job was queued or cancelled."""
+        self._wake.set()
+
+    def recover(self) -> list[int]:
+        """Mark every ``running`` job failed with ``RESTARTED`` (audited, one transaction each)."""
+        with self.sessions() as session:
+            ids = session.execute(select(Job.id).where(Job.status == RUNNING).order_by(Job.id)).scalars().all()
+        for job_id in ids:
+            self._finish(job_id, FAILED, "job-failed", error="CoordinatorRestarted", reason=RESTARTED)
+            log.warning("job %s was running when the coordinator stopped: marked failed", job_id)
+        return list(ids)
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()  # before looking: a job queued while we look wakes the wait below
+            try:
+                ran = self.run_next()
+            except Exception:  # the worker must outlive one job's bookkeeping failure
+                log.exception("the job worker could not record a job; it goes on with the next")
+                ran = True
+            if not ran:
+                self._wake.wait(self.poll_seconds)
+
+    def _claim(self) -> JobRequest | None:
+        """The oldest queued job, marked running (audited as ``job-started``); None if none is queued."""
+        with self.sessions() as session:
+            job = session.execute(select(Job).where(Job.status == QUEUED).order_by(Job.id).limit(1)
+                                  .with_for_update()).scalar_one_or_none()
+            if job is None:
+                return None
+            job.status, job.started_at = RUNNING, now()
+            chain.append(session, actor=WORKER, action="job-started", job_id=job.id, task=job.task, rounds=job.rounds)
+            session.commit()
+            request = JobRequest(id=job.id, task=job.task, rounds=job.rounds, dp_epsilon=job.dp_epsilon,
+                                 personalisation=job.personalisation)
+        chain.anchor_head(self.sessions, self.anchors)
+        return request
+
+    def run_next(self) -> bool:
+        """Run the oldest queued job to its end with the runner; False if none was queued (or no runner)."""
+        runner = self.runner
+        if runner is None:
+            return False
+        request = self._claim()
+        if request is None:
+            return False
+        try:
+            result = runner(request, self._round_callback(request.id))
+        except Exception as exc:  # noqa: BLE001 - every way a run ends is recorded, none leaves it "running"
+            self._record_failure(request.id, exc)
+            return True
+        self._finish(request.id, SUCCEEDED, "job-succeeded", result=result.to_dict(),
+                     details={"model": result.model, "version": result.version,
+                              "excluded": result.excluded, "sites": sorted(result.sites)})
+        return True
+
+    def _round_callback(self, job_id: int) -> RoundCallback:
+        def on_round(server_round: int, metrics: dict[str, float]) -> None:
+            with self.sessions() as session:
+                job = session.get(Job, job_id)
+                history = json.loads(job.history_json)
+                history.append({k: float(v) for k, v in metrics.items()})
+                job.rounds_done, job.history_json = server_round, json.dumps(history)
+                cancelled = job.cancel_requested_by
+                session.commit()
+            if cancelled is not None:
+                raise JobCancelled(f"job {job_id} cancelled by {cancelled} after round {server_round}")
+
+        return on_round
+
+    def _record_failure(self, job_id: int, exc: Exception) -> None:
+        if _cancelled(exc):
+            with self.sessions() as session:
+                by = session.get(Job, job_id).cancel_requested_by
+            self._finish(job_id, CANCELLED, "job-cancelled", reason=f"cancelled by {by} between rounds")
+            return
+        if isinstance(exc, JobFailed):
+            error, sites = exc.error, exc.sites
+        else:
+            error, sites = type(exc).__name__, []
+            log.error("job %s failed", job_id, exc_info=exc)
+        self._finish(job_id, FAILED, "job-failed", error=error, reason=first_line(exc), sites=sites)
+
+    def _finish(self, job_id: int, status: str, action: str, *, error: str | None = None, reason: str | None = None,
+                sites: list[dict[str, Any]] | None = None, result: dict[str, Any] | None = None,
+                details: dict[str, Any] | None = None) -> None:
+        """Set a running job's final state with its audit entry, in one transaction, then anchor."""
+        with self.sessions() as session:
+            job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            job.status, job.finished_at, job.error, job.reason = status, now(), error, reason
+            job.sites_json = json.dumps(sites or [])
+            if result is not None:
+                job.result_json = json.dumps(result, default=float)
+            entry = {"job_id": job.id, "task": job.task, "rounds_done": job.rounds_done, **(details or {})}
+            if error is not None:
+                entry |= {"error": error, "reason": reason, "failed_sites": sites or []}
+            elif reason is not None:
+                entry["reason"] = reason
+            chain.append(session, actor=WORKER, action=action, **entry)
+            session.commit()
+        chain.anchor_head(self.sessions, self.anchors)
+
+
+def _cancelled(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was raised from, a ``JobCancelled`` (an engine may wrap the callback's error)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, JobCancelled):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
