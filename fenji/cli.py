@@ -17,6 +17,7 @@ from coordinator.errors import NotEnoughSitesError
 from coordinator.service.cli import JOB_RUNNER
 from coordinator.settings import load_coordinator_settings
 from federation.settings import configure_environment
+from fenji.audit_heads import heads_command
 from fenji.cli_bench import bench_command
 from fenji.cli_guard import FenjiGroup, output_file, set_verbose
 from fenji.demo import demo_command
@@ -58,6 +59,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(coordinator_app, name="coordinator")
 app.add_typer(keyholder_app, name="keyholder")
 app.add_typer(audit_app, name="audit")
+audit_app.command("heads")(heads_command)
 
 # `fenji models promote` was the command's name before the coordinator had a sub-command of its own.
 models_app = typer.Typer(help="Old name of `fenji coordinator promote` (still works).", no_args_is_help=True,

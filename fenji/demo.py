@@ -111,7 +111,8 @@ def _clear_demo_outputs(workdir: Path) -> None:
 
 
 def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[str, str]) -> None:
-    """Approve the versions the demo just registered (audited) and print how a doctor logs in."""
+    """Approve the versions the demo just registered (audited), print how a doctor logs in at the
+    clinic and how a commissioner starts the coordinator's service and logs in to its console."""
     from coordinator.registry import promote
     from node_agent.cli_tokens import create_token
 
@@ -127,6 +128,15 @@ def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[st
     console.print(f"fenji node serve --site-dir {site_dir}\n"
                   f"then open http://127.0.0.1:8600/ and log in with the doctor token:\n  [bold]{token}[/]\n"
                   f"(more tokens: fenji node token create --site-dir {site_dir} --role site_admin --name ...)")
+    console.rule("[bold]The commission's console")
+    sites = site_dir.parent
+    console.print("fenji coordinator init                      # once: the coordinator's database and its admin token\n"
+                  'fenji coordinator account add --role commissioner --name "Commissioner A"   # prints A\'s token\n'
+                  'fenji coordinator account add --role commissioner --name "Commissioner B"   # four eyes: a second one\n'
+                  f"FENJI_SITES_DIR={sites} fenji coordinator serve\n"
+                  "then open http://127.0.0.1:8480/ and log in with a commissioner token: compare versions per clinic, "
+                  "approve (two commissioners), roll back, read the audit trail. From then on a version reaches the "
+                  "clinics only under four eyes.", soft_wrap=True, markup=False, highlight=False)
 
 
 def _approve_plans(site_dirs: list[Path], specs: list, rounds: int) -> None:

@@ -111,6 +111,18 @@ def test_readme_using_it_commands_run_after_the_demo(after_demo):
     assert "chain intact" in fenji(*by_name["keyholder ledger"][1:]).stdout
 
 
+def test_the_demo_says_how_a_commissioner_logs_in_and_those_commands_work(after_demo):
+    """The demo's last lines: the coordinator's service, a commissioner's token, its console."""
+    _, _, fenji, demo = after_demo
+    assert "log in with a commissioner token" in demo.stdout and "fenji coordinator serve" in demo.stdout
+    assert fenji("coordinator", "init").returncode == 0
+    added = fenji("coordinator", "account", "add", "--role", "commissioner", "--name", "Commissioner A")
+    assert added.returncode == 0 and "fco_" in added.stdout + added.stderr, added.stdout + added.stderr
+    # From then on the shortcut is closed: promotion goes through two commissioners.
+    refused = fenji("coordinator", "promote", "--task", "triage", "--version", "1", "--actor", "x")
+    assert refused.returncode != 0 and "two different commissioners" in " ".join(refused.stderr.split())
+
+
 def test_node_serve_uses_the_same_registry_and_finds_the_promoted_versions(after_demo, monkeypatch):
     from node_agent.distribution import ModelDistribution
     from node_agent.settings import NodeSettings
