@@ -15,7 +15,12 @@ from torch import nn
 from models.calibration import Calibration, calibrated_proba, expected_calibration_error
 from models.spec import TaskSpec
 
-__all__ = ["TrainConfig", "dp_noise_multiplier", "evaluate", "metrics_from_proba", "predict_proba", "predicted_level", "train"]
+__all__ = ["RELEASE_LOSS_CAP", "TrainConfig", "dp_noise_multiplier", "evaluate", "metrics_from_proba", "predict_proba",
+           "predicted_level", "train"]
+
+# Per-row log loss of the released ``log-loss`` is capped here (true-class probability floored at 0.1),
+# so one row moves it by at most this over n: the egress guard's grid step scales with it.
+RELEASE_LOSS_CAP = math.log(10.0)
 
 
 @dataclass
@@ -177,6 +182,29 @@ def metrics_from_proba(spec: TaskSpec, proba: np.ndarray, y: np.ndarray) -> dict
         out["top3-accuracy"] = float((top3 == y[:, None]).any(axis=1).mean())
     if spec.label.kind == "ordinal":
         out["kappa"] = float(cohen_kappa_score(y, predicted, weights="quadratic", labels=list(range(k))))
+    return out | _release_inputs(proba, y, predicted, out.get("kappa"))
+
+
+def _release_inputs(proba: np.ndarray, y: np.ndarray, predicted: np.ndarray, kappa: float | None) -> dict[str, float]:
+    """What the egress guard needs to round the metrics above (``node_agent.egress.release``), which
+    it strips before anything leaves: the capped log loss, and the rows one patient is "one of" for
+    AUROC (its smaller class) and kappa (see the threat model, "Metrics above the minimum n")."""
+    n, k = proba.shape
+    per_row = -np.log(np.clip(proba[np.arange(n), y], 1e-7, 1))
+    out = {"release-log-loss": float(np.minimum(per_row, RELEASE_LOSS_CAP).mean())}
+    sizes = np.bincount(y, minlength=k)
+    if k == 2:  # one row moves the AUROC by at most 1 / (the size of its class)
+        out["release-auroc-rows"] = float(min(sizes)) if min(sizes) > 0 else 0.0
+    else:  # macro: a row of class c moves AUROC_c by 1 / n_c and every other AUROC_c' by 1 / (n - n_c')
+        present = [c for c in range(k) if 0 < sizes[c] < n]
+        others = sum(1.0 / (n - sizes[c]) for c in present)
+        moves = [(1.0 / sizes[c] + others - 1.0 / (n - sizes[c])) / len(present) for c in present]
+        out["release-auroc-rows"] = float(1.0 / max(moves)) if present else 0.0
+    if kappa is not None:
+        weights = np.subtract.outer(np.arange(k), np.arange(k)) ** 2 / max(k - 1, 1) ** 2
+        expected = float(sizes / n @ weights @ (np.bincount(predicted, minlength=k) / n))
+        # kappa = 1 - D_o / D_e: one row moves D_o by 1/n and D_e by 2/n, so kappa by (3 - 2 kappa) / (n D_e).
+        out["release-kappa-rows"] = n * expected / (3 - 2 * kappa) if expected > 0 and np.isfinite(kappa) else 0.0
     return out
 
 

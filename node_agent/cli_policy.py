@@ -48,7 +48,8 @@ By = Annotated[str | None, typer.Option("--by", help="Who makes the change (defa
 STATUS_ENTRIES = 10
 # Option name -> (field path in SitePolicy) for `fenji node policy`.
 _POLICY_FIELDS = {
-    "min_n": ("min_n",), "release_train_loss": ("release_train_loss",), "dp": ("dp", "enabled"),
+    "min_n": ("min_n",), "release_train_loss": ("release_train_loss",), "coarse_metrics": ("coarse_metrics",),
+    "dp": ("dp", "enabled"),
     "dp_epsilon": ("dp", "epsilon_per_run"), "dp_delta": ("dp", "delta"), "dp_max_grad_norm": ("dp", "max_grad_norm"),
     "dp_budget": ("dp", "budget_epsilon"), "dp_period_days": ("dp", "period_days"),
 }
@@ -243,6 +244,8 @@ def _show_policy(policy: SitePolicy) -> None:
     console.print(f"Differential privacy: {_dp_text(policy)}")
     console.print(f"Minimum n: {policy.min_n} (no number about fewer rows leaves the site)")
     console.print(f"Training loss released: {'yes' if policy.release_train_loss else 'no'}")
+    console.print("Held-out metrics: " + ("on count-sized grids (--coarse-metrics)" if policy.coarse_metrics
+                                          else "exact above the minimum n (--coarse-metrics puts them on grids)"))
     if policy.allow_plaintext:
         console.print("[yellow]Plaintext updates allowed by this policy[/]")
 
@@ -313,13 +316,17 @@ def policy_command(
     dp_period_days: Annotated[int | None, typer.Option(help="Length of the budget period, in days.")] = None,
     release_train_loss: Annotated[bool | None, typer.Option(
         "--release-train-loss/--no-release-train-loss", help="Let the training loss leave the site.")] = None,
+    coarse_metrics: Annotated[bool | None, typer.Option(
+        "--coarse-metrics/--exact-metrics",
+        help="Release held-out metrics on count-sized grids (no metric pins a count more finely than the count "
+             "rule; AUROC and kappa about small classes withheld).")] = None,
     by: By = None,
 ) -> None:
     """Show the site's policy; with options, change it (validated first; audited with old and new values)."""
     site_folder(site_dir, SiteDataError, must_exist=True)
     changes = {"min_n": min_n, "dp": dp, "dp_epsilon": dp_epsilon, "dp_delta": dp_delta,
                "dp_max_grad_norm": dp_max_grad_norm, "dp_budget": dp_budget, "dp_period_days": dp_period_days,
-               "release_train_loss": release_train_loss}
+               "release_train_loss": release_train_loss, "coarse_metrics": coarse_metrics}
     if any(v is not None for v in changes.values()):
         diff = change_policy(site_dir, by=_who(by), **changes)
         for field, (old, new) in diff.items():

@@ -4,12 +4,43 @@ A reply may hold only what the protocol declares: ciphertexts (``ArrayRecord`` "
 uint8 bytes), aggregate numbers from ``DECLARED_METRICS``, the site's id (with its personalisation
 and the DP epsilon it applied) or a declared refusal. Anything else is an ``EgressViolation`` and
 the reply is replaced by an error. Every declared number then passes the site's small-number rules
-(``release``). With ``egress-log`` set in the node
-config, each outgoing reply is also written to that folder, for audits and tests.
+(``release``). With ``egress-log`` set in the node config, each outgoing reply is also written to
+that folder, for audits and tests.
+
+**Metrics as coarse as counts (the site's ``coarse_metrics`` policy; off by default).** The count rule: no count below the site's ``min_n`` leaves, the
+others are rounded to ``k = COUNT_ROUNDING``, so a count is known to ±k/2. The coordinator chooses
+the model a site evaluates, so without more, a model that splits on one feature makes ``accuracy × n``
+an exact count of a small cell. Hence every held-out metric is released on a grid whose step is k
+times the most one patient can move it, so one grid step is worth k patients:
+
+- ``accuracy``, ``top3-accuracy``, ``ece`` and ``log-loss`` are means over the n rows of a per-row
+  quantity in [0, B] (ECE: one row moves n·ECE by at most 1, as it moves a cell count; log loss: the
+  per-row loss is capped at ``B = RELEASE_LOSS_CAP`` = ln 10, probability of the true class floored
+  at 0.1, before averaging). Step ``k·B / n_r``, where ``n_r`` is the released (rounded) n, so the
+  grid itself says nothing the released n does not; a multiple of k, so the grids of ``accuracy`` and
+  of ``ece``/``log-loss`` (which count the complement) share their edges.
+- ``auroc`` is a mean over the positives of a per-positive quantity in [0, 1] and a mean over the
+  negatives likewise; one patient moves it by at most 1/m, m = the smaller class. Macro AUROC over
+  P classes: a row of class c moves AUROC_c by 1/n_c and each other AUROC_c' by 1/(n − n_c'), so
+  1/m = max over c of that sum / P. Step ``k / m_r``, m_r = m rounded down to a multiple of k (a
+  count the count rule would release); withheld (NaN) when m_r < min_n, as a metric about fewer
+  than min_n patients is.
+- ``kappa`` (quadratic) is 1 − D_o/D_e: one row moves it by at most (3 − 2κ)/(n·D_e). Step ``k`` times
+  that, with n·D_e/(3 − 2κ) rounded down to a multiple of k; withheld below min_n.
+
+The site computes m and the kappa term with the metrics (``models.training``, keys ``RELEASE_INPUTS``);
+``release`` strips them, and a metric whose inputs are missing is withheld, not sent exact.
+
+What this does not do: rounding is not differential privacy. Two metrics of one reply whose grid
+edges do not line up (AUROC and accuracy of the same split), or one metric of the same rows under
+several models (every round of a run evaluates), can narrow a count below ±k/2, as several rounded
+counts of overlapping cells could; the number of such releases is bounded by the approved plan's
+rounds. Noise charged to the site's budget ledger is what would bound it in ε.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import uuid
 from collections.abc import Callable
@@ -26,26 +57,40 @@ from flwr.app import (
 )
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from models.training import RELEASE_LOSS_CAP
 from node_agent.errors import EgressViolation
 from node_agent.policy import SitePolicy
 
-__all__ = ["DECLARED_CONFIG", "DECLARED_METRICS", "check_reply", "make_egress_guard", "release", "reply_snapshot"]
+__all__ = ["COUNT_ROUNDING", "DECLARED_CONFIG", "DECLARED_METRICS", "METRIC_GRIDS", "RELEASE_INPUTS", "check_reply",
+           "make_egress_guard", "metric_step", "release", "reply_snapshot"]
 
 # Held-out metrics of the global model, of the site's personalised model and of a local-only model.
 EVALUATION_METRICS = {"auroc", "accuracy", "log-loss", "ece", "n", "top3-accuracy", "kappa"}
-DECLARED_METRICS = {"num-examples", "train-loss"} | {
-    prefix + name for prefix in ("", "local-", "personal-") for name in EVALUATION_METRICS
-}
+PREFIXES = ("", "local-", "personal-")
+DECLARED_METRICS = {"num-examples", "train-loss"} | {prefix + name for prefix in PREFIXES for name in EVALUATION_METRICS}
 DECLARED_CONFIG = {"site": {"site-id", "personalisation", "dp-epsilon", "audit-head", "inputs"},
                    "refusal": {"site-id", "reason", "audit-head"}}
 # Counts that describe held-out rows: rounded to COUNT_ROUNDING before they leave.
 EVALUATION_COUNTS = {"n", "local-n", "personal-n"}
 COUNT_ROUNDING = 5
 PLAINTEXT_ARRAYS_KEY = "arrays"
+# What the evaluation computes for the grids below; used by ``release`` and never sent.
+RELEASE_INPUTS = {"release-log-loss", "release-auroc-rows", "release-kappa-rows"}
+# Metric -> (where its rows come from, per-row bound B, range). "n" means the released held-out n.
+METRIC_GRIDS: dict[str, tuple[str, float, tuple[float, float]]] = {
+    "accuracy": ("n", 1.0, (0.0, 1.0)),
+    "top3-accuracy": ("n", 1.0, (0.0, 1.0)),
+    "ece": ("n", 1.0, (0.0, 1.0)),
+    "log-loss": ("n", RELEASE_LOSS_CAP, (0.0, RELEASE_LOSS_CAP)),
+    "auroc": ("release-auroc-rows", 1.0, (0.0, 1.0)),
+    "kappa": ("release-kappa-rows", 1.0, (-1.0, 1.0)),
+}
 
 
-def check_reply(message: Message, *, allow_plaintext_model: bool = False) -> None:
-    """Raise ``EgressViolation`` unless the reply holds only declared content."""
+def check_reply(message: Message, *, allow_plaintext_model: bool = False, allow_release_inputs: bool = False) -> None:
+    """Raise ``EgressViolation`` unless the reply holds only declared content (and, before ``release``
+    removes them, the site-only ``RELEASE_INPUTS`` if ``allow_release_inputs``)."""
+    declared = DECLARED_METRICS | ({p + key for p in PREFIXES for key in RELEASE_INPUTS} if allow_release_inputs else set())
     if message.has_error():
         return
     for name, record in message.content.items():
@@ -58,7 +103,7 @@ def check_reply(message: Message, *, allow_plaintext_model: bool = False) -> Non
                 raise EgressViolation(f"undeclared array record {name!r}")
         elif isinstance(record, MetricRecord):
             for key, value in record.items():
-                if key not in DECLARED_METRICS:
+                if key not in declared:
                     raise EgressViolation(f"undeclared metric {key!r}")
                 if isinstance(value, list):
                     raise EgressViolation(f"metric {key!r} is a list, not one aggregate number")
@@ -84,6 +129,45 @@ def reply_snapshot(message: Message) -> dict:
     return snapshot
 
 
+def _rounded_count(value: float) -> int:
+    return int(round(value / COUNT_ROUNDING) * COUNT_ROUNDING)
+
+
+def metric_step(metric: str, rows: float, *, min_rows: int = 1) -> float | None:
+    """The grid step of ``metric`` released about ``rows`` rows (for "n"-based metrics, the released
+    n; otherwise the site's exact figure, rounded down here to a multiple of ``COUNT_ROUNDING``), or
+    None when it is withheld: fewer than ``max(min_rows, COUNT_ROUNDING)`` rows."""
+    source, bound, _ = METRIC_GRIDS[metric]
+    if not math.isfinite(rows):
+        return None
+    counted = rows if source == "n" else math.floor(rows / COUNT_ROUNDING) * COUNT_ROUNDING
+    if counted < max(min_rows, COUNT_ROUNDING):
+        return None
+    return COUNT_ROUNDING * bound / counted
+
+
+def _on_grid(value: float, step: float | None, bounds: tuple[float, float]) -> float:
+    if step is None:
+        return math.nan
+    if not math.isfinite(value):
+        return value  # an undefined metric (one class only) says nothing more than its n
+    return min(bounds[1], max(bounds[0], math.floor(value / step + 0.5) * step))
+
+
+def _release_metrics(metrics: MetricRecord, inputs: dict[str, float], prefix: str, min_n: int) -> None:
+    released_n = metrics.get(prefix + "n")
+    for metric, (source, _, bounds) in METRIC_GRIDS.items():
+        key = prefix + metric
+        if key not in metrics:
+            continue
+        value = float(inputs.get(prefix + "release-log-loss", math.nan)) if metric == "log-loss" else float(metrics[key])
+        if source == "n":
+            step = None if released_n is None else metric_step(metric, float(released_n))
+        else:
+            step = metric_step(metric, inputs.get(prefix + source, math.nan), min_rows=min_n)
+        metrics[key] = _on_grid(value, step, bounds)
+
+
 def release(reply: Message, policy: SitePolicy) -> Message:
     """Apply the site's small-number rules to a reply's declared numbers, in place.
 
@@ -91,20 +175,29 @@ def release(reply: Message, policy: SitePolicy) -> Message:
     ``min_n`` is refused (``EgressViolation``): the handlers decline such jobs first, this is the
     choke point that holds whatever a handler does. Held-out counts of an evaluation are rounded to
     ``COUNT_ROUNDING``; the protocol's own row counts (``num-examples`` of statistics, training and
-    calibration) stay exact, because the coordinator checks the decrypted sums against them.
+    calibration) stay exact, because the coordinator checks the decrypted sums against them. With the
+    policy's ``coarse_metrics``, held-out metrics are put on the grids of ``METRIC_GRIDS`` (module
+    docstring), NaN where withheld; the site-only ``RELEASE_INPUTS`` are removed either way.
     """
     if reply.has_error() or "metrics" not in reply.content:
         return reply
     metrics = reply.content["metrics"]
+    inputs = {}
+    for key in [k for k in list(metrics) if k.removeprefix("local-").removeprefix("personal-") in RELEASE_INPUTS]:
+        inputs[key] = float(metrics[key])
+        del metrics[key]
     if "train-loss" in metrics and not policy.release_train_loss:
         del metrics["train-loss"]
     counts = {k: float(v) for k, v in metrics.items() if k in EVALUATION_COUNTS or k == "num-examples"}
     small = {k: v for k, v in counts.items() if v < policy.min_n}
     if small:
         raise EgressViolation(f"{', '.join(sorted(small))} below the site's minimum n ({policy.min_n}): withheld")
-    if reply.metadata.message_type == MessageType.EVALUATE:
-        for key, value in counts.items():
-            metrics[key] = int(round(value / COUNT_ROUNDING) * COUNT_ROUNDING)
+    for key, value in counts.items():
+        if key in EVALUATION_COUNTS or reply.metadata.message_type == MessageType.EVALUATE:
+            metrics[key] = _rounded_count(value)
+    if policy.coarse_metrics:  # the site's choice (SitePolicy.coarse_metrics); otherwise metrics are exact
+        for prefix in PREFIXES:
+            _release_metrics(metrics, inputs, prefix, policy.min_n)
     return reply
 
 
@@ -115,9 +208,9 @@ def make_egress_guard(*, log_dir: Path | None = None, allow_plaintext: bool = Fa
 
     def egress_guard(message: Message, context: Context, call_next: ClientAppCallable) -> Message:
         reply = call_next(message, context)
-        check_reply(reply, allow_plaintext_model=allow_plaintext)
+        check_reply(reply, allow_plaintext_model=allow_plaintext, allow_release_inputs=policy_of is not None)
         if policy_of is not None:
-            release(reply, policy_of(context))
+            release(reply, policy_of(context))  # which removes the release inputs
         target = log_dir or context.node_config.get("egress-log")
         if target:
             folder = Path(str(target))

@@ -13,6 +13,9 @@ The policy is a file in the site folder (``policy.json``), edited only by the si
   node's budget ledger (``node_agent.budget``).
 - **Minimum n.** A site with fewer than ``min_n`` training rows declines; metrics over fewer than
   ``min_n`` held-out rows are withheld and counts are rounded (``node_agent.egress``).
+- **Statistics queries.** ``analytics.allowed`` lists the query kinds the site answers about an
+  approved task (none by default), ``analytics.dp_epsilon`` the noise it adds to each answer
+  (``node_agent.analytics``).
 - **Approved apps.** On Flower's deployment engine, the app bundle (FAB) that runs at the node is
   identified by the SHA-256 of its bytes (Flower's ``fab_hash``); the node's launcher
   (``node_agent.launcher``) runs only FABs on ``approved_apps`` (``fenji node approve-app``).
@@ -32,6 +35,7 @@ import zipfile
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.spec import TaskSpec
 from node_agent.errors import PolicyRefusal, SiteDataError
 
-__all__ = ["POLICY_FILE", "ApprovedApp", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy", "describe_fab",
-           "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "policy_lock", "save_site_policy"]
+__all__ = ["POLICY_FILE", "AnalyticsPolicy", "ApprovedApp", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy",
+           "describe_fab", "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "policy_lock", "save_site_policy"]
 
 POLICY_FILE = "policy.json"
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -125,6 +129,19 @@ class DPPolicy(BaseModel):
     period_days: int = Field(365, ge=1)
 
 
+class AnalyticsPolicy(BaseModel):
+    """Which federated-statistics queries this site answers (``node_agent.analytics``); none by default.
+
+    ``dp_epsilon`` > 0 noises every answer with that epsilon, charged to the site's budget ledger
+    (``dp.budget_epsilon`` per ``dp.period_days``); 0 sends exact cells, small ones suppressed.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed: list[Literal["count", "mean", "histogram", "crosstab"]] = Field(default_factory=list)
+    dp_epsilon: float = Field(0.0, ge=0)
+
+
 class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -134,7 +151,12 @@ class SitePolicy(BaseModel):
     dp: DPPolicy = Field(default_factory=DPPolicy)
     min_n: int = Field(10, ge=1, description="No number about fewer rows than this leaves the site.")
     release_train_loss: bool = False
+    # Held-out metrics on count-sized grids (node_agent.egress): then no metric pins a count more
+    # finely than the count rule; AUROC and kappa about small classes are withheld. Off by default
+    # for now: at small clinics it withholds most AUROC and kappa figures (docs/threat-model.md).
+    coarse_metrics: bool = False
     allow_plaintext: bool = False
+    analytics: AnalyticsPolicy = Field(default_factory=AnalyticsPolicy)
 
     def approve(self, spec: TaskSpec, *, by: str, bounds: PlanBounds | None = None) -> str:
         digest = plan_digest(spec)
