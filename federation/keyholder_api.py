@@ -65,7 +65,7 @@ class DecryptRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str = Field(min_length=1, max_length=200)
-    phase: str = Field(pattern=r"^(stats|train|calibrate)$")
+    phase: str = Field(pattern=r"^(stats|train|calibrate|analytics)$")
     round: int = Field(ge=0)
     task: str = Field(min_length=1, max_length=200)
     dp_epsilon: float = Field(0.0, ge=0.0)

@@ -4,7 +4,8 @@
 keeps the number of rounds it started with (the site's DP noise is set for exactly that many), and a
 DP run is charged to the site's budget before its first training step. A refused job gets a declared
 reply (``refusal``: the site and the reason), which the coordinator shows as "declined"; both sides
-audit it.
+audit it. A statistics query (phase ``analytics``) needs its task's plan approved and its kind on the
+site's ``analytics.allowed`` list (``node_agent.analytics``); it has no rounds.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flwr.app import ConfigRecord
 
 from models.spec import TaskSpec
 from models.training import TrainConfig, dp_noise_multiplier
+from node_agent.analytics import admitted_query
 from node_agent.budget import node_audit
 from node_agent.errors import PolicyRefusal
 from node_agent.policy import SitePolicy, load_site_policy
@@ -66,6 +68,12 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
         raise PolicyRefusal("plaintext updates are not allowed by this site's policy")
     digest = policy.check_job(spec, dict(config))
     run_id = str(config.get("run-id", ""))
+    if phase == "analytics":
+        # A statistics query about an approved task, of a kind the site allows (node_agent.analytics).
+        query = admitted_query(policy, spec, config)
+        node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name, plan=digest,
+                                    phase=phase, query=query.kind)
+        return Admitted(site_dir, spec, config, policy, digest, 0)
     rounds = int(config.get("num-rounds", 0) or 0)
     if rounds < 1:
         raise PolicyRefusal("the job does not say how many rounds it runs (num-rounds): the site sets its noise "

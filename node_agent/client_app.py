@@ -31,6 +31,7 @@ from models.encoding import EncodingParams
 from models.errors import first_line
 from models.training import evaluate as evaluate_model
 from node_agent.admission import Admitted, admit, refusal_content, site_train_config
+from node_agent.analytics import admitted_query, answer_query
 from node_agent.answered import claim_query
 from node_agent.budget import charge_run, node_audit
 from node_agent.contexts import keep_sent, public_context
@@ -183,6 +184,23 @@ def build_client_app(
     def stats(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         return summed_reply(message, admitted, data, site_statistics(data).vector, "stats")
 
+    def analytics(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        """A federated-statistics query: suppressed (and noised, as the site's policy says) at the site."""
+        config = admitted.config
+        try:
+            query = admitted_query(admitted.policy, admitted.spec, config)
+            answer = answer_query(admitted.site_dir, admitted.spec, query, admitted.policy, run_id=str(config["run-id"]))
+        except PolicyRefusal as exc:
+            return reply(message, refusal_content(admitted.site_dir, exc, phase="analytics", config=config))
+        site = ConfigRecord({"site-id": data.site_id, "dp-epsilon": answer.dp_epsilon, "inputs": admitted.inputs,
+                             "audit-head": node_audit(admitted.site_dir).head()})
+        n = MetricRecord({"num-examples": answer.rows})
+        if config.get("plaintext", False):
+            return reply(message, {"arrays": ArrayRecord([answer.vector]), "metrics": n, "site": site})
+        record = _ciphertext_record(admitted.site_dir, data.site_id, config, answer.vector, phase="analytics", round_=0,
+                                    dp_epsilon=answer.dp_epsilon, scale_bits=WIDE_SCALE_BITS, inputs=admitted.inputs)
+        return reply(message, {"ciphertext": record, "metrics": n, "site": site})
+
     def train(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         config = admitted.config
         params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
@@ -246,6 +264,7 @@ def build_client_app(
     app.query("stats")(guarded("stats", stats))
     app.train()(guarded("train", train))
     app.query("calibrate")(guarded("calibrate", calibrate))
+    app.query("analytics")(guarded("analytics", analytics))
     app.evaluate()(guarded("evaluate", evaluate))
     return app
 

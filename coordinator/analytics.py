@@ -1,0 +1,114 @@
+"""The coordinator's side of a federated-statistics query: send it, add the answers, ask for the sum.
+
+``run_query`` sends one typed query (``federation.analytics``) to every site as a ``query.analytics``
+message, screens and adds the encrypted answers as they arrive (``ReplyScreen`` into a
+``RunningSum``, as ``run_federation`` does), and asks the key holder to decrypt the sum. Each query
+is its own run (a fresh run id), so it is its own label at the key holder: decrypted once, and under
+the key holder's cohort ledger like every other sum (a query over all sites but one, after one over
+all sites, is refused unless the sites noised it). The sites suppress small cells and add noise
+before anything is encrypted; the coordinator only learns the sums, and at how many sites each cell
+was suppressed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.aggregator import Aggregator
+from coordinator.audit import AuditLog
+from coordinator.errors import NotEnoughSitesError
+from coordinator.strategy import (
+    ReplyScreen,
+    check_total,
+    cohort_of,
+    declared_rows,
+    inputs_of,
+    site_dp_of,
+)
+from coordinator.streaming import StreamingGrid
+from federation.analytics import AnalyticsResult, canonical, decode, layout
+from federation.crypto import WIDE_SCALE_BITS
+from federation.keyholder_api import Decryptor, DecryptRequest
+from federation.tags import QueryLabel
+from models.spec import TaskSpec
+
+__all__ = ["PHASE", "run_query"]
+
+PHASE = "analytics"
+MESSAGE_TYPE = "query.analytics"
+
+
+def _send(grid: Grid, nodes: list[int], content: RecordDict, timeout: float) -> Iterable[Message]:
+    messages = [Message(content=content, message_type=MESSAGE_TYPE, dst_node_id=n) for n in nodes]
+    return grid.send_and_receive(messages, timeout=timeout)
+
+
+def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec, min_sites: int = 3,
+              timeout: float = 600.0, nodes: list[int] | None = None, audit: AuditLog | None = None
+              ) -> AnalyticsResult:
+    """Ask the sites ``query`` about ``task`` and return the decrypted, decoded result.
+
+    ``key_holder`` ``None`` runs it in plaintext (sites whose policy allows it only); ``nodes``
+    defaults to every node of the grid. min-sites is the key holder's, or more. With ``audit``, the
+    query, its cohort, what was suppressed and the sites' audit heads are appended to that log (each
+    site audits its own answer in its node audit log).
+
+    Raises
+    ------
+    QueryError
+        If the query does not fit the task (before anything is sent).
+    NotEnoughSitesError
+        If fewer than min-sites sites answered (declined, failed, or too few rows).
+    PrivacyError
+        If the key holder refuses the sum (differencing, a replay, a tag that does not check).
+    AggregateCheckError
+        If the decrypted row count contradicts the rows the sites declared.
+    """
+    shape = layout(query, task)
+    grid = StreamingGrid(grid)
+    run_id = uuid.uuid4().hex  # one run per query: the key holder decrypts each query once
+    config = ConfigRecord({"task-json": task.model_dump_json(), "task-name": task.name, "run-id": run_id,
+                           "analytics-query": canonical(query), "plaintext": key_holder is None})
+    aggregator = running = None
+    if key_holder is not None:
+        info = key_holder.info()
+        min_sites = max(min_sites, info.min_sites)
+        aggregator = Aggregator(info.public_context_bytes)
+        # A query is a run of its own: its one message carries the signed public context.
+        config["ckks-context"] = info.public_context_bytes
+        config["ckks-context-signature"] = info.signature_bytes
+        config["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
+        running = aggregator.running(length=shape.length, scale_bits=WIDE_SCALE_BITS)
+    nodes = list(nodes if nodes is not None else grid.get_node_ids())
+    if len(nodes) < min_sites:
+        raise NotEnoughSitesError(f"{len(nodes)} site(s) connected, a query needs at least {min_sites} (min-sites)")
+    screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    replies = screen.usable(_send(grid, nodes, RecordDict({"config": config}), timeout), phase=PHASE, server_round=0,
+                            expected_nodes=nodes, length=shape.length, scale_bits=WIDE_SCALE_BITS, into=running)
+    site_dp = site_dp_of(replies)
+    epsilons = set(site_dp.values())
+    if running is not None and key_holder is not None:
+        label = QueryLabel(run_id=run_id, phase=PHASE, round=0, task=task.name, inputs=inputs_of(replies))
+        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=shape.length,
+                                    scale_bits=WIDE_SCALE_BITS, site_dp=site_dp)
+        summed = np.asarray(key_holder.decrypt_aggregate(running.serialize(), request))
+    else:
+        summed = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
+    check_total(f"{PHASE}: the row count", float(summed[0]), declared_rows(replies), absolute=0.5)
+    result = decode(query, task, summed, sites=sorted(cohort_of(replies)),
+                    dp_epsilon=max(epsilons) if epsilons else 0.0)
+    result.excluded = screen.named()
+    result.audit_heads = {str(r.content["site"]["site-id"]): str(r.content["site"].get("audit-head", ""))
+                          for r in replies}
+    if audit is not None:
+        audit.append(actor="coordinator", action="analytics-query", run_id=run_id, task=task.name,
+                     query=canonical(query), cohort=result.sites, dp_epsilon=result.dp_epsilon,
+                     suppressed_cells=int((result.suppressed_sites > 0).sum()),
+                     excluded=[e.to_dict() for e in result.excluded], site_audit_heads=result.audit_heads)
+    return result

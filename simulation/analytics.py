@@ -1,0 +1,130 @@
+"""Run one federated-statistics query on Flower's simulation engine, over site folders.
+
+The parties are those of ``simulation.engine``: the key holder as its own process on loopback (its
+folder keeps its ledger between queries, so its once-per-query and cohort rules hold across them),
+the coordinator's ``run_query`` in the ServerApp, and one ClientApp per site folder. Each site
+answers only what its own policy allows (``SitePolicy.analytics``); ``allow_analytics_at_sites``
+sets that as the sites' admins would.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+from federation.settings import configure_environment
+from keyholder.state import KeyHolderState
+from models.spec import TaskSpec
+from simulation.engine import (
+    _RAY_INIT_ARGS,
+    _ray_environment,
+    approve_at_sites,
+    enrol_sites,
+)
+
+__all__ = ["allow_analytics_at_sites", "run_simulated_queries", "run_simulated_query"]
+
+
+def allow_analytics_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, kinds: Sequence[str], *,
+                             dp_epsilon: float | None = None) -> None:
+    """Approve ``spec``'s plan and the query ``kinds`` at each site (and its analytics noise, if given),
+    as each site's admin would."""
+    from node_agent.budget import node_audit
+    from node_agent.policy import load_site_policy, policy_lock, save_site_policy
+
+    approve_at_sites(site_dirs, spec, rounds=1)
+    for site_dir in site_dirs:
+        with policy_lock(site_dir):
+            policy = load_site_policy(site_dir)
+            policy.analytics.allowed = sorted(set(policy.analytics.allowed) | set(kinds))
+            if dp_epsilon is not None:
+                policy.analytics.dp_epsilon = dp_epsilon
+            save_site_policy(site_dir, policy)
+            node_audit(site_dir).append(actor="simulation", action="policy-changed", task=spec.name,
+                                        analytics=policy.analytics.model_dump())
+
+
+def run_simulated_query(query, site_dirs: Sequence[Path], *, task: TaskSpec, keyholder_home: Path | None = None,
+                        encrypt: bool = True, allow: bool = True, verbose: bool = False, egress_log: Path | None = None):
+    """The ``AnalyticsResult`` of ``query`` about ``task`` over the site folders (``run_simulated_queries``)."""
+    return run_simulated_queries([query], site_dirs, task=task, keyholder_home=keyholder_home, encrypt=encrypt,
+                                 allow=allow, verbose=verbose, egress_log=egress_log)[0]
+
+
+def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task: TaskSpec,
+                          keyholder_home: Path | None = None, encrypt: bool = True, allow: bool = True,
+                          verbose: bool = False, egress_log: Path | None = None, audit_log: Path | None = None) -> list:
+    """The ``AnalyticsResult`` of each query about ``task`` over the site folders, asked one after the
+    other in one simulation (each is its own run at the sites and at the key holder).
+
+    With ``allow`` (the default), the queries' kinds are allowed at each site first
+    (``allow_analytics_at_sites``); without it, the sites' own policies decide. ``audit_log`` is the
+    coordinator's audit log file, where each query is recorded.
+
+    Raises
+    ------
+    NotEnoughSitesError, PrivacyError
+        Too few sites answered, or the key holder refused the sum.
+    """
+    configure_environment()
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from coordinator.analytics import run_query
+    from coordinator.audit import AuditLog
+    from coordinator.keyholder_client import KeyHolderClient
+    from keyholder.process import start_key_holder_service
+    from keyholder.settings import load_keyholder_settings
+    from node_agent.client_app import build_client_app
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    if allow:
+        allow_analytics_at_sites(site_dirs, task, [q.kind for q in queries])
+    settings = load_keyholder_settings()
+    results: list = []
+    errors: list[BaseException] = []
+    with ExitStack() as stack:
+        key_holder = None
+        if encrypt:
+            state = KeyHolderState(keyholder_home or settings.state_dir)
+            state.init()
+            enrol_sites(state, site_dirs)
+            caller = f"simulation-{uuid.uuid4().hex[:12]}"
+            token = state.issue_token(caller)
+            stack.callback(state.revoke_token, caller)
+            service = stack.enter_context(start_key_holder_service(state.home, min_sites=settings.min_sites))
+            key_holder = KeyHolderClient(service.url, token)
+            stack.callback(key_holder.close)
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Grid, context: Context) -> None:
+            import time
+
+            deadline = time.monotonic() + 120.0
+            while len(list(grid.get_node_ids())) < len(site_dirs) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            try:
+                for query in queries:
+                    results.append(run_query(grid, query, key_holder, task=task, min_sites=settings.min_sites,
+                                             audit=AuditLog(audit_log) if audit_log else None))
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller: Flower would only log it
+                errors.append(exc)
+
+        client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
+                                      allow_plaintext=not encrypt)
+        with _ray_environment():
+            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(site_dirs),
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                           "init_args": dict(_RAY_INIT_ARGS)},
+                           verbose_logging=verbose)
+    if errors:
+        raise errors[0]
+    if len(results) != len(queries):
+        raise RuntimeError("the queries ended without a result; run with verbose=True for Flower's log")
+    return results
