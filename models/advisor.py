@@ -2,7 +2,9 @@
 
 Triage level (ordinal model, calibrated), referral risk (binary model, Platt-calibrated), top
 diagnosis groups (multiclass model, calibrated), the recommended tier under the governance tier
-policy, and the features that pushed the referral risk most. Inference is plain NumPy over the
+policy, and the features that pushed the referral risk most (for a model that reads a free-text
+complaint, the record's own words that did: ``models.explain.text_word_contributions``). Inference
+is plain NumPy over the
 models' weights (logistic family; an MLP falls back to PyTorch): scoring one patient takes
 microseconds, so a clinic's service is bound by HTTP, not by the models.
 """
@@ -24,7 +26,7 @@ from models.assessment import (
 )
 from models.calibration import Calibration
 from models.encoding import CLIP, Encoder, EncodingParams
-from models.explain import occlusion_contributions
+from models.explain import occlusion_contributions, text_word_contributions
 from models.nets import OrdinalModel, build_model, set_flat
 from models.policy import TierPolicy, recommend_tier
 from models.spec import FeatureKind, TaskSpec
@@ -206,6 +208,16 @@ class TaskModel:
         contributions = ((x - self.baseline) * (slope * self._w[:, 0])) @ self._owner
         return self.log_odds(x), contributions, self.feature_names
 
+    def text_words(self, x: np.ndarray, record: Mapping[str, object], *, top: int) -> list[tuple[str, str, float]]:
+        """Binary tasks: ``(text feature, word, contribution)`` of the words of ``record``'s own texts that
+        moved its log-odds most, strongest first (``x`` is its encoded row). The words are recomputed
+        from the record's text here; nothing maps a hashed column back to a word."""
+        found = [(name, word, value) for name, hasher in self.encoder.hashers.items()
+                 for word, value in text_word_contributions(self.log_odds, x, self.encoder.text_columns(name),
+                                                            hasher.weights(record.get(name)), top=top)
+                 if value != 0]
+        return sorted(found, key=lambda item: -abs(item[2]))[:top]
+
     def proba(self, x: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, shape (n, K)."""
         kind, cal = self.spec.label.kind, self.calibration
@@ -228,16 +240,16 @@ class Advisor:
     """Scores patients with the triage, diagnosis and referral-risk models and the tier policy."""
 
     def __init__(self, models: Mapping[str, TaskModel], policy: TierPolicy, *, top_k: int = 3,
-                 explain_k: int = 6, cards: Mapping[str, str] | None = None) -> None:
+                 explain_k: int = 6, explain_words: int = 3, cards: Mapping[str, str] | None = None) -> None:
         missing = [t for t in TASKS if t not in models]
         if missing:
             raise ValueError(f"the advisor needs a model for each of {TASKS}; missing {missing}")
         self.tasks = dict(models)
         self.policy = policy
-        self.top_k, self.explain_k = top_k, explain_k
-        self.spec = self.tasks["referral_risk"].spec  # the input features (the same for all three)
+        self.top_k, self.explain_k, self.explain_words = top_k, explain_k, explain_words
+        self.spec = _input_spec(self.tasks)
         self.cards = dict(cards or {})
-        self.models = {t: m.ref or ModelRef(name=f"fenji-{t}", version="unregistered") for t, m in self.tasks.items()}
+        self.models = {t: _answering(t, m.ref) for t, m in self.tasks.items()}
         t_label, d_label = self.tasks["triage"].spec.label, self.tasks["diagnosis"].spec.label
         self._triage_titles = {c: _titles(t_label.class_display.get(c), c) for c in t_label.classes}
         self._diagnosis_titles = {c: _titles(d_label.class_display.get(c), c) for c in d_label.classes}
@@ -258,7 +270,8 @@ class Advisor:
         levels = predicted_level(p_triage)
         p_diag = diagnosis.proba(diagnosis.encode(records, parsed))
         top_diag = np.argsort(-p_diag, axis=1)[:, : self.top_k]
-        log_odds, contributions, names = referral.explain(referral.encode(records, parsed))
+        x_referral = referral.encode(records, parsed)
+        log_odds, contributions, names = referral.explain(x_referral)
         risk = 1.0 / (1.0 + np.exp(-log_odds))
         order = np.argsort(-np.abs(contributions), axis=1)[:, : self.explain_k]
         t_classes, d_classes = triage.spec.label.classes, diagnosis.spec.label.classes
@@ -273,11 +286,26 @@ class Advisor:
                 "tier": recommend_tier(int(level), float(risk[i]), self.policy),
                 "diagnoses": [{"code": d_classes[j], "title": self._diagnosis_titles[d_classes[j]],
                                "probability": float(p_diag[i, j])} for j in top_diag[i]],
-                "explanation": [self._contribution(names[j], float(contributions[i, j]), record)
-                                for j in order[i] if contributions[i, j] != 0],
+                "explanation": ([self._contribution(names[j], float(contributions[i, j]), record)
+                                 for j in order[i] if contributions[i, j] != 0] if not referral.encoder.hashers
+                                else self._with_words(referral, x_referral[i], contributions[i], names, record)),
                 "models": self.models,
             })
         return _ASSESSMENTS.validate_python(answers)  # one validation of the whole batch
+
+    def _with_words(self, model: TaskModel, x: np.ndarray, contributions: np.ndarray, names: list[str],
+                    record: Mapping[str, object]) -> list[dict[str, object]]:
+        """The explanation of a model that reads free text: a text feature is shown as the words of this
+        record's own text that pushed the risk (up to ``explain_words`` of them, in the place of the
+        feature's one item), the other features as usual; strongest first, ``explain_k`` in all."""
+        words = model.text_words(x, record, top=min(self.explain_words, self.explain_k))
+        worded = {name for name, _, _ in words}
+        features = [(names[j], float(contributions[j])) for j in np.argsort(-np.abs(contributions))
+                    if contributions[j] != 0 and names[j] not in worded][: self.explain_k - len(words)]
+        items = [self._contribution(name, value, record) for name, value in features]
+        items += [{"feature": name, "title": self._feature_titles[name], "value": word, "contribution": value,
+                   "direction": "up" if value > 0 else "down", "word": True} for name, word, value in words]
+        return sorted(items, key=lambda item: -abs(item["contribution"]))
 
     def _contribution(self, name: str, value: float, record: Mapping[str, object]) -> dict[str, object]:
         raw = record.get(name)
@@ -301,6 +329,28 @@ class Advisor:
         for task, (folder, version) in folders.items():
             models[task], cards[task], policies[task] = load_bundle_model(folder, task, version)
         return cls(models, policy or policies["referral_risk"], cards=cards)
+
+
+def _answering(task: str, ref: ModelRef | None) -> ModelRef:
+    """The model's reference as the answer to ``task``: its card is found by the task it answers (a
+    ``referral_risk_text`` model answering the referral risk links to the ``referral_risk`` card)."""
+    if ref is None:
+        return ModelRef(name=f"fenji-{task}", version="unregistered")
+    return ref.model_copy(update={"card_url": f"/api/v1/model/{task}/card"}) if ref.card_url else ref
+
+
+def _input_spec(tasks: Mapping[str, TaskModel]) -> TaskSpec:
+    """What the advisor reads: the referral model's features, then any feature only another model reads
+    (a ``triage_text`` model's complaint text next to a referral model without one), so that no served
+    model is left without an input it was trained on."""
+    spec = tasks["referral_risk"].spec
+    extra, seen = [], set(spec.feature_names)
+    for task in TASKS:
+        for f in tasks[task].spec.features:
+            if f.name not in seen:
+                seen.add(f.name)
+                extra.append(f.model_copy(update={"required": False}))  # only some models need it
+    return spec.model_copy(update={"features": [*spec.features, *extra]}) if extra else spec
 
 
 def _titles(display: Mapping[str, str] | None, fallback: str) -> dict[str, str]:

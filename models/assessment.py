@@ -65,9 +65,12 @@ class DiagnosisSuggestion(BaseModel):
 class Contribution(BaseModel):
     feature: str
     title: Text
-    value: str | float | None = Field(description="the patient's value, None if not recorded")
+    value: str | float | None = Field(description="the patient's value, None if not recorded; with `word`, "
+                                      "one word (or run of characters) of the patient's own free text")
     contribution: float = Field(description="push on the referral-risk log-odds; > 0 raises the risk")
     direction: Literal["up", "down"]
+    word: bool = Field(False, description="a word of the free-text feature `feature` (from this patient's own "
+                       "text, never from a vocabulary), rather than the whole feature")
 
 
 class ModelRef(BaseModel):

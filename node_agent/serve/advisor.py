@@ -8,14 +8,14 @@ advisor they started with.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol, runtime_checkable
 
 from models.assessment import Assessment, ModelRef
 from models.spec import TaskSpec
 from node_agent.serve.errors import IncompatibleAdvisor
 
-__all__ = ["Scorer", "AdvisorHolder", "AdvisorProvider"]
+__all__ = ["AdvisorHolder", "AdvisorProvider", "Scorer", "features_read"]
 
 
 @runtime_checkable
@@ -33,6 +33,15 @@ class Scorer(Protocol):
     def model_card(self, task: str) -> str:
         """The markdown model card of the model version that answers ``task``."""
         ...
+
+
+def features_read(advisor: Scorer) -> dict[str, list[str]]:
+    """Task -> the input features its served model reads (a ``*_text`` model reads the complaint text,
+    the others do not). An advisor that does not say per task (a test double) reads all of ``spec``."""
+    tasks = getattr(advisor, "tasks", None)
+    if isinstance(tasks, Mapping) and all(hasattr(m, "spec") for m in tasks.values()):
+        return {task: list(model.spec.feature_names) for task, model in tasks.items()}
+    return {task: list(advisor.spec.feature_names) for task in advisor.models}
 
 
 AdvisorProvider = Callable[[], Scorer]

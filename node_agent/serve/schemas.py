@@ -41,6 +41,9 @@ class Me(BaseModel):
 class ModelInfo(BaseModel):
     task: str = Field(description="the task whose features the API reads")
     models: dict[str, ModelRef] = Field(description="task -> model version in use")
+    features: dict[str, list[str]] = Field(
+        default_factory=dict, description="task -> the input features its model reads (e.g. only a `*_text` model "
+        "reads the free-text complaint; the others ignore it)")
     personalisation: dict[str, str] = Field(
         default_factory=dict, description="task -> which model answers (global or this clinic's personalised) and why")
 

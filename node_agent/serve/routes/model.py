@@ -5,6 +5,7 @@ from typing import Annotated
 from fastapi import Path, Query, Request
 from fastapi.responses import Response
 
+from node_agent.serve.advisor import features_read
 from node_agent.serve.deps import CurrentAdvisor, api_router
 from node_agent.serve.errors import ERROR_RESPONSES, AdvisorFailed, ErrorBody, NotFound
 from node_agent.serve.inputs import CardQuery
@@ -14,9 +15,10 @@ router = api_router(tags=["model"], responses=ERROR_RESPONSES)
 
 
 @router.get("/model", response_model=ModelInfo, summary="Model versions in use",
-            description="The task whose features the API reads, and for each task the model version answering it.")
+            description="The task whose features the API reads, and for each task the model version answering it "
+            "and the features that model reads.")
 def model_info(advisor: CurrentAdvisor, request: Request) -> ModelInfo:
-    return ModelInfo(task=advisor.spec.name, models=advisor.models,
+    return ModelInfo(task=advisor.spec.name, models=advisor.models, features=features_read(advisor),
                      personalisation=getattr(request.app.state, "personalisation", {}))
 
 

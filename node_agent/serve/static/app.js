@@ -147,9 +147,12 @@ function buildField(f) {
   const id = `f-${f.name}`;
   const label = el("label", { for: id }, el("span", { class: "name" }), el("span", { class: "hint" }));
   let input;
-  if (f.kind === "text") {  // free-text chief complaint: sent as typed
+  if (f.kind === "text") {  // free-text chief complaint: sent as typed, if a served model reads it
     input = el("input", { id, type: "text", maxlength: "500", "data-feature": f.name });
     input.addEventListener("input", () => { clearFieldError(f.name); markStale(); });
+    const error = el("div", { class: "error-text", id: `error-${f.name}` });
+    const hint = el("div", { class: "text-hint muted small", id: `text-hint-${f.name}`, role: "note" });
+    return el("div", { class: "field field-text", id: `field-${f.name}` }, label, input, hint, error);
   } else if (f.kind === "numeric") {
     // Errors clear while typing, not on blur: a layout shift on blur would move the button under the click.
     input = el("input", { id, type: "text", inputmode: "decimal", "data-feature": f.name });
@@ -172,6 +175,7 @@ function labelForm() {
     if (f.required) name.append(el("span", { class: "req", text: "*" }));
     field.querySelector(".hint").textContent = f.min != null && f.max != null ? `${fmt(f.min)}–${fmt(f.max)}` : "";
     const input = $(`f-${f.name}`);
+    if (f.kind === "text") labelTextField(f, input);
     if (f.kind === "numeric" || f.kind === "text") { input.placeholder = ""; continue; }
     const [empty, ...rest] = input.options;
     empty.textContent = f.required ? t("choose") : t("not_recorded_option");
@@ -179,6 +183,25 @@ function labelForm() {
       option.textContent = f.kind === "boolean" ? t(i === 0 ? "yes" : "no") : pick(f.options[i].display);
     });
   }
+}
+
+// Which served models read a feature (GET /model's `features`; an advisor that does not say reads them all).
+function readersOf(name) {
+  const features = (state.models && state.models.features) || {};
+  const tasks = Object.keys(features);
+  return tasks.length ? tasks.filter((task) => features[task].includes(name)) : null;
+}
+
+function labelTextField(f, input) {
+  // The free text goes to the server only when a model in use reads it; the hint says which do.
+  const readers = readersOf(f.name);
+  const all = readers === null || readers.length === Object.keys(state.models.features).length;
+  const hint = $(`text-hint-${f.name}`);
+  hint.textContent = readers !== null && !readers.length ? t("text_ignored")
+    : all ? "" : t("text_read_by", { tasks: list(readers.map((task) => t(`task_${task}`))) });
+  hint.hidden = hint.textContent === "";
+  input.disabled = readers !== null && !readers.length;
+  $(`field-${f.name}`).classList.toggle("ignored", input.disabled);
 }
 
 function hintRange(f, input) {
@@ -199,6 +222,7 @@ function readForm() {
   for (const f of state.schema.features) {
     const raw = $(`f-${f.name}`).value.trim();
     if (raw === "") continue;
+    if (f.kind === "text" && readersOf(f.name) !== null && !readersOf(f.name).length) continue;  // no model reads it
     if (f.kind === "numeric") inputs[f.name] = /^-?\d+(\.\d+)?$/.test(raw) ? Number(raw) : raw;
     else if (f.kind === "boolean") inputs[f.name] = raw === "true";
     else inputs[f.name] = raw;

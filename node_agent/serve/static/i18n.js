@@ -33,6 +33,8 @@ const UI = {
     referrals_title: "转诊记录", followup_title: "下转随访名单", none: "暂无",
     st_referred: "已上转", st_received: "上级已接收", st_referred_back: "已下转（社区随访）", st_closed: "已结束", st_cancelled: "已取消",
     do_received: "标记已接收", do_referred_back: "下转回社区", do_closed: "结束随访", do_cancelled: "取消转诊",
+    text_ignored: "当前使用的模型不读取主诉原文：不会发送，也不影响评估。", text_read_by: "仅{tasks}模型读取主诉原文，其他模型不读取。",
+    reads_text: "含主诉原文", word_quote: "“{w}”",
   },
   en: {
     subtitle: "First-visit decision support", logout: "Log out", login_title: "Log in", token: "Access token",
@@ -71,5 +73,8 @@ const UI = {
     st_referred: "Referred", st_received: "Received", st_referred_back: "Referred back (follow-up)", st_closed: "Closed",
     st_cancelled: "Cancelled", do_received: "Mark received", do_referred_back: "Referred back", do_closed: "Close",
     do_cancelled: "Cancel referral",
+    text_ignored: "The models in use do not read the free-text complaint: it is not sent and does not change the assessment.",
+    text_read_by: "Only the {tasks} model reads the free-text complaint; the others ignore it.",
+    reads_text: "with complaint text", word_quote: "\u201c{w}\u201d",
   },
 };

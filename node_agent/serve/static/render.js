@@ -9,9 +9,19 @@ function pushWords(c) {
   return t(c.contribution > 0 ? (strong ? "raises_strong" : "raises") : (strong ? "lowers_strong" : "lowers"));
 }
 
+function explanationLabel(c) {
+  // A word of the patient's own free text is shown as that word ("“发热” raises the risk"), never as
+  // the feature's hashed columns; any other feature as its name and the patient's value.
+  if (c.word) return `${pick(c.title)}：${t("word_quote", { w: c.value })}`;
+  const value = c.value == null ? t("not_recorded_value")
+    : typeof c.value === "number" ? fmt(c.value) : displayValue(c.feature, c.value);
+  return `${pick(c.title)}: ${value}`;
+}
+
 function explanationChart(items) {
-  // One row per feature: its name and value, then what it does to the risk in words; below, a bar
-  // around a zero line (up = right in red, down = left in green). The number is only in the tooltip.
+  // One row per feature (or per word of a free-text complaint): its name and value, then what it does
+  // to the risk in words; below, a bar around a zero line (up = right in red, down = left in green).
+  // The number is only in the tooltip.
   const ns = "http://www.w3.org/2000/svg";
   const svgEl = (tag, attrs, text) => {
     const node = document.createElementNS(ns, tag);
@@ -29,11 +39,10 @@ function explanationChart(items) {
     const y = top + i * row;
     const w = Math.max(2, (Math.abs(c.contribution) / maxAbs) * half);
     const up = c.contribution > 0;
-    const value = c.value == null ? t("not_recorded_value")
-      : typeof c.value === "number" ? fmt(c.value) : displayValue(c.feature, c.value);
-    const g = svgEl("g", { class: "push" });
-    g.append(svgEl("title", {}, `${pick(c.title)}: ${value} — ${pushWords(c)} (${up ? "+" : "−"}${Math.abs(c.contribution).toFixed(2)})`));
-    g.append(svgEl("text", { x: 0, y: y + 14, class: "label" }, `${pick(c.title)}: ${value}`));
+    const label = explanationLabel(c);
+    const g = svgEl("g", { class: c.word ? "push push-word" : "push" });
+    g.append(svgEl("title", {}, `${label} — ${pushWords(c)} (${up ? "+" : "−"}${Math.abs(c.contribution).toFixed(2)})`));
+    g.append(svgEl("text", { x: 0, y: y + 14, class: c.word ? "label word-label" : "label" }, label));
     g.append(svgEl("text", { x: width, y: y + 14, "text-anchor": "end", class: up ? "word up" : "word down" }, pushWords(c)));
     g.append(svgEl("line", { x1: mid, x2: mid, y1: y + 19, y2: y + 35, stroke: "#9aa5b1", "stroke-width": 1 }));
     g.append(svgEl("rect", { x: up ? mid : mid - w, y: y + 21, width: w, height: 12, rx: 2,
@@ -46,9 +55,16 @@ function explanationChart(items) {
 // ---- the three models: versions in the header, links to their cards ----------------------------------
 const TASK_ORDER = ["triage", "referral_risk", "diagnosis"];
 
+function readsText(task) {
+  const features = state.models && state.models.features && state.models.features[task];
+  const text = new Set(((state.schema && state.schema.features) || []).filter((f) => f.kind === "text").map((f) => f.name));
+  return Boolean(features && features.some((name) => text.has(name)));
+}
+
 function modelLabel(task, ref) {
   const name = UI[state.lang][`task_${task}`] || task;
-  return `${name} v${ref.version}` + (ref.personalised ? ` (${t("personalised")})` : "");
+  return `${name} v${ref.version}` + (ref.personalised ? ` (${t("personalised")})` : "")
+    + (readsText(task) ? ` (${t("reads_text")})` : "");
 }
 
 function orderedModels(models) {
