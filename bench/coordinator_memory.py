@@ -49,8 +49,30 @@ def _reply(node: int, blob: bytes):
     return Message(content=content, metadata=metadata)
 
 
+def _reset_peak() -> None:
+    """Forget the peak RSS this process inherited: Linux keeps the high-water mark across the fork and
+    exec that start a spawned process, so without this a child of a large parent (e.g. after a run on
+    Flower's engine in the same command) reports the parent's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _peak_kb() -> float:
+    """This process's peak RSS in kB since ``_reset_peak`` (VmHWM), else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
 def _point(mode: str, sites: int, params: int, queue) -> None:
     """One measurement, in its own process: peak RSS and seconds of the coordinator's work."""
+    _reset_peak()
     from coordinator.aggregator import Aggregator
     from coordinator.strategy import ReplyScreen, ciphertext_of
     from federation.crypto import encrypt_vector, load_public_context
@@ -73,7 +95,7 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
         blob = encrypt_vector(load_public_context(public), update, tags=np.zeros(4))
     aggregator = Aggregator(public, packed_public)
     screen = ReplyScreen(min_sites=1, aggregator=aggregator)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = _peak_kb()
     started = time.perf_counter()
 
     def arriving() -> Iterator:
@@ -94,7 +116,7 @@ def _point(mode: str, sites: int, params: int, queue) -> None:
         good = screen.usable(replies, phase="train", server_round=1, length=params, scale_bits=aggregator.scale_bits)
         summed = aggregator.add([ciphertext_of(m) for m in good], length=params, scale_bits=aggregator.scale_bits)
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_kb()
     queue.put({"mode": mode, "sites": sites, "params": params, "reply_bytes": len(blob), "sum_bytes": len(summed),
                "peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024, "seconds": seconds})
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from coordinator.service.errors import JobCancelled, JobFailed
 from coordinator.service.jobs import JobRequest, JobResult, RoundCallback
+from coordinator.service.queries import QueryRequest, result_of
 from coordinator.settings import CoordinatorSettings
 from models.errors import FenjiError
 
@@ -93,6 +94,17 @@ class SimulationRunner:
                                           extra_params={"engine": "simulation", "job-id": request.id})
             result.model, result.version = registered.name, str(registered.version)
         return result
+
+    def run_query(self, request: QueryRequest) -> dict[str, Any]:
+        """Answer a statistics query over the same site folders (``simulation.analytics``); with
+        ``approve`` the query's kind is first allowed at each site, as ``fenji sim`` does for a demo."""
+        from models.spec import load_task
+        from simulation.analytics import run_simulated_query
+        from simulation.engine import site_dirs_of
+
+        result = run_simulated_query(request.query, site_dirs_of(self.sites_dir), task=load_task(request.task),
+                                     keyholder_home=self.keyholder_home, encrypt=self.encrypt, allow=self.approve)
+        return result_of(result)
 
 
 def runner_from_settings(settings: CoordinatorSettings) -> SimulationRunner | None:

@@ -46,11 +46,13 @@ console = Console()
 SiteDir = Annotated[Path, typer.Option(help="The site's folder (policy.json and node-audit.jsonl are kept there).")]
 By = Annotated[str | None, typer.Option("--by", help="Who makes the change (default: the logged-in user).")]
 STATUS_ENTRIES = 10
+COARSE_HELP = ("Release held-out metrics on count-sized grids (no metric pins a count more finely than the count "
+               "rule; AUROC and kappa about small classes withheld).")
 # Option name -> (field path in SitePolicy) for `fenji node policy`.
 _POLICY_FIELDS = {
     "min_n": ("min_n",), "release_train_loss": ("release_train_loss",), "coarse_metrics": ("coarse_metrics",),
-    "dp": ("dp", "enabled"),
-    "dp_epsilon": ("dp", "epsilon_per_run"), "dp_delta": ("dp", "delta"), "dp_max_grad_norm": ("dp", "max_grad_norm"),
+    "dp": ("dp", "enabled"), "dp_epsilon": ("dp", "epsilon_per_run"), "dp_delta": ("dp", "delta"),
+    "dp_max_grad_norm": ("dp", "max_grad_norm"),
     "dp_budget": ("dp", "budget_epsilon"), "dp_period_days": ("dp", "period_days"),
 }
 
@@ -244,8 +246,7 @@ def _show_policy(policy: SitePolicy) -> None:
     console.print(f"Differential privacy: {_dp_text(policy)}")
     console.print(f"Minimum n: {policy.min_n} (no number about fewer rows leaves the site)")
     console.print(f"Training loss released: {'yes' if policy.release_train_loss else 'no'}")
-    console.print("Held-out metrics: " + ("on count-sized grids (--coarse-metrics)" if policy.coarse_metrics
-                                          else "exact above the minimum n (--coarse-metrics puts them on grids)"))
+    console.print(f"Held-out metrics: {'on count-sized grids' if policy.coarse_metrics else 'exact above min n'}")
     if policy.allow_plaintext:
         console.print("[yellow]Plaintext updates allowed by this policy[/]")
 
@@ -316,10 +317,7 @@ def policy_command(
     dp_period_days: Annotated[int | None, typer.Option(help="Length of the budget period, in days.")] = None,
     release_train_loss: Annotated[bool | None, typer.Option(
         "--release-train-loss/--no-release-train-loss", help="Let the training loss leave the site.")] = None,
-    coarse_metrics: Annotated[bool | None, typer.Option(
-        "--coarse-metrics/--exact-metrics",
-        help="Release held-out metrics on count-sized grids (no metric pins a count more finely than the count "
-             "rule; AUROC and kappa about small classes withheld).")] = None,
+    coarse_metrics: Annotated[bool | None, typer.Option("--coarse-metrics/--exact-metrics", help=COARSE_HELP)] = None,
     by: By = None,
 ) -> None:
     """Show the site's policy; with options, change it (validated first; audited with old and new values)."""
@@ -377,9 +375,8 @@ def status_command(site_dir: SiteDir) -> None:
         pass  # reported below with where the chain breaks
     table = Table(title=f"Node audit log (last {STATUS_ENTRIES} entries)", box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
-    for column in ("seq", "at (UTC)", "action", "run"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("task")
+    for column, wrap in (("seq", False), ("at (UTC)", False), ("action", False), ("run", False), ("task", True)):
+        table.add_column(column, no_wrap=not wrap)
     table.add_column("reason / change", ratio=1)
     for entry in entries:
         details = entry.get("details", {})
@@ -397,9 +394,6 @@ def status_command(site_dir: SiteDir) -> None:
 def register(app: typer.Typer) -> None:
     """Add ``approve``, ``revoke``, ``approve-app``, ``revoke-app``, ``policy`` and ``status`` to the node's
     command group."""
-    app.command("approve")(approve_command)
-    app.command("revoke")(revoke_command)
-    app.command("approve-app")(approve_app_command)
-    app.command("revoke-app")(revoke_app_command)
-    app.command("policy")(policy_command)
-    app.command("status")(status_command)
+    for name, command in (("approve", approve_command), ("revoke", revoke_command), ("approve-app", approve_app_command),
+                          ("revoke-app", revoke_app_command), ("policy", policy_command), ("status", status_command)):
+        app.command(name)(command)

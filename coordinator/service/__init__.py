@@ -8,6 +8,7 @@ governance under four eyes, and an audit chain anchored at the key holder.
     accounts.py    accounts and hashed tokens
     versions.py    registered versions with per-site metrics and the best-worst gap
     governance.py  four-eyes promotion, rollback
+    tier_policies.py  tier-policy edits: a new version, audited (then approved as any version)
     jobs.py        training jobs: queue, worker thread, cancellation, restart; the runner is injected
     chain.py       the audit chain in the database, its anchors, verify
     anchoring.py   the key holder's anchor endpoint, over HTTP

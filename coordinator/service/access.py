@@ -42,6 +42,9 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): _ANY,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): _COMMISSIONER,
     ("POST", "/api/v1/models/{task}/rollback"): _COMMISSIONER,
+    # A tier-policy edit registers a new version (commissioners only); it then needs two approvals.
+    ("GET", "/api/v1/models/{task}/versions/{version}/tier-policy"): _ANY,
+    ("POST", "/api/v1/models/{task}/versions/{version}/tier-policy"): _COMMISSIONER,
     ("GET", "/api/v1/promotions"): _ANY,
     ("GET", "/api/v1/audit"): _COMMISSIONER | _ADMIN,
     ("GET", "/api/v1/audit/verify"): _COMMISSIONER | _ADMIN,
@@ -51,6 +54,9 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/v1/jobs"): _ANY,
     ("GET", "/api/v1/jobs/{job_id}"): _ANY,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): _SUBMITTERS,
+    # Only data scientists ask statistics questions of the sites; admins may read them (they run the service).
+    ("POST", "/api/v1/queries"): frozenset({Role.DATA_SCIENTIST}),
+    ("GET", "/api/v1/queries/{query_id}"): _SUBMITTERS,
 }
 
 

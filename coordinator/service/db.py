@@ -18,7 +18,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from federation.errors import SettingsError
 
-__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Job", "Promotion", "open_database"]
+__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Job", "Promotion", "QueryJob",
+           "open_database"]
 
 
 class Base(DeclarativeBase):
@@ -89,6 +90,25 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(String(100), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     sites_json: Mapped[str] = mapped_column(Text, default="[]")  # sites that refused or failed, and why
+
+
+class QueryJob(Base):
+    """A federated-statistics query (``coordinator.service.queries``): its typed query as canonical JSON,
+    its state and its result. A table of its own, not columns on ``jobs``: ``create_all`` adds a missing
+    table to an existing database, but never a missing column."""
+
+    __tablename__ = "query_jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task: Mapped[str] = mapped_column(String(100))
+    query_json: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), index=True)  # queued | running | succeeded | failed
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    finished_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    result_json: Mapped[str | None] = mapped_column(Text, default=None)
+    error: Mapped[str | None] = mapped_column(String(100), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class AuditRow(Base):

@@ -12,7 +12,8 @@
         └── JobFailed                    a runner's report of a failed job: which sites refused or failed, why
 
 The other ``FenjiError``s are mapped here too: ``RegistryError`` 503, ``AuditTamperedError`` 503
-(no change is made on a chain that does not verify), ``SettingsError`` 503. Every error body has one
+(no change is made on a chain that does not verify), ``SettingsError`` 503, ``QueryError`` 422 (a query
+that does not fit its task). Every error body has one
 shape, ``{"error": <class name>, "detail": <message>}``.
 """
 
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from federation.analytics import QueryError
 from federation.errors import AuditTamperedError, RegistryError, SettingsError
 from models.errors import FenjiError
 
@@ -79,7 +81,7 @@ class ErrorBody(BaseModel):
     detail: str
 
 
-_FOREIGN = [(RegistryError, 503), (AuditTamperedError, 503), (SettingsError, 503)]
+_FOREIGN = [(RegistryError, 503), (AuditTamperedError, 503), (SettingsError, 503), (QueryError, 422)]
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "No token, or not a token of this coordinator"},

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from coordinator.service import chain
+from coordinator.service import chain, queries
 from coordinator.service.accounts import now
 from coordinator.service.anchoring import AnchorClient
 from coordinator.service.db import Account, Job
@@ -186,18 +186,23 @@ class JobQueue:
         for job_id in ids:
             self._finish(job_id, FAILED, "job-failed", error="CoordinatorRestarted", reason=RESTARTED)
             log.warning("job %s was running when the coordinator stopped: marked failed", job_id)
+        queries.recover(self, reason=RESTARTED)
         return list(ids)
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()  # before looking: a job queued while we look wakes the wait below
             try:
-                ran = self.run_next()
+                ran = self.run_next() or self.run_next_query()
             except Exception:  # the worker must outlive one job's bookkeeping failure
                 log.exception("the job worker could not record a job; it goes on with the next")
                 ran = True
             if not ran:
                 self._wake.wait(self.poll_seconds)
+
+    def run_next_query(self) -> bool:
+        """Answer the oldest queued statistics query (``coordinator.service.queries``); False if none."""
+        return queries.run_next(self)
 
     def _claim(self) -> JobRequest | None:
         """The oldest queued job, marked running (audited as ``job-started``); None if none is queued."""

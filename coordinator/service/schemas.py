@@ -6,13 +6,22 @@ import json
 import math
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 from coordinator.service.access import Role
 from coordinator.service.db import Account, Approval, Job, Promotion
+from coordinator.service.versions import VersionView
+from models.policy import TierPolicy
 
 __all__ = ["AccountCreate", "AccountIssued", "AccountPublic", "ApprovalPublic", "AuditEntry", "AuditPage",
-           "ChangeResult", "Health", "JobCreate", "JobPublic", "PromotionPublic", "ReasonBody", "RollbackBody", "TaskList", "VerifyResult"]
+           "ChangeResult", "Health", "JobCreate", "JobPublic", "PromotionPublic", "ReasonBody", "RollbackBody", "TaskList", "TierPolicyEdit", "TierPolicyEdited",
+           "TierPolicyView", "VerifyResult"]
 
 
 def _storable(text: str) -> str:
@@ -68,6 +77,39 @@ class ReasonBody(BaseModel):
 
 class RollbackBody(ReasonBody):
     version: str = Field(pattern=r"^[0-9]{1,9}$", description="An earlier approved version")
+
+
+class TierPolicyEdit(ReasonBody):
+    policy: TierPolicy = Field(description="The new thresholds: tertiary and county rules, critical_risk")
+
+    @field_validator("policy")
+    @classmethod
+    def _storable_name(cls, policy: TierPolicy) -> TierPolicy:
+        if not 1 <= len(policy.name) <= 200 or any(ord(c) < 0x20 or c == "\x7f" for c in policy.name):
+            raise ValueError("the policy's name must be 1-200 printable characters")
+        _storable(policy.name)
+        return policy
+
+
+class TierPolicyView(BaseModel):
+    task: str
+    version: str
+    policy: TierPolicy
+    bundle_sha256: str = Field(description="The bundle the policy is part of (what the nodes verify)")
+    derived_from: str | None = Field(description="The version it was derived from by a tier-policy edit")
+    applies_at_clinics: bool = Field(description="True for the task whose production policy the clinics apply "
+                                                 "(referral_risk); other bundles carry one unused")
+
+
+class TierPolicyEdited(BaseModel):
+    """The new version: not in production until two commissioners approve it."""
+
+    version: VersionView
+    base_version: str
+    previous: TierPolicy
+    policy: TierPolicy
+    anchored_seq: int | None = Field(description="The audit entry the key holder countersigned after this "
+                                                 "change (null: not anchored now; the next anchor covers it)")
 
 
 class ApprovalPublic(BaseModel):

@@ -36,6 +36,8 @@ class VersionView(BaseModel):
     encrypted: bool
     sites: dict[str, dict[str, float]] = Field(description="metric per site, as the site released it")
     gaps: dict[str, Gap] = Field(description="per metric, the best and the worst site")
+    derived_from: str | None = Field(None, description="the version this one was derived from (same parameters)")
+    change: str | None = Field(None, description="what the derivation changed: 'tier-policy'")
 
 
 class RoundPoint(BaseModel):
@@ -139,4 +141,5 @@ class ModelRegistry:
         return VersionView(task=task, version=str(mv.version), run_id=mv.run_id or "",
                            created_at=int(mv.creation_timestamp or 0), aliases=sorted(a for a, v in aliases.items() if str(v) == str(mv.version)),
                            bundle_sha256=mv.tags.get("bundle-sha256", ""),
-                           encrypted=mv.tags.get("encrypted", "") == "True", sites=sites, gaps=site_gaps(sites))
+                           encrypted=mv.tags.get("encrypted", "") == "True", sites=sites, gaps=site_gaps(sites),
+                           derived_from=mv.tags.get("derived-from"), change=mv.tags.get("change"))

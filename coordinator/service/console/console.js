@@ -16,6 +16,7 @@ const state = {
   compare: [null, null],
   metric: null,
   rounds: {},         // version -> GET .../rounds
+  policies: {},       // task/version -> GET .../tier-policy (null: no bundle); a version's policy never changes
   promotions: [],     // GET /promotions, newest first
   audit: null,        // {entries, verdict}
   message: null,      // {key, params}: the last change made from this page
@@ -99,7 +100,7 @@ async function logIn(token) {
 
 function logOut(message = "") {
   Object.assign(state, { token: "", me: null, tasks: [], task: null, versions: [], promotions: [], audit: null,
-    rounds: {}, message: null });
+    rounds: {}, policies: {}, message: null });
   sessionStorage.removeItem("fenji.console.token");
   for (const id of ["views", "logout", "models-view", "approvals-view", "audit-view", "action-result"]) $(id).hidden = true;
   $("who").textContent = "";

@@ -43,7 +43,7 @@ async function loadTask(task, resetChoice = true) {
   }
   const metrics = metricsOf(state.compare);
   if (!metrics.includes(state.metric)) state.metric = metrics.includes("auroc") ? "auroc" : metrics[0] || null;
-  await loadRounds();
+  await Promise.all([loadRounds(), loadPolicies()]);  // loadPolicies: policy.js
 }
 
 async function loadRounds() {
@@ -112,7 +112,8 @@ function versionCard(view, index) {
       + `${view.encrypted ? t("encrypted") : t("plain")} · ${t("digest")} ${view.bundle_sha256.slice(0, 12)}…`),
     sites.length ? table : el("p", { class: "muted", text: t("no_sites") }),
     el("p", { class: "gap-line small" }, gap ? t("gap_line", { metric: state.metric, best_site: gap.best_site,
-      best: fmt(gap.best), worst_site: gap.worst_site, worst: fmt(gap.worst), gap: fmt(gap.gap) }) : t("no_gap")));
+      best: fmt(gap.best), worst_site: gap.worst_site, worst: fmt(gap.worst), gap: fmt(gap.gap) }) : t("no_gap")),
+    policyBlock(view));
   if (isCommissioner()) card.append(actions(v, serving));
   return card;
 }
@@ -218,6 +219,7 @@ function renderApprovals() {
 function describe(entry) {
   const d = entry.details || {}, parts = [];
   if (d.task && d.version) parts.push(t("d_version", { task: taskName(d.task), v: d.version }));
+  if (entry.action === "tier-policy-edit") parts.push(...describePolicyEdit(d));
   if (d.previous_version) parts.push(t("d_previous", { v: d.previous_version }));
   if (d.approvers) parts.push(t("d_approvers", { a: d.approvers.join(", ") }));
   const reasons = d.reasons || (d.reason ? [d.reason] : []);

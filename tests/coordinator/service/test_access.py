@@ -4,6 +4,8 @@ written out here independently."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import pytest
 from fastapi.routing import APIRoute
@@ -11,6 +13,8 @@ from fastapi.routing import APIRoute
 from coordinator.service import ACCESS, PUBLIC
 from coordinator.service.app import ROUTERS
 from tests.coordinator.service.conftest import TASK
+
+POLICY_TASK = "referral_risk"
 
 C, S, A = "commissioner", "data_scientist", "coordinator_admin"
 EVERYONE = {C, S, A}
@@ -28,6 +32,8 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): EVERYONE,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): {C},
     ("POST", "/api/v1/models/{task}/rollback"): {C},
+    ("GET", "/api/v1/models/{task}/versions/{version}/tier-policy"): EVERYONE,
+    ("POST", "/api/v1/models/{task}/versions/{version}/tier-policy"): {C},
     ("GET", "/api/v1/promotions"): EVERYONE,
     ("GET", "/api/v1/audit"): {C, A},
     ("GET", "/api/v1/audit/verify"): {C, A},
@@ -36,6 +42,8 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/api/v1/jobs"): EVERYONE,
     ("GET", "/api/v1/jobs/{job_id}"): EVERYONE,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): {S, A},
+    ("POST", "/api/v1/queries"): {S},
+    ("GET", "/api/v1/queries/{query_id}"): {S, A},
 }
 ROUTES = sorted({(method, route.path) for router in ROUTERS for route in router.routes
                  if isinstance(route, APIRoute) for method in route.methods})
@@ -62,6 +70,16 @@ def _prepare(service, path: str) -> dict[str, object]:
                 with service.client(who) as client:
                     client.post(f"/api/v1/models/{TASK}/versions/{version}/approve", json={"reason": "fine"})
         assert service.alias() == "3"
+    if path.endswith("/tier-policy"):  # a version with a real bundle, of the task whose policy the clinics apply
+        from tests.coordinator.service.bundle_registry import (
+            add_version,
+            untrained_models,
+        )
+
+        client = service.coordinator.registry.client
+        client.create_registered_model(f"fenji-{POLICY_TASK}")
+        experiment = client.create_experiment("fenji-policy", artifact_location=(Path(service.env["FENJI_HOME"]) / "artifacts").as_uri())
+        assert add_version(client, experiment, Path(service.env["FENJI_HOME"]), POLICY_TASK, untrained_models()[POLICY_TASK]) == "1"
     return {}
 
 
@@ -75,8 +93,18 @@ def call(service, method: str, path: str, headers: dict[str, str], n: int) -> ht
             with service.client("admin") as admin:
                 job = admin.post("/api/v1/jobs", json={"task": TASK, "rounds": 2}).json()
             return client.request(method, path.format(job_id=job["id"]))
+        if path == "/api/v1/queries/{query_id}":  # a queued query of its own (no engine runs it here)
+            with service.client("data_scientist") as scientist:
+                query = scientist.post("/api/v1/queries", json={"task": TASK, "query": {"kind": "count"}}).json()
+            return client.request(method, path.format(query_id=query["id"]))
+        if path.endswith("/tier-policy"):
+            edit = {"policy": {"tertiary": {"triage_at_most": 1, "risk_at_least": 0.5},
+                               "county": {"triage_at_most": 2, "risk_at_least": 0.15}}, "reason": "stricter"}
+            return client.request(method, path.format(task=POLICY_TASK, version="1"),
+                                  json=edit if method == "POST" else None)
         url = path.format(task=TASK, version="2")
         bodies = {"/api/v1/accounts": {"name": f"new {n}", "role": S}, "/api/v1/jobs": {"task": TASK, "rounds": 2},
+                  "/api/v1/queries": {"task": TASK, "query": {"kind": "count"}},
                   "/api/v1/models/{task}/versions/{version}/approve": {"reason": "better everywhere"},
                   "/api/v1/models/{task}/rollback": {"version": "1", "reason": "version 3 fails clinic_b"}}
         return client.request(method, url, json=bodies.get(path) if method == "POST" else None)

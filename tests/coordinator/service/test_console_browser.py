@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.service import create_app
-from coordinator.settings import load_coordinator_settings
+from tests.coordinator.service.bundle_registry import make_bundle_registry
 from tests.coordinator.service.conftest import (
     SITE_METRICS,
     TASK,
@@ -29,47 +29,19 @@ DOCS = Path(__file__).resolve().parents[3] / "docs"
 ROUNDS = {"1": [0.62, 0.67, 0.70], "2": [0.64, 0.72, 0.76, 0.78], "3": [0.66, 0.74, 0.79, 0.80]}  # federated AUROC
 
 
-def make_bundle_registry(home: Path) -> Path:
-    """A registry a node can serve from: real bundles of the three models, ``fenji-triage`` in versions
-    1-3 with the sites' metrics of ``SITE_METRICS`` and an AUROC per round; the other two tasks in
-    production at version 1 (a node needs every task)."""
-    import mlflow
-
-    from models.bundle import write_bundle
-    from models.policy import load_policy
+def make_console_registry(home: Path) -> Path:
+    """``fenji-triage`` in versions 1-3 with the sites' metrics of ``SITE_METRICS`` and an AUROC per
+    round; the other two tasks in production at version 1 (a node needs every task)."""
     from tests.node_agent.serve.trained_advisor import _models
 
-    uri = load_coordinator_settings(home=home).tracking_uri
-    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.create_experiment("fenji-console", artifact_location=(home / "artifacts").as_uri())
-    for task, model in _models().items():
-        client.create_registered_model(f"fenji-{task}")
-        for version, sites in (SITE_METRICS if task == TASK else {"1": {}}).items():
-            folder = home / "bundles" / f"{task}-{version}"
-            digest = write_bundle(folder / "bundle", spec=model.spec, encoding=model.encoding,
-                                  calibration=model.calibration, policy=load_policy(), flat=model.flat)
-            (folder / "model_card.md").write_text(f"# fenji-{task} {version}\n")
-            run_id = client.create_run(experiment).info.run_id
-            client.log_artifacts(run_id, str(folder / "bundle"), "bundle")
-            client.log_artifact(run_id, str(folder / "model_card.md"))
-            for site, metrics in sites.items():
-                for metric, value in metrics.items():
-                    client.log_metric(run_id, f"site.{site}.{metric}", value)
-            if task == TASK:
-                for step, value in enumerate(ROUNDS[version], start=1):
-                    client.log_metric(run_id, "auroc", value, step=step)
-            client.set_terminated(run_id)
-            client.create_model_version(f"fenji-{task}", f"runs:/{run_id}/bundle", run_id=run_id,
-                                        tags={"bundle-sha256": digest, "encrypted": "True"})
-        if task != TASK:
-            client.set_registered_model_alias(f"fenji-{task}", "production", "1")
-    return home / "mlflow.db"
+    return make_bundle_registry(home, _models(), {TASK: SITE_METRICS}, rounds=ROUNDS,
+                                production={task: "1" for task in _models() if task != TASK})
 
 
 @pytest.fixture(scope="module")
 def console(tmp_path_factory):
     base = tmp_path_factory.mktemp("console")
-    registry_file = make_bundle_registry(base / "registry")
+    registry_file = make_console_registry(base / "registry")
     with fresh_key_holder(base / "keyholder") as key_holder:
         service = make_service(base / "home", registry_file, key_holder=key_holder)
         with running(create_app(service.coordinator)) as service.base_url:
@@ -138,7 +110,7 @@ def test_compare_approve_twice_node_follows_roll_back_and_audit(open_page, conso
     assert li.locator(".version-card").evaluate_all("cs => cs.map(c => c.dataset.version)") == ["1", "3"]
     li.select_option("#version-b", "2")
     li.wait_for_selector("#card-v2")
-    assert li.locator("#card-v2 tbody tr").count() == 3  # the three clinics that released metrics for v2
+    assert li.locator("#card-v2 table.sites tbody tr").count() == 3  # the three clinics that released metrics for v2
     assert "clinic_a 0.800" in li.inner_text("#card-v2 .gap-line") and "clinic_b 0.740" in li.inner_text("#card-v2 .gap-line")
     assert li.inner_text("#card-v2 .gap-row td.chosen") == "0.060"
     assert li.locator("#site-chart rect.bar.series-0").count() == 2  # v1: two sites

@@ -1,0 +1,151 @@
+"""Federated-statistics queries through the API: a typed query (``federation.analytics``) queued like a
+training job and run by the same worker thread (``JobQueue``), through the runner the shell injected.
+
+States: ``queued ──> running ──> succeeded | failed``. A query is one short run at the sites, so it is
+not cancelled. Submitting, starting and ending are each written with their audit entry in one
+transaction (``query-submitted``, ``query-started``, ``query-succeeded`` / ``query-failed``), then the
+head is anchored. The runner answers ``run_query(QueryRequest) -> dict`` (``result_of`` builds that
+dict from an ``AnalyticsResult``); a runner without ``run_query`` fails every query, by name.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from coordinator.service import chain
+from coordinator.service.accounts import now
+from coordinator.service.db import Account, QueryJob
+from coordinator.service.errors import NotFound
+from federation.analytics import canonical, parse_query
+from coordinator.service.anchoring import AnchorClient
+from models.errors import first_line
+
+__all__ = ["QueryRequest", "Worker", "get", "recover", "result_of", "run_next", "submit"]
+
+log = logging.getLogger("fenji.coordinator")
+QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+WORKER = "coordinator"
+
+
+class Worker(Protocol):
+    """What a query needs of the jobs' queue (``coordinator.service.jobs.JobQueue``, which calls this module:
+    named by shape, so the two modules do not import each other)."""
+
+    sessions: sessionmaker
+    anchors: AnchorClient | None
+    runner: Any
+
+
+@dataclass(frozen=True)
+class QueryRequest:
+    """What a runner is asked to answer: the query (a ``federation.analytics`` model) about ``task``."""
+
+    id: int
+    task: str
+    query: Any
+
+
+def submit(session: Session, account: Account, *, task: str, query: Any) -> QueryJob:
+    """Queue a query (audited as ``query-submitted``); committed."""
+    text = canonical(query)
+    row = QueryJob(task=task, query_json=text, status=QUEUED, submitted_by=account.name, submitted_at=now())
+    session.add(row)
+    session.flush()
+    chain.append(session, actor=account.name, action="query-submitted", query_id=row.id, task=task, query=text)
+    session.commit()
+    return row
+
+
+def get(session: Session, query_id: int) -> QueryJob:
+    row = session.get(QueryJob, query_id)
+    if row is None:
+        raise NotFound(f"no query {query_id}")
+    return row
+
+
+def _plain(value: Any) -> Any:
+    """JSON has no NaN (a mean of an empty cell): shown as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):  # numpy scalars
+        return _plain(value.item())
+    return value
+
+
+def result_of(result: Any) -> dict[str, Any]:
+    """What is stored and returned of an ``AnalyticsResult``: its frame's columns and records, the
+    cohort, the rows, the noise, and at how many sites each cell was suppressed."""
+    frame = result.to_frame()
+    return {"columns": [str(c) for c in frame.columns],
+            "cells": [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")],
+            "suppressed_sites": [int(s) for s in result.suppressed_sites], "rows": int(result.rows),
+            "sites": list(result.sites), "dp_epsilon": float(result.dp_epsilon),
+            "excluded": [e.to_dict() if hasattr(e, "to_dict") else e for e in result.excluded]}
+
+
+def _claim(queue: Worker) -> QueryRequest | None:
+    with queue.sessions() as session:
+        row = session.execute(select(QueryJob).where(QueryJob.status == QUEUED).order_by(QueryJob.id).limit(1)
+                              .with_for_update()).scalar_one_or_none()
+        if row is None:
+            return None
+        row.status, row.started_at = RUNNING, now()
+        chain.append(session, actor=WORKER, action="query-started", query_id=row.id, task=row.task)
+        session.commit()
+        request = QueryRequest(id=row.id, task=row.task, query=parse_query(row.query_json))
+    chain.anchor_head(queue.sessions, queue.anchors)
+    return request
+
+
+def run_next(queue: Worker) -> bool:
+    """Answer the oldest queued query with the queue's runner; False if none was queued (or no runner)."""
+    runner = queue.runner
+    if runner is None:
+        return False
+    request = _claim(queue)
+    if request is None:
+        return False
+    answer = getattr(runner, "run_query", None)
+    try:
+        if answer is None:
+            raise NotImplementedError(f"the coordinator's runner ({runner}) does not answer queries")
+        result = answer(request)
+    except Exception as exc:  # noqa: BLE001 - every way a query ends is recorded, none leaves it "running"
+        log.error("query %s failed", request.id, exc_info=exc)
+        _finish(queue, request.id, FAILED, error=type(exc).__name__, reason=first_line(exc))
+        return True
+    _finish(queue, request.id, SUCCEEDED, result=result)
+    return True
+
+
+def recover(queue: Worker, *, reason: str) -> list[int]:
+    """Mark every ``running`` query failed with ``reason``: the process that ran it died."""
+    with queue.sessions() as session:
+        ids = session.execute(select(QueryJob.id).where(QueryJob.status == RUNNING)).scalars().all()
+    for query_id in ids:
+        _finish(queue, query_id, FAILED, error="CoordinatorRestarted", reason=reason)
+    return list(ids)
+
+
+def _finish(queue: Worker, query_id: int, status: str, *, error: str | None = None, reason: str | None = None,
+            result: dict[str, Any] | None = None) -> None:
+    with queue.sessions() as session:
+        row = session.execute(select(QueryJob).where(QueryJob.id == query_id).with_for_update()).scalar_one()
+        row.status, row.finished_at, row.error, row.reason = status, now(), error, reason
+        entry: dict[str, Any] = {"query_id": row.id, "task": row.task}
+        if result is not None:
+            row.result_json = json.dumps(result, default=float)
+            entry |= {"sites": result.get("sites", []), "dp_epsilon": result.get("dp_epsilon"),
+                      "suppressed_cells": sum(1 for s in result.get("suppressed_sites", []) if s > 0)}
+        if error is not None:
+            entry |= {"error": error, "reason": reason}
+        chain.append(session, actor=WORKER, action=f"query-{status}", **entry)
+        session.commit()
+    chain.anchor_head(queue.sessions, queue.anchors)

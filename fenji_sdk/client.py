@@ -1,0 +1,199 @@
+"""``Client``: the coordinator's API (``/api/v1``) for a data scientist, in a notebook or a script.
+
+Every call is one HTTP request through ``httpx``; a refusal raises the ``fenji_sdk.errors`` class of its
+status with the server's message. ``transport`` is httpx's seam: a test may pass ``httpx.MockTransport``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from fenji_sdk.errors import JobFailed, WaitTimeout, error_of
+from fenji_sdk.progress import ProgressLine
+from federation.analytics import Count, CrossTab, Histogram, Mean
+
+__all__ = ["Client", "QueryResult"]
+
+FINISHED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass
+class QueryResult:
+    """An answered statistics query: one record per cell (its key, its numbers, ``suppressed_sites``:
+    at how many sites the cell was sent as zeros because it held fewer than k rows there)."""
+
+    query: dict[str, Any]
+    cells: list[dict[str, Any]]
+    columns: list[str]
+    rows: int
+    sites: list[str]
+    dp_epsilon: float = 0.0
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.cells, columns=self.columns)
+
+    @property
+    def suppressed(self) -> pd.DataFrame:
+        """The cells suppressed at one site or more: their counts leave those sites out."""
+        frame = self.to_frame()
+        return frame[frame["suppressed_sites"] > 0]
+
+
+class Client:
+    """The coordinator at ``url`` (e.g. ``http://127.0.0.1:8500``), called with an account's ``token``.
+
+    Parameters
+    ----------
+    url
+        The coordinator's base URL (without ``/api/v1``).
+    token
+        The account's bearer token (``fenji coordinator account add``).
+    timeout
+        Seconds for one request.
+    transport
+        An httpx transport instead of the network (tests).
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 60.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=f"{self.url}/api/v1", headers={"Authorization": f"Bearer {token}"},
+                                  timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            from fenji_sdk.errors import SdkError
+
+            raise SdkError(f"cannot reach the coordinator at {self.url}: {exc}") from exc
+        if response.is_error:
+            raise error_of(response)
+        return response.json()
+
+    # --- who, and the models ---------------------------------------------------------------------
+    def me(self) -> dict[str, Any]:
+        return self._call("GET", "/me")
+
+    def tasks(self) -> list[str]:
+        """The tasks with registered models."""
+        return list(self._call("GET", "/models")["tasks"])
+
+    def versions(self, task: str) -> pd.DataFrame:
+        """One row per version and site: the metrics that site released for that version."""
+        rows = [{"version": v["version"], "site": site, "aliases": ",".join(v["aliases"]), **metrics}
+                for v in self._call("GET", f"/models/{task}/versions") for site, metrics in v["sites"].items()]
+        return pd.DataFrame(rows, columns=None if rows else ["version", "site", "aliases"])
+
+    def rounds(self, task: str, version: str | int) -> pd.DataFrame:
+        """One row per training round, one column per metric (the federated model after that round)."""
+        body = self._call("GET", f"/models/{task}/versions/{version}/rounds")
+        frame = pd.DataFrame([{"round": p["round"], "metric": metric, "value": p["value"]}
+                              for metric, points in body["rounds"].items() for p in points],
+                             columns=["round", "metric", "value"])
+        return frame.pivot(index="round", columns="metric", values="value") if len(frame) else frame
+
+    # --- training jobs ---------------------------------------------------------------------------
+    def submit_training(self, task: str, rounds: int, *, dp_epsilon: float | None = None,
+                        personalisation: bool = True) -> dict[str, Any]:
+        """Queue a training job; returns it (its ``id`` is what ``wait`` and ``cancel`` take)."""
+        return self._call("POST", "/jobs", json={"task": task, "rounds": rounds, "dp_epsilon": dp_epsilon,
+                                                 "personalisation": personalisation})
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def jobs(self, *, limit: int = 100) -> pd.DataFrame:
+        keep = ["id", "task", "rounds", "status", "rounds_done", "submitted_by", "submitted_at", "finished_at"]
+        return pd.DataFrame(self._call("GET", "/jobs", params={"limit": limit}), columns=keep)
+
+    def cancel(self, job_id: int) -> dict[str, Any]:
+        """Cancel a queued job now, or a running one after its current round."""
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def wait(self, job_id: int, *, progress: bool = True, poll: float = 1.0, timeout: float | None = None
+             ) -> dict[str, Any]:
+        """Follow a job until it ends (a progress line with ``progress``); returns it if it succeeded or
+        was cancelled.
+
+        Raises
+        ------
+        JobFailed
+            If it failed (the server's reason, and the sites that refused or failed).
+        WaitTimeout
+            If ``timeout`` seconds passed first (the job goes on).
+        """
+        line = ProgressLine(f"job {job_id}") if progress else None
+        end = None if timeout is None else time.monotonic() + timeout
+        try:
+            while True:
+                job = self.job(job_id)
+                if line is not None:
+                    line.update(job["rounds_done"], job["rounds"], job["status"])
+                if job["status"] in FINISHED:
+                    break
+                if end is not None and time.monotonic() > end:
+                    raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout:g} s")
+                time.sleep(poll)
+        finally:
+            if line is not None:
+                line.close()
+        if job["status"] == "failed":
+            sites = ", ".join(f"{s['site']} ({s['reason']})" for s in job.get("failed_sites", []))
+            raise JobFailed(f"job {job_id} failed: {job['reason']}" + (f"; sites: {sites}" if sites else ""),
+                            record=job)
+        return job
+
+    # --- statistics ------------------------------------------------------------------------------
+    def submit_query(self, query: Count | Mean | Histogram | CrossTab, *, task: str) -> dict[str, Any]:
+        return self._call("POST", "/queries", json={"task": task, "query": query.model_dump(mode="json")})
+
+    def query_status(self, query_id: int) -> dict[str, Any]:
+        return self._call("GET", f"/queries/{query_id}")
+
+    def query(self, query: Count | Mean | Histogram | CrossTab, *, task: str, poll: float = 0.5,
+              timeout: float | None = None) -> QueryResult:
+        """Ask the sites ``query`` about ``task`` and wait for the answer.
+
+        Raises
+        ------
+        Invalid
+            If the query does not fit the task (a column it lacks).
+        JobFailed
+            If it failed at the sites (too few answered; the key holder refused the sum).
+        """
+        record = self.submit_query(query, task=task)
+        end = None if timeout is None else time.monotonic() + timeout
+        while record["status"] not in FINISHED:
+            if end is not None and time.monotonic() > end:
+                raise WaitTimeout(f"query {record['id']} is still {record['status']} after {timeout:g} s")
+            time.sleep(poll)
+            record = self.query_status(record["id"])
+        if record["status"] != "succeeded":
+            raise JobFailed(f"query {record['id']} failed: {record['reason']}", record=record)
+        result = record["result"]
+        return QueryResult(query=record["query"], cells=result["cells"], columns=result["columns"],
+                           rows=result["rows"], sites=result["sites"], dp_epsilon=result["dp_epsilon"],
+                           excluded=result["excluded"])
+
+    # --- audit -----------------------------------------------------------------------------------
+    def audit(self, *, after: int = 0, limit: int = 100) -> pd.DataFrame:
+        """The audit trail (commissioners and coordinator admins): one row per entry."""
+        page = self._call("GET", "/audit", params={"after": after, "limit": limit})
+        return pd.DataFrame([{"seq": e["seq"], "at": e["at"], "actor": e["actor"], "action": e["action"],
+                              **e["details"]} for e in page["entries"]])

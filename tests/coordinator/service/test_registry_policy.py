@@ -1,0 +1,94 @@
+"""``coordinator.derived_versions.derive_tier_policy_version`` on a version as ``register_outcome`` leaves it
+(the logged PyTorch model, the model card in markdown and JSON, per-round and per-site metrics): the
+new version keeps the weights, encoding, calibration and metrics, and carries only the new policy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from coordinator.derived_versions import derive_tier_policy_version, discard_version
+from coordinator.outcome import FederationOutcome
+from coordinator.registry import register_outcome
+from federation.errors import RegistryError
+from models.encoding import Encoder
+from models.errors import BundleError, PolicyError
+from models.policy import TierPolicy, load_policy
+from node_agent.distribution import load_task_model
+from tests.coordinator.service.bundle_registry import untrained_models
+
+TASK = "referral_risk"
+STRICTER = TierPolicy(tertiary={"triage_at_most": 1, "risk_at_least": 0.5}, county={"triage_at_most": 2, "risk_at_least": 0.15},
+                      critical_risk=0.7)
+
+
+@pytest.fixture()
+def registered(tmp_path):
+    model = untrained_models()[TASK]
+    outcome = FederationOutcome(task=model.spec, encoding=model.encoding, flat=model.flat,
+                                n_inputs=Encoder(model.spec, model.encoding).width, calibration=model.calibration,
+                                sites={"clinic_a": {"auroc": 0.74, "n": 50.0}, "clinic_b": {"auroc": 0.70, "n": 40.0}},
+                                rounds=[{"round": 1, "auroc": 0.66}, {"round": 2, "auroc": 0.71}])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    return uri, register_outcome(outcome, tracking_uri=uri, policy=load_policy()), model
+
+
+def test_the_derived_version_is_the_base_with_the_new_policy(registered, tmp_path):
+    import mlflow
+
+    uri, base, model = registered
+    derived = derive_tier_policy_version(TASK, base.version, STRICTER, tracking_uri=uri, editor="Commissioner Li",
+                                         reason="县级医院床位紧张")
+    assert (derived.version, derived.base_version, derived.previous, derived.policy) == ("2", "1", load_policy(), STRICTER)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    old, new = (client.get_model_version(f"fenji-{TASK}", v) for v in ("1", "2"))
+    assert new.tags["bundle-sha256"] == derived.bundle_sha256 != old.tags["bundle-sha256"]
+    assert {k: new.tags[k] for k in ("derived-from", "change", "change-by", "change-reason", "task", "sites")} == {
+        "derived-from": "1", "change": "tier-policy", "change-by": "Commissioner Li", "change-reason": "县级医院床位紧张",
+        "task": TASK, "sites": old.tags["sites"]}
+    # What a node loads: the digest verified, the same weights, encoding and calibration, the new policy.
+    served, card, policy = load_task_model(uri, TASK, version="2", cache_dir=tmp_path / "node")
+    np.testing.assert_array_equal(served.flat, model.flat)
+    assert served.encoding == model.encoding and served.calibration == model.calibration and policy == STRICTER
+    assert card.startswith(f"# Model card: fenji-{TASK} version 2")
+    tier_section = card.split("## Tier policy (governance settings)\n", 1)[1].split("\n\n", 1)[0]
+    assert "risk ≥ 50%" in tier_section and "60%" not in tier_section
+    assert "## Change from version 1: tier policy" in card and "before: Tertiary if triage level ≤ 1 or risk ≥ 60%" in card
+    assert "## Known limits" in card
+    # The run: the base's parameters and metric histories; the card's JSON and tier_policy.yaml rewritten.
+    old_run, new_run = client.get_run(old.run_id), client.get_run(new.run_id)
+    assert new_run.data.params == old_run.data.params and new_run.data.metrics == old_run.data.metrics
+    assert [m.value for m in client.get_metric_history(new.run_id, "auroc")] == [0.66, 0.71]
+    card_json = mlflow.artifacts.load_dict(f"runs:/{new.run_id}/model_card.json")
+    assert card_json["model"]["version"] == "2" and card_json["tier_policy"] == STRICTER.model_dump()
+    assert card_json["change"]["previous_tier_policy"] == load_policy().model_dump()
+    assert yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{new.run_id}/tier_policy.yaml")) == STRICTER.model_dump()
+    assert mlflow.artifacts.load_text(f"runs:/{new.run_id}/task.yaml") == mlflow.artifacts.load_text(f"runs:/{old.run_id}/task.yaml")
+    # Loading the version through MLflow gives the base's logged model (the same weights).
+    mlflow.set_tracking_uri(uri)
+    assert mlflow.pytorch.load_model(f"models:/fenji-{TASK}/2") is not None
+
+    discard_version(TASK, "2", tracking_uri=uri)
+    assert [str(v.version) for v in client.search_model_versions(f"name = 'fenji-{TASK}'")] == ["1"]
+    assert client.get_run(new.run_id).info.lifecycle_stage == "deleted"
+
+
+def test_refusals(registered):
+    uri, base, _ = registered
+    with pytest.raises(PolicyError, match="nothing to change"):
+        derive_tier_policy_version(TASK, base.version, load_policy(), tracking_uri=uri, editor="x", reason="same")
+    with pytest.raises(PolicyError, match="tertiary risk threshold"):
+        derive_tier_policy_version(TASK, base.version, {"tertiary": {"triage_at_most": 1, "risk_at_least": 0.1},
+                                                        "county": {"triage_at_most": 2, "risk_at_least": 0.2}},
+                                   tracking_uri=uri, editor="x", reason="invalid")
+    with pytest.raises(RegistryError, match="has no version 7"):
+        derive_tier_policy_version(TASK, "7", STRICTER, tracking_uri=uri, editor="x", reason="missing")
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run = client.create_run(client.get_run(base.run_id).info.experiment_id).info.run_id
+    client.create_model_version(f"fenji-{TASK}", f"runs:/{run}/bundle", run_id=run, tags={"bundle-sha256": "0" * 64})
+    with pytest.raises(BundleError, match="no serving bundle"):
+        derive_tier_policy_version(TASK, "2", STRICTER, tracking_uri=uri, editor="x", reason="no bundle")
+    assert len(client.search_model_versions(f"name = 'fenji-{TASK}'")) == 2

@@ -1,0 +1,140 @@
+"""The data scientists' SDK (``fenji_sdk``) against a real coordinator on uvicorn, whose worker runs
+statistics queries and training jobs on Flower's real simulation engine over four small synthetic
+clinics (``fenji.jobs_runner``): what the sites answer comes back as DataFrames, every refusal as the
+SDK error of its status with the server's message, and every query is in the audit trail."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+import fenji_sdk
+from coordinator.service import create_app
+from fenji.jobs_runner import SimulationRunner
+from fenji_sdk import Client, Count, Histogram
+from node_agent.store import SiteStore
+from tests.coordinator.service.conftest import make_service, registry_file  # noqa: F401  (a fixture)
+from tests.servers import running
+
+TASK = "referral_risk"
+EDGES = (0.0, 20.0, 40.0, 60.0, 80.0, 120.0)
+
+
+@pytest.fixture(scope="module")
+def sdk_service(tmp_path_factory, small_federation, registry_file):  # noqa: F811
+    root = tmp_path_factory.mktemp("sdk")
+    for site in small_federation:
+        shutil.copytree(site, root / "sites" / site.name)
+    service = make_service(root / "home", registry_file)
+    service.sites = root / "sites"
+    runner = SimulationRunner(root / "sites", keyholder_home=root / "keyholder",
+                              tracking_uri=service.coordinator.registry.tracking_uri)
+    service.coordinator.jobs.start(runner)
+    with running(create_app(service.coordinator)) as service.base_url:
+        yield service
+    service.coordinator.jobs.stop(timeout=120)
+
+
+def _client(service, who: str = "data_scientist") -> Client:
+    return Client(service.base_url, service.tokens[who])
+
+
+def test_the_public_api_is_listed():
+    assert sorted(fenji_sdk.__all__) == sorted(n for n in dir(fenji_sdk) if not n.startswith("_")
+                                               and n not in {"annotations", "client", "errors", "progress"})
+
+
+def test_a_count_and_a_histogram_come_back_as_frames_with_their_suppressed_cells(sdk_service, referral_spec):
+    pooled = 0
+    for site in sorted(sdk_service.sites.iterdir()):
+        with SiteStore(site, read_only=True) as store:
+            pooled += len(store.load(referral_spec))
+    with _client(sdk_service) as fenji:
+        total = fenji.query(Count(), task=TASK)
+        histogram = fenji.query(Histogram(column="age", edges=EDGES), task=TASK)
+    assert total.to_frame()["count"].tolist() == [pooled] and total.rows == pooled
+    assert total.sites == sorted(p.name for p in sdk_service.sites.iterdir())
+    frame = histogram.to_frame()
+    assert list(frame.columns) == ["bin_left", "bin_right", "count", "suppressed_sites"]
+    assert len(frame) == len(EDGES)  # the bins, then the rows outside them
+    assert frame["suppressed_sites"].between(0, 4).all()
+    # A suppressed cell leaves its small sites out: the released counts add up to at most the rows.
+    assert frame["count"].sum() <= pooled
+    assert (frame["count"].sum() == pooled) == histogram.suppressed.empty
+    with _client(sdk_service, "admin") as admin:
+        trail = admin.audit(limit=1000)
+    actions = trail[trail["action"].str.startswith("query-")]
+    assert actions["action"].tolist() == ["query-submitted", "query-started", "query-succeeded"] * 2
+    assert actions["actor"].tolist()[0] == "test data_scientist"
+
+
+def test_a_training_job_is_submitted_followed_and_read_back(sdk_service, capsys):
+    with _client(sdk_service) as fenji:
+        job = fenji.submit_training(TASK, 2)
+        done = fenji.wait(job["id"], poll=0.2)
+        assert done["status"] == "succeeded" and done["rounds_done"] == 2
+        assert "2/2 succeeded" in capsys.readouterr().err
+        assert TASK in fenji.tasks()
+        version = done["result"]["version"]
+        versions = fenji.versions(TASK)
+        mine = versions[versions["version"] == version]
+        assert sorted(mine["site"]) == sorted(p.name for p in sdk_service.sites.iterdir())
+        assert mine["auroc"].between(0, 1).all()
+        rounds = fenji.rounds(TASK, version)
+        assert list(rounds.index) == [1, 2]
+
+
+def test_refusals_raise_the_sdk_error_of_their_status_with_the_servers_message(sdk_service):
+    with Client(sdk_service.base_url, "fco_not-a-token") as stranger, pytest.raises(fenji_sdk.NotAuthenticated,
+                                                                                    match="unknown or revoked"):
+        stranger.tasks()
+    with _client(sdk_service, "commissioner") as commissioner, pytest.raises(fenji_sdk.Forbidden,
+                                                                            match="data_scientist") as refused:
+        commissioner.query(Count(), task=TASK)
+    assert refused.value.status == 403
+    with _client(sdk_service) as fenji:
+        with pytest.raises(fenji_sdk.NotFound, match="no job 999999"):
+            fenji.job(999999)
+        with pytest.raises(fenji_sdk.Invalid, match="numeric") as invalid:  # age is numeric: it groups nothing
+            fenji.query(Count(group_by="age"), task=TASK)
+        assert invalid.value.error == "QueryError"
+        with pytest.raises(fenji_sdk.Invalid, match="rounds"):
+            fenji.submit_training(TASK, 0)
+        with pytest.raises(fenji_sdk.NotFound, match="no built-in task"):
+            fenji.submit_training("no_such_task", 1)
+
+
+@pytest.fixture()
+def bare_service(tmp_path, registry_file):  # noqa: F811
+    """A coordinator whose runner trains but answers no queries (a plain function)."""
+    service = make_service(tmp_path / "home", registry_file)
+    service.coordinator.jobs.start(lambda request, on_round: pytest.fail("no job is submitted here"))
+    with running(create_app(service.coordinator)) as service.base_url:
+        yield service
+    service.coordinator.jobs.stop(timeout=60)
+
+
+def test_a_query_the_runner_cannot_answer_fails_by_name_and_is_audited(bare_service):
+    with _client(bare_service) as fenji, pytest.raises(fenji_sdk.JobFailed, match="does not answer queries") as failed:
+        fenji.query(Count(), task=TASK, poll=0.05, timeout=120)
+    assert failed.value.record["error"] == "NotImplementedError" and failed.value.record["result"] is None
+    with _client(bare_service, "admin") as admin:
+        trail = admin.audit(limit=1000)
+    assert trail[trail["action"].str.startswith("query-")]["action"].tolist() == [
+        "query-submitted", "query-started", "query-failed"]
+
+
+def test_a_query_left_running_by_a_dead_coordinator_is_marked_failed_on_restart(tmp_path, registry_file):  # noqa: F811
+    from coordinator.service.db import QueryJob
+    from coordinator.service.jobs import RESTARTED
+
+    service = make_service(tmp_path / "home", registry_file)
+    with service.coordinator.sessions() as session:
+        session.add(QueryJob(task=TASK, query_json='{"kind":"count"}', status="running", submitted_by="x",
+                             submitted_at="2026-01-01T00:00:00Z"))
+        session.commit()
+    service.coordinator.jobs.recover()
+    with running(create_app(service.coordinator)) as service.base_url, _client(service) as fenji:
+        record = fenji.query_status(1)
+    assert (record["status"], record["reason"]) == ("failed", RESTARTED)
