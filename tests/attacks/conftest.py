@@ -38,7 +38,7 @@ from federation.tags import TAG_SLOTS, QueryLabel
 
 TASK = "referral_risk"
 # Files a run leaves in a site folder; a copied folder starts without them (a fresh site).
-_RUN_FILES = ("enrolment.json", "answered-queries.jsonl")
+_RUN_FILES = ("enrolment.json", "answered-queries.jsonl", "contexts")  # a run's state, not the store
 
 
 def label(run: str, *, phase: str = "train", round_: int = 1, dp_epsilon: float = 0.0) -> QueryLabel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 
 import numpy as np
 import pytest
@@ -25,6 +26,8 @@ def site(small_federation, tmp_path):
     state = KeyHolderState(tmp_path / "keyholder")
     state.init()
     state.enrol(site_dir.name, "INST-A").save(site_dir / ENROLMENT_FILE)
+    # The shared fixture's sites may have run a federation already: start without kept contexts.
+    shutil.rmtree(site_dir / contexts.CONTEXTS_DIR, ignore_errors=True)
     contexts._LOADED.clear()  # as in a ClientApp started in a fresh process
     return site_dir, state
 
@@ -95,7 +98,7 @@ def test_an_unsigned_context_is_never_kept(site):
     config["ckks-context-signature"] = b"\x00" * 64
     with pytest.raises(PrivacyError, match="not signed by the enrolled key holder"):
         _record(site_dir, config, 0)
-    assert not (site_dir / contexts.CONTEXTS_DIR).exists()
+    assert not (site_dir / contexts.CONTEXTS_DIR / f"{config['ckks-context-sha256']}.bin").exists()
 
 
 def test_the_first_message_keeps_the_packed_context_too(site):
