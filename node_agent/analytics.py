@@ -223,7 +223,7 @@ def answer_query(site_dir: Path, spec: TaskSpec, query, policy: SitePolicy, *, r
     if epsilon > 0.0:
         # Charged before anything is computed; a query is charged once (its run id is fresh).
         charge_run(site_dir, policy.dp.model_copy(update={"epsilon_per_run": epsilon}),
-                   run_id=f"analytics|{run_id}", task=spec.name)
+                   run_id=f"analytics|{run_id}", task=spec.name, mechanism="laplace")
         table, rows = site_table(site_dir, spec, query, clip=True)
         table = noised(table, query, spec, epsilon, rng or np.random.default_rng())
         mask = table[:, 0] < k  # on the noisy counts: post-processing keeps the guarantee

@@ -56,7 +56,7 @@ def spent(site_dir: Path, *, period_days: int, now: datetime | None = None) -> f
     return float(total)
 
 
-def charge_run(site_dir: Path, dp: DPPolicy, *, run_id: str, task: str) -> bool:
+def charge_run(site_dir: Path, dp: DPPolicy, *, run_id: str, task: str, mechanism: str = "dp-sgd") -> bool:
     """Charge ``dp.epsilon_per_run`` for ``run_id`` (once; ``False`` if already charged).
 
     Raises
@@ -83,8 +83,8 @@ def charge_run(site_dir: Path, dp: DPPolicy, *, run_id: str, task: str) -> bool:
                 raise PolicyRefusal(
                     f"privacy budget exhausted: this run needs epsilon {dp.epsilon_per_run:g}, the site has spent "
                     f"{float(total):g} of {dp.budget_epsilon:g} in the last {dp.period_days} days")
-            connection.execute("INSERT INTO privacy_budget VALUES (?, ?, 'dp-sgd', ?, ?, ?)",
-                               [run_id, task, dp.epsilon_per_run, dp.delta, datetime.now(timezone.utc)])
+            connection.execute("INSERT INTO privacy_budget VALUES (?, ?, ?, ?, ?, ?)",
+                               [run_id, task, mechanism, dp.epsilon_per_run, dp.delta, datetime.now(timezone.utc)])
             connection.execute("COMMIT")
         except duckdb.Error as exc:
             raise PolicyRefusal(f"the budget ledger refused the charge: {exc}") from exc

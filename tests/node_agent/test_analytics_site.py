@@ -157,6 +157,12 @@ def test_noised_answers_are_charged_and_refused_past_the_budget(tmp_path, referr
     assert not np.allclose(first.vector[1:5], [30, 12, 15, 0])  # noised
     answer_query(site, referral_spec, query, policy, run_id="q2")
     assert spent(site, period_days=365) == pytest.approx(0.8)
+    import duckdb
+
+    from node_agent.store import DB_NAME
+
+    with duckdb.connect(str(site / DB_NAME), read_only=True) as con:  # the ledger names the mechanism
+        assert {row[0] for row in con.execute("SELECT mechanism FROM privacy_budget").fetchall()} == {"laplace"}
     with pytest.raises(PolicyRefusal, match="budget"):
         answer_query(site, referral_spec, query, policy, run_id="q3")
 
