@@ -72,8 +72,8 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     enrolment = _enrolment(site_dir, site_id)
     # Pinned identity: a context the enrolled key holder did not sign is refused before anything is
     # encrypted; a run sends its contexts once and names them by digest afterwards (node_agent.contexts).
-    keep_sent(site_dir, config, enrolment)
-    context = public_context(site_dir, config, "packed" if packed_weight is not None else "ckks", enrolment)
+    kind = "packed" if packed_weight is not None else "ckks"
+    context = keep_sent(site_dir, config, enrolment).get(kind) or public_context(site_dir, config, kind, enrolment)
     label = QueryLabel(run_id=str(config["run-id"]), phase=phase, round=round_, task=str(config["task-name"]),
                        dp_epsilon=dp_epsilon, inputs=inputs)
     claim_query(site_dir, enrolment.keyholder, label)

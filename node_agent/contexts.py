@@ -71,12 +71,10 @@ def public_context(site_dir: Path, config: ConfigRecord, kind: str, enrolment: E
     return _remember(site_dir, kind, digest, blob)
 
 
-def keep_sent(site_dir: Path, config: ConfigRecord, enrolment: Enrolment) -> None:
+def keep_sent(site_dir: Path, config: ConfigRecord, enrolment: Enrolment) -> dict[str, ts.Context | PackedContext]:
     """Verify and keep every public context the message carries (a run's first message carries both,
-    though the statistics it asks for use only the CKKS one)."""
-    for kind in KINDS:
-        if f"{kind}-context" in config:
-            public_context(site_dir, config, kind, enrolment)
+    though the statistics it asks for use only the CKKS one); return them by kind."""
+    return {kind: public_context(site_dir, config, kind, enrolment) for kind in KINDS if f"{kind}-context" in config}
 
 
 def _remember(site_dir: Path, kind: str, digest: str, blob: bytes) -> ts.Context | PackedContext:

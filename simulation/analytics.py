@@ -10,20 +10,13 @@ sets that as the sites' admins would.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
 from federation.settings import configure_environment
-from keyholder.state import KeyHolderState
 from models.spec import TaskSpec
-from simulation.engine import (
-    _RAY_INIT_ARGS,
-    _ray_environment,
-    approve_at_sites,
-    enrol_sites,
-)
+from simulation.engine import approve_at_sites, run_key_holder, simulate
 
 __all__ = ["allow_analytics_at_sites", "run_simulated_queries", "run_simulated_query"]
 
@@ -72,12 +65,9 @@ def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task:
     configure_environment()
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
-    from flwr.simulation import run_simulation
 
     from coordinator.analytics import run_query
     from coordinator.audit import AuditLog
-    from coordinator.keyholder_client import KeyHolderClient
-    from keyholder.process import start_key_holder_service
     from keyholder.settings import load_keyholder_settings
     from node_agent.client_app import build_client_app
 
@@ -89,17 +79,7 @@ def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task:
     results: list = []
     errors: list[BaseException] = []
     with ExitStack() as stack:
-        key_holder = None
-        if encrypt:
-            state = KeyHolderState(keyholder_home or settings.state_dir)
-            state.init()
-            enrol_sites(state, site_dirs)
-            caller = f"simulation-{uuid.uuid4().hex[:12]}"
-            token = state.issue_token(caller)
-            stack.callback(state.revoke_token, caller)
-            service = stack.enter_context(start_key_holder_service(state.home, min_sites=settings.min_sites))
-            key_holder = KeyHolderClient(service.url, token)
-            stack.callback(key_holder.close)
+        key_holder = run_key_holder(stack, site_dirs, keyholder_home) if encrypt else None
         server_app = ServerApp()
 
         @server_app.main()
@@ -118,11 +98,7 @@ def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task:
 
         client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
                                       allow_plaintext=not encrypt)
-        with _ray_environment():
-            run_simulation(server_app=server_app, client_app=client_app, num_supernodes=len(site_dirs),
-                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                           "init_args": dict(_RAY_INIT_ARGS)},
-                           verbose_logging=verbose)
+        simulate(server_app, client_app, len(site_dirs), verbose=verbose)
     if errors:
         raise errors[0]
     if len(results) != len(queries):

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from flwr.clientapp import ClientApp
     from flwr.clientapp.typing import Mod
 
-__all__ = ["approve_at_sites", "enrol_sites", "pooled_reference", "run_simulated_federation", "site_dirs_of"]
+__all__ = ["approve_at_sites", "enrol_sites", "pooled_reference", "run_key_holder", "run_simulated_federation", "simulate",
+           "site_dirs_of"]
 
 # Ray's defaults reach beyond the machine: it finds its own address by routing a UDP socket towards
 # 8.8.8.8, its servers listen on all interfaces, and its dashboard process (started even with
@@ -168,6 +169,38 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
     return digest
 
 
+def run_key_holder(stack: ExitStack, site_dirs: Sequence[Path], keyholder_home: Path | None = None):
+    """The key holder as its own process on loopback for one simulation, closed with ``stack``: its
+    folder made if new (``keyholder_home``, default ``FENJI_KEYHOLDER_HOME``), the sites enrolled, and
+    a token for this simulation only, revoked at the end. Returns the client the coordinator uses."""
+    from coordinator.keyholder_client import KeyHolderClient
+    from keyholder.process import start_key_holder_service
+    from keyholder.settings import load_keyholder_settings
+
+    settings = load_keyholder_settings()
+    state = KeyHolderState(keyholder_home or settings.state_dir)
+    state.init()
+    enrol_sites(state, site_dirs)
+    caller = f"simulation-{uuid.uuid4().hex[:12]}"
+    token = state.issue_token(caller)
+    stack.callback(state.revoke_token, caller)
+    service = stack.enter_context(start_key_holder_service(state.home, min_sites=settings.min_sites))
+    key_holder = KeyHolderClient(service.url, token)
+    stack.callback(key_holder.close)
+    return key_holder
+
+
+def simulate(server_app, client_app, n_sites: int, *, verbose: bool = False) -> None:
+    """Flower's simulation engine, one SuperNode per site, Ray on loopback."""
+    from flwr.simulation import run_simulation
+
+    with _ray_environment():
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n_sites,
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": dict(_RAY_INIT_ARGS)},
+                       verbose_logging=verbose)
+
+
 def run_simulated_federation(
     spec: TaskSpec,
     site_dirs: Sequence[Path],
@@ -207,12 +240,9 @@ def run_simulated_federation(
         holder refuses a decryption.
     """
     configure_environment()
-    from flwr.simulation import run_simulation
 
-    from coordinator.keyholder_client import KeyHolderClient
     from coordinator.outcome import FederationOutcome, RunSettings
     from coordinator.server_app import build_server_app
-    from keyholder.process import start_key_holder_service
     from keyholder.settings import load_keyholder_settings
     from node_agent.client_app import build_client_app
 
@@ -229,31 +259,14 @@ def run_simulated_federation(
                          learning_rate=learning_rate, local_epochs=local_epochs)
     outcomes: list[FederationOutcome] = []
     with ExitStack() as stack:
-        key_holder = None
-        if encrypt:
-            state = KeyHolderState(keyholder_home or keyholder_settings.state_dir)
-            state.init()
-            enrol_sites(state, site_dirs)
-            caller = f"simulation-{uuid.uuid4().hex[:12]}"
-            token = state.issue_token(caller)
-            stack.callback(state.revoke_token, caller)
-            service = stack.enter_context(
-                start_key_holder_service(state.home, min_sites=keyholder_settings.min_sites))
-            key_holder = KeyHolderClient(service.url, token)
-            stack.callback(key_holder.close)
+        key_holder = run_key_holder(stack, site_dirs, keyholder_home) if encrypt else None
         server_app = build_server_app(settings, key_holder, n_sites=len(site_dirs), on_round=on_round,
                                       on_done=outcomes.append)
         client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
                                       allow_plaintext=not encrypt)
         if client_mods:
             client_app = _behind_mods(client_app, client_mods)
-        with _ray_environment():
-            run_simulation(
-                server_app=server_app, client_app=client_app, num_supernodes=len(site_dirs),
-                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                "init_args": dict(_RAY_INIT_ARGS)},
-                verbose_logging=verbose,
-            )
+        simulate(server_app, client_app, len(site_dirs), verbose=verbose)
     if not outcomes:
         raise RuntimeError("the federated run ended without a result; run with --verbose for Flower's log")
     return outcomes[0]

@@ -20,7 +20,7 @@ from coordinator.registry import model_name, promote
 from coordinator.service import chain
 from coordinator.service.accounts import now
 from coordinator.service.db import Account, Approval, Promotion
-from coordinator.service.errors import Conflict, FourEyes, NotFound, Unavailable
+from coordinator.service.errors import Conflict, FourEyes, Unavailable
 from coordinator.service.versions import ModelRegistry
 from federation.errors import RegistryError
 from models.errors import first_line
@@ -28,13 +28,6 @@ from models.errors import first_line
 __all__ = ["ALIAS", "approve", "rollback"]
 
 ALIAS = "production"
-
-
-def _version(registry: ModelRegistry, task: str, version: str) -> str:
-    view = registry.version(task, version)
-    if view is None:
-        raise NotFound(f"{model_name(task)} has no version {version}")
-    return view.bundle_sha256
 
 
 def _apply(session: Session, registry: ModelRegistry, promotion: Promotion, entry_details: dict, actor: str) -> None:
@@ -73,7 +66,7 @@ def approve(session: Session, registry: ModelRegistry, account: Account, *, task
     Conflict
         If the version already serves as production.
     """
-    digest = _version(registry, task, version)
+    digest = registry.existing(task, version).bundle_sha256
     if registry.alias_version(task, ALIAS) == version:
         raise Conflict(f"{model_name(task)} version {version} is already {ALIAS!r}")
     pending = session.execute(select(Promotion).where(
@@ -112,7 +105,7 @@ def rollback(session: Session, registry: ModelRegistry, account: Account, *, tas
     Conflict
         If it was never approved for production, or serves already.
     """
-    digest = _version(registry, task, version)
+    digest = registry.existing(task, version).bundle_sha256
     approved = session.execute(select(Promotion.id).where(
         Promotion.task == task, Promotion.version == version, Promotion.alias == ALIAS,
         Promotion.status == "applied")).first()

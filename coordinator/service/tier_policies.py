@@ -19,7 +19,6 @@ from coordinator.derived_versions import (
     discard_version,
     version_tier_policy,
 )
-from coordinator.registry import model_name
 from coordinator.service import chain
 from coordinator.service.db import Account
 from coordinator.service.errors import Conflict, NotFound
@@ -32,13 +31,6 @@ __all__ = ["POLICY_TASK", "edit", "read"]
 POLICY_TASK = "referral_risk"
 
 
-def _existing(registry: ModelRegistry, task: str, version: str) -> VersionView:
-    view = registry.version(task, version)
-    if view is None:
-        raise NotFound(f"{model_name(task)} has no version {version}")
-    return view
-
-
 def read(registry: ModelRegistry, task: str, version: str) -> tuple[VersionView, TierPolicy]:
     """The version and the tier policy in its bundle.
 
@@ -47,7 +39,7 @@ def read(registry: ModelRegistry, task: str, version: str) -> tuple[VersionView,
     NotFound
         If the version does not exist or has no bundle.
     """
-    view = _existing(registry, task, version)
+    view = registry.existing(task, version)
     try:
         return view, version_tier_policy(task, version, tracking_uri=registry.tracking_uri)
     except BundleError as exc:
@@ -68,7 +60,7 @@ def edit(session: Session, registry: ModelRegistry, account: Account, *, task: s
     if task != POLICY_TASK:
         raise Conflict(f"the clinics apply the tier policy of the {POLICY_TASK} model, not {task}'s: edit a "
                        f"{POLICY_TASK} version")
-    base = _existing(registry, task, version)
+    base = registry.existing(task, version)
     editor = account.name
     session.rollback()  # release SQLite's write lock while MLflow works (its own store)
     try:

@@ -10,6 +10,7 @@ import math
 from pydantic import BaseModel, Field
 
 from coordinator.registry import model_name
+from coordinator.service.errors import NotFound
 from federation.errors import RegistryError
 
 __all__ = ["LOWER_IS_BETTER", "Gap", "ModelRegistry", "RoundMetrics", "RoundPoint", "VersionView", "site_gaps"]
@@ -99,6 +100,13 @@ class ModelRegistry:
 
     def version(self, task: str, version: str) -> VersionView | None:
         return next((v for v in self.versions(task) if v.version == str(version)), None)
+
+    def existing(self, task: str, version: str) -> VersionView:
+        """The version, or ``NotFound`` (404) naming it."""
+        view = self.version(task, version)
+        if view is None:
+            raise NotFound(f"{model_name(task)} has no version {version}")
+        return view
 
     def rounds(self, task: str, version: str) -> RoundMetrics | None:
         """The metrics the version's training run logged per round (not the sites'); ``None`` for an

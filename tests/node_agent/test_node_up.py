@@ -102,18 +102,24 @@ def _listening(port: int) -> bool:
         return False
 
 
-def test_node_up_starts_the_supernode_launcher_and_scoring_and_ctrl_c_stops_them(tmp_path, certs):
-    site = tmp_path / "clinic_a"
-    _cache_last_good(site, _models())  # the scoring service serves the last good set: no registry needed
-    serve_port = _free_port()
-    argv = _up(site, certs, serve=True) + ["--port", str(serve_port)]
-    runtime_port = int(argv[argv.index("--runtime-port") + 1])
+def _start_node_up(tmp_path: Path, argv: list[str]) -> tuple[subprocess.Popen, Path]:
+    """``fenji node up`` as an operator starts it (its own session), logging to ``node-up.log``."""
     log = tmp_path / "node-up.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "FENJI_"))} | QUIET | {
         "FLWR_HOME": str(tmp_path / "flwr-home"), "FENJI_HOME": str(tmp_path / "no-coordinator")}
     with log.open("wb") as out:
         proc = subprocess.Popen([str(Path(sys.executable).with_name("fenji")), *argv], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, log
+
+
+def test_node_up_starts_the_supernode_launcher_and_scoring_and_ctrl_c_stops_them(tmp_path, certs):
+    site = tmp_path / "clinic_a"
+    _cache_last_good(site, _models())  # the scoring service serves the last good set: no registry needed
+    serve_port = _free_port()
+    argv = _up(site, certs, serve=True) + ["--port", str(serve_port)]
+    runtime_port = int(argv[argv.index("--runtime-port") + 1])
+    proc, log = _start_node_up(tmp_path, argv)
     try:
         _wait_for(lambda: "Ctrl-C stops all" in log.read_text(errors="replace"), "no status line", proc, log)
         status = " ".join(log.read_text().split())
@@ -220,12 +226,7 @@ def test_a_node_up_killed_with_sigkill_takes_its_supernode_with_it(tmp_path, cer
     site.mkdir()
     argv = _up(site, certs)
     runtime_port = int(argv[argv.index("--runtime-port") + 1])
-    log = tmp_path / "node-up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLWR_", "FENJI_"))} | QUIET | {
-        "FLWR_HOME": str(tmp_path / "flwr-home"), "FENJI_HOME": str(tmp_path / "no-coordinator")}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(Path(sys.executable).with_name("fenji")), *argv], stdout=out,
-                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc, log = _start_node_up(tmp_path, argv)
     try:
         _wait_for(lambda: _listening(runtime_port), "the SuperNode's Runtime API is not up", proc, log)
         proc.kill()  # SIGKILL to node up alone, not to its process group
