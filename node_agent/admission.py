@@ -10,6 +10,9 @@ site's ``analytics.allowed`` list (``node_agent.analytics``); it has no rounds.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +54,19 @@ def _accepted_rounds(site_dir: Path, run_id: str) -> int | None:
     return None
 
 
+@contextlib.contextmanager
+def _admission_lock(site_dir: Path) -> Iterator[None]:
+    """One admission at a time per site: a run's rounds are looked up and, if new, recorded as one
+    step, so two messages of one run sent at once cannot both be accepted with different rounds
+    (each would set its noise for its own count while the budget is charged once per run)."""
+    with (Path(site_dir) / ".admission.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plaintext: bool = False) -> Admitted:
     """Check one message of a job against the site's policy, before any record is read.
 
@@ -78,13 +94,14 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
     if rounds < 1:
         raise PolicyRefusal("the job does not say how many rounds it runs (num-rounds): the site sets its noise "
                             "for the rounds it accepts")
-    accepted = _accepted_rounds(site_dir, run_id)
-    if accepted is None:
-        node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name, plan=digest,
-                                    phase=phase, num_rounds=rounds, dp_epsilon=policy.dp.epsilon_per_run
-                                    if policy.dp.enabled else 0.0)
-        accepted = rounds
-    elif rounds != accepted:
+    with _admission_lock(site_dir):
+        accepted = _accepted_rounds(site_dir, run_id)
+        if accepted is None:
+            node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name,
+                                        plan=digest, phase=phase, num_rounds=rounds,
+                                        dp_epsilon=policy.dp.epsilon_per_run if policy.dp.enabled else 0.0)
+            accepted = rounds
+    if rounds != accepted:
         raise PolicyRefusal(f"run {run_id} started with {accepted} rounds and now asks for {rounds}: the site's "
                             "noise was set for the rounds it accepted")
     if phase == "train" and not 1 <= int(config.get("server-round", 0)) <= accepted:

@@ -9,6 +9,11 @@ released (with the noise recomputed for whatever ``num-rounds`` the latest messa
 Now the node's audit log records the rounds each run was accepted with (``job-accepted``), and
 ``node_agent.admission.admit`` refuses a later message asking for other rounds, or a round past them.
 
+Sent at once, two messages of one run with different ``num-rounds`` both found no record of the run
+and were both accepted (each with its own count) until admission held a per-site lock across the
+lookup and the record (``test_two_messages_at_once_cannot_both_start_a_run``, written against the
+unlocked code first and seen failing).
+
 Two variants got through the first version of that check and are refused too: train rounds
 numbered 0 or below, and a message that leaves ``num-rounds`` out (the site computed its noise for a
 1-round run then; now it uses the rounds it accepted, and a job must say how many rounds it runs).
@@ -16,8 +21,13 @@ numbered 0 or below, and a message that leaves ``num-rounds`` out (the site comp
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 from flwr.app import MessageType
+
+import node_agent.admission as admission
 
 from models.training import dp_noise_multiplier
 from node_agent.admission import admit, site_train_config
@@ -98,3 +108,36 @@ def test_leaving_num_rounds_out_does_not_lower_the_noise(site, referral_spec):
     accepted = dp_noise_multiplier(epsilon=1.0, delta=1e-3, n=n_rows, batch_size=referral_spec.model.batch_size,
                                    epochs=referral_spec.model.local_epochs * 2)
     assert site_train_config(admitted, n_rows).dp_noise_multiplier == pytest.approx(accepted)
+
+
+def test_two_messages_at_once_cannot_both_start_a_run(site, referral_spec, monkeypatch):
+    """A coordinator sends round 1 of one run twice at once, announcing 1 round and 50 rounds. The
+    lookup is slowed down so both messages are inside admission together, as a busy node would have them."""
+    site_admin(site, referral_spec, max_rounds=50, dp=SITE_DP)
+    lookup = admission._accepted_rounds
+
+    def slow_lookup(site_dir, run_id):
+        found = lookup(site_dir, run_id)
+        time.sleep(0.3)
+        return found
+
+    monkeypatch.setattr(admission, "_accepted_rounds", slow_lookup)
+    results: dict[int, object] = {}
+
+    def send(rounds: int) -> None:
+        config, _ = job_config(referral_spec, site, run_id="run", num_rounds=rounds, server_round=1)
+        try:
+            results[rounds] = admit(site, config, "train", node_allows_plaintext=True).rounds
+        except PolicyRefusal as exc:
+            results[rounds] = exc
+
+    threads = [threading.Thread(target=send, args=(rounds,)) for rounds in (1, 50)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    accepted = [rounds for rounds, result in results.items() if isinstance(result, int)]
+    assert len(accepted) == 1, f"both messages started the run: {results}"
+    refused = next(result for result in results.values() if isinstance(result, PolicyRefusal))
+    assert f"started with {accepted[0]} rounds" in str(refused)
+    assert len(node_audit_actions(site, "job-accepted")) == 1
