@@ -48,7 +48,7 @@ def promote_command(
         raise RegistryError(f"{alias!r} cannot be a registry alias (letters, digits, _ and -; not 'latest' or v<n>)")
     if not actor.strip():
         raise FenjiError("--actor must name who approves")
-    if settings.coordinator_db or (settings.service_home / "coordinator.db").exists():
+    if settings.runs_service:
         # A city that runs the governance service decides under four eyes; this command would let one
         # person with shell access move the alias alone, outside the countersigned audit chain.
         raise FourEyes(

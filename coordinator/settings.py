@@ -35,6 +35,11 @@ class CoordinatorSettings(RegistryLocation):
         return (self.home / "coordinator").resolve()
 
     @property
+    def runs_service(self) -> bool:
+        """Whether this coordinator runs the governance service (its database is set or exists)."""
+        return bool(self.coordinator_db) or (self.service_home / "coordinator.db").exists()
+
+    @property
     def database_url(self) -> str:
         """``FENJI_COORDINATOR_DB``, else ``sqlite:///FENJI_HOME/coordinator/coordinator.db``."""
         return self.coordinator_db or f"sqlite:///{self.service_home / 'coordinator.db'}"

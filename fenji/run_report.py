@@ -21,6 +21,12 @@ console = Console()
 console.width = max(console.width, 120)  # the per-site tables need room; logs are not 80 wide
 
 
+def countersign(settings: CoordinatorSettings) -> None:
+    from coordinator.service.training_log import countersign as record_head
+
+    record_head(settings)
+
+
 def audit_log(settings: CoordinatorSettings) -> AuditLog:
     return AuditLog(settings.audit_path)
 
@@ -57,6 +63,7 @@ def run_and_report(
                 audit_log(settings).append(actor="coordinator", action="training-run-failed", task=spec.name,
                                             rounds=rounds, encrypted=encrypt, reason=str(exc),
                                             error=type(exc).__name__)
+                countersign(settings)
             raise
     with console.status("pooled reference: one model on all sites' training rows (only a simulation can do this)"):
         pooled = pooled_reference(spec, site_dirs, epochs=rounds * spec.model.local_epochs)
@@ -65,8 +72,8 @@ def run_and_report(
     for table in render(spec, sites, summary, title):
         console.print(table)
     for metric, claim in summary["claims"].items():
-        beats = ("[green]beats local-only at every site[/]" if claim["beats_local_only_at_every_site"]
-                 else f"[yellow]does not beat local-only at {', '.join(claim['sites_not_beating_local'])}[/]")
+        beats = ("[green]beat local-only at every site[/]" if claim["beats_local_only_at_every_site"]
+                 else f"[yellow]do not beat local-only at {', '.join(claim['sites_not_beating_local'])}[/]")
         near = "[green]within 0.02 of pooled[/]" if claim["within_0.02_of_pooled"] else "[yellow]more than 0.02 below pooled[/]"
         console.print(f"{metric}: the sites' models {beats}; mean {near} (gap {claim['gap_to_pooled']:+.3f}).")
     cal = outcome.calibration
@@ -94,6 +101,7 @@ def run_and_report(
             sites=sorted(outcome.sites), model=registered.name, version=registered.version, run_id=registered.run_id,
             excluded=report["excluded"], site_audit_heads=outcome.site_audit_heads,
         )
+        countersign(settings)  # where the service runs, the log's new head goes under its countersigned chain
         report["registered"] = {"name": registered.name, "version": registered.version, "run_id": registered.run_id,
                                 "tracking_uri": registered.tracking_uri}
         console.print(f"Registered [bold]{registered.name}[/] version {registered.version} in {registered.tracking_uri}",

@@ -41,10 +41,24 @@ def _print_token(what: str, token: str) -> None:
 def _bootstrap(coordinator) -> None:
     from coordinator.service.accounts import bootstrap_admin
     from coordinator.service.chain import anchor_head
+    from coordinator.service.training_log import adopt
+    from coordinator.settings import load_coordinator_settings
+    from federation.errors import AuditTamperedError
 
+    # Runs audited in the training log before the service started (or while it was down) come under
+    # the countersigned chain now.
+    with coordinator.sessions() as session:
+        try:
+            adopted = adopt(session, load_coordinator_settings().audit_path, actor=CLI_ACTOR)
+        except AuditTamperedError as exc:  # never adopt a rewritten log; `fenji audit verify` fails on it
+            err_console.print(f"warning: the training log was not recorded in the chain: {escape(str(exc))}")
+            adopted = None
+        if adopted:
+            session.commit()
     token = bootstrap_admin(coordinator.sessions)
-    if token is not None:
+    if token is not None or adopted:
         anchor_head(coordinator.sessions, coordinator.anchors)
+    if token is not None:
         _print_token("First start: the coordinator admin 'admin' was created; its token", token)
 
 
@@ -157,13 +171,15 @@ def audit_verify_command() -> None:
     anything was edited, deleted, reordered, appended behind the service's back, dropped or torn); and
     the training log FENJI_HOME/audit.jsonl's own chain."""
     from coordinator.audit import AuditLog
-    from coordinator.service.chain import verify
+    from coordinator.service.chain import read_chain, verify
+    from coordinator.service.training_log import check
     from coordinator.settings import load_coordinator_settings
 
     settings = load_coordinator_settings()
     coordinator = _open()
     with coordinator.sessions() as session:
         verdict = verify(session, coordinator.anchors)
+        covered = check(read_chain(session), settings.audit_path)
     console.print(f"[green]coordinator audit chain intact: {verdict.entries} entries; {verdict.anchors} stored "
                   f"anchor(s); countersigned by key holder {verdict.keyholder or '-'} up to entry "
                   f"{verdict.anchored_seq}[/]", soft_wrap=True)
@@ -171,8 +187,8 @@ def audit_verify_command() -> None:
         err_console.print(f"note: {escape(note)}")
     if settings.audit_path.exists():
         count = AuditLog(settings.audit_path).verify()
-        console.print(f"[green]training log {escape(str(settings.audit_path))} intact: {count} entries[/] "
-                      "(its chain only: it is not anchored)", soft_wrap=True)
+        console.print(f"[green]training log {escape(str(settings.audit_path))} intact: {count} entries, "
+                      f"{covered} of them under heads the coordinator's chain recorded[/]", soft_wrap=True)
 
 
 @audit_app.command("anchor")
