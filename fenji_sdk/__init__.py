@@ -1,5 +1,5 @@
 """The data scientists' SDK for the Fenji coordinator: tasks, model versions with per-site metrics,
-training jobs, federated statistics and the audit trail, as DataFrames::
+the sites and their reports, training jobs, federated statistics and the audit trail, as DataFrames::
 
     import fenji_sdk
     from fenji_sdk import Count
@@ -13,6 +13,8 @@ A shell over the coordinator's HTTP API: it imports only the query types of ``fe
 
 from __future__ import annotations
 
+from federation.analytics import Count, CrossTab, Histogram, Mean
+from fenji_sdk._surveillance import SurveillanceRun
 from fenji_sdk.client import Client, QueryResult
 from fenji_sdk.errors import (
     Conflict,
@@ -24,7 +26,6 @@ from fenji_sdk.errors import (
     SdkError,
     WaitTimeout,
 )
-from federation.analytics import Count, CrossTab, Histogram, Mean
 
 __all__ = ["Client", "Conflict", "Count", "CrossTab", "Forbidden", "Histogram", "Invalid", "JobFailed", "Mean",
-           "NotAuthenticated", "NotFound", "QueryResult", "SdkError", "WaitTimeout"]
+           "NotAuthenticated", "NotFound", "QueryResult", "SdkError", "SurveillanceRun", "WaitTimeout"]

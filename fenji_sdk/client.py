@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from federation.analytics import Count, CrossTab, Histogram, Mean
+from fenji_sdk._surveillance import SurveillanceMixin
 from fenji_sdk.errors import JobFailed, WaitTimeout, error_of
 from fenji_sdk.progress import ProgressLine
-from federation.analytics import Count, CrossTab, Histogram, Mean
 
 __all__ = ["Client", "QueryResult"]
 
@@ -45,7 +46,7 @@ class QueryResult:
         return frame[frame["suppressed_sites"] > 0]
 
 
-class Client:
+class Client(SurveillanceMixin):
     """The coordinator at ``url`` (e.g. ``http://127.0.0.1:8500``), called with an account's ``token``.
 
     Parameters
@@ -107,6 +108,27 @@ class Client:
                               for metric, points in body["rounds"].items() for p in points],
                              columns=["round", "metric", "value"])
         return frame.pivot(index="round", columns="metric", values="value") if len(frame) else frame
+
+    # --- sites -----------------------------------------------------------------------------------
+    def sites(self) -> pd.DataFrame:
+        """One row per site: when it was enrolled and last seen, and its latest report (rows and quarantine
+        rate as bucket edges, runs accepted and refused, privacy budget; ``quality_*`` columns only for a
+        role that sees the decision-quality review). Empty cells: not reported, or withheld."""
+        rows = []
+        for site in self._call("GET", "/sites"):
+            report = site["report"] or {}
+            row = {"site": site["site"], "enrolled_at": site["enrolled_at"], "last_seen": site["last_seen"],
+                   "last_job": site["last_job"], "task": report.get("task")}
+            for name in ("rows", "quarantine_rate"):
+                bucket = report.get(name) or {}
+                row |= {f"{name}_low": bucket.get("low"), f"{name}_high": bucket.get("high")}
+            row |= {k: report.get(k) for k in ("plans_approved", "runs_accepted", "runs_refused")}
+            budget = report.get("budget") or {}
+            row |= {f"budget_{k}": budget.get(k) for k in ("spent", "left", "total", "period_days")}
+            row |= {f"quality_{k}": v for k, v in (report.get("quality") or {}).items()}
+            row |= {"audit_head": site["audit_head"], "withheld": ",".join(site["withheld"])}
+            rows.append(row)
+        return pd.DataFrame(rows, columns=None if rows else ["site", "enrolled_at", "last_seen"])
 
     # --- training jobs ---------------------------------------------------------------------------
     def submit_training(self, task: str, rounds: int, *, dp_epsilon: float | None = None,
@@ -190,6 +212,20 @@ class Client:
         return QueryResult(query=record["query"], cells=result["cells"], columns=result["columns"],
                            rows=result["rows"], sites=result["sites"], dp_epsilon=result["dp_epsilon"],
                            excluded=result["excluded"])
+
+    # --- governance ------------------------------------------------------------------------------
+    def promotions(self) -> pd.DataFrame:
+        """Promotions and rollbacks, newest first: one row each, with who approved and why."""
+        keep = ["id", "kind", "task", "version", "status", "created_at", "applied_at", "previous_version"]
+        rows = [{k: p[k] for k in keep} | {"approved_by": ", ".join(a["account"] for a in p["approvals"]),
+                                           "reasons": " | ".join(a["reason"] for a in p["approvals"])}
+                for p in self._call("GET", "/promotions")]
+        return pd.DataFrame(rows, columns=[*keep, "approved_by", "reasons"])
+
+    def verify_audit(self) -> dict[str, Any]:
+        """Whether the coordinator's audit chain is intact and how far the key holder countersigned it
+        (every role; reading the entries themselves is for commissioners and coordinator admins)."""
+        return self._call("GET", "/audit/verify")
 
     # --- audit -----------------------------------------------------------------------------------
     def audit(self, *, after: int = 0, limit: int = 100) -> pd.DataFrame:

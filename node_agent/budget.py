@@ -47,10 +47,10 @@ def _store(site_dir: Path, busy_timeout: float = 30.0) -> SiteStore:
             pause = min(pause * 2, 0.5)
 
 
-def spent(site_dir: Path, *, period_days: int, now: datetime | None = None) -> float:
-    """Epsilon charged in the last ``period_days`` days."""
+def spent(site_dir: Path, *, period_days: int, now: datetime | None = None, busy_timeout: float = 30.0) -> float:
+    """Epsilon charged in the last ``period_days`` days (waiting up to ``busy_timeout`` s for the store)."""
     since = (now or datetime.now(timezone.utc)) - timedelta(days=period_days)
-    with _store(site_dir) as store:
+    with _store(site_dir, busy_timeout) as store:
         (total,) = store.connection.execute(
             "SELECT coalesce(sum(epsilon), 0) FROM privacy_budget WHERE charged_at >= ?", [since]).fetchone()
     return float(total)

@@ -36,6 +36,12 @@ edges do not line up (AUROC and accuracy of the same split), or one metric of th
 several models (every round of a run evaluates), can narrow a count below ±k/2, as several rounded
 counts of overlapping cells could; the number of such releases is bounded by the approved plan's
 rounds. Noise charged to the site's budget ledger is what would bound it in ε.
+
+**The site report** (record ``report`` of a statistics reply; ``node_agent.site_report``) holds only
+numbers of a kind ``REPORT_KINDS`` declares, each checked here against its kind's rule: row counts
+and quarantine rates as the edges of fixed buckets, decision-quality counts suppressed below ``min_n``
+and rounded, rates in [0, 1], the site's own decisions (plans approved, runs accepted and refused:
+the coordinator saw each of them anyway) and privacy budget in epsilon.
 """
 
 from __future__ import annotations
@@ -60,15 +66,17 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from models.training import RELEASE_LOSS_CAP
 from node_agent.errors import EgressViolation
 from node_agent.policy import SitePolicy
+from node_agent.surveillance import CLINIC_SERIES, check_clinic_series
 
-__all__ = ["COUNT_ROUNDING", "DECLARED_CONFIG", "DECLARED_METRICS", "METRIC_GRIDS", "RELEASE_INPUTS", "check_reply",
-           "make_egress_guard", "metric_step", "release", "reply_snapshot"]
+__all__ = ["COUNT_ROUNDING", "DECLARED_CONFIG", "DECLARED_METRICS", "METRIC_GRIDS", "QUARANTINE_EDGES", "RELEASE_INPUTS",
+           "REPORT_KINDS", "ROW_EDGES", "check_reply", "make_egress_guard", "metric_step", "release", "reply_snapshot"]
 
 # Held-out metrics of the global model, of the site's personalised model and of a local-only model.
 EVALUATION_METRICS = {"auroc", "accuracy", "log-loss", "ece", "n", "top3-accuracy", "kappa"}
 PREFIXES = ("", "local-", "personal-")
 DECLARED_METRICS = {"num-examples", "train-loss"} | {prefix + name for prefix in PREFIXES for name in EVALUATION_METRICS}
-DECLARED_CONFIG = {"site": {"site-id", "personalisation", "dp-epsilon", "audit-head", "inputs"},
+DECLARED_CONFIG = {"site": {"site-id", "personalisation", "dp-epsilon", "audit-head", "inputs", "district",
+                            "series-interval"},
                    "refusal": {"site-id", "reason", "audit-head"}}
 # Counts that describe held-out rows: rounded to COUNT_ROUNDING before they leave.
 EVALUATION_COUNTS = {"n", "local-n", "personal-n"}
@@ -85,6 +93,18 @@ METRIC_GRIDS: dict[str, tuple[str, float, tuple[float, float]]] = {
     "auroc": ("release-auroc-rows", 1.0, (0.0, 1.0)),
     "kappa": ("release-kappa-rows", 1.0, (-1.0, 1.0)),
 }
+# The site report's buckets: a row count or a quarantine rate leaves as the edges of its bucket.
+ROW_EDGES = (0, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+QUARANTINE_EDGES = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+QUALITY_COUNTS = ("decisions", "with-outcome", "referred-with-outcome", "kept-with-outcome", "over-referral",
+                  "under-referral", "agreed", "doctor-higher", "doctor-lower")
+QUALITY_RATES = ("over-referral-rate", "under-referral-rate", "agreement-rate")
+REPORT_KINDS: dict[str, str] = {
+    "rows-from": "row-edge", "rows-to": "row-edge", "quarantine-from": "rate-edge", "quarantine-to": "rate-edge",
+    "plans-approved": "decisions", "runs-accepted": "decisions", "runs-refused": "decisions",
+    "dp-spent": "epsilon", "dp-left": "epsilon", "dp-budget": "epsilon", "period-days": "days",
+    **{f"quality-{name}": "count" for name in QUALITY_COUNTS}, **{f"quality-{name}": "rate" for name in QUALITY_RATES},
+}
 
 
 def check_reply(message: Message, *, allow_plaintext_model: bool = False, allow_release_inputs: bool = False) -> None:
@@ -99,11 +119,13 @@ def check_reply(message: Message, *, allow_plaintext_model: bool = False, allow_
                 for key, array in record.items():
                     if key != "ciphertext" or array.dtype != str(np.dtype(np.uint8)):
                         raise EgressViolation(f"array {name}/{key} is not a ciphertext")
+            elif name == CLINIC_SERIES:
+                pass  # a clinic's own surveillance series: checked against its policy in ``release``
             elif not (allow_plaintext_model and name == PLAINTEXT_ARRAYS_KEY):
                 raise EgressViolation(f"undeclared array record {name!r}")
         elif isinstance(record, MetricRecord):
             for key, value in record.items():
-                if key not in declared:
+                if key not in (REPORT_KINDS if name == "report" else declared):
                     raise EgressViolation(f"undeclared metric {key!r}")
                 if isinstance(value, list):
                     raise EgressViolation(f"metric {key!r} is a list, not one aggregate number")
@@ -168,6 +190,24 @@ def _release_metrics(metrics: MetricRecord, inputs: dict[str, float], prefix: st
         metrics[key] = _on_grid(value, step, bounds)
 
 
+def _report_problem(kind: str, value: float, min_n: int) -> str | None:
+    """Why ``value`` may not leave as a number of ``kind`` (``REPORT_KINDS``), or None."""
+    if not math.isfinite(value):
+        return "is not a finite number"
+    rules = {
+        "row-edge": (value in ROW_EDGES, "is not a row bucket's edge"),
+        "rate-edge": (value in QUARANTINE_EDGES, "is not a quarantine bucket's edge"),
+        "count": (value >= min_n and value % COUNT_ROUNDING == 0,
+                  f"is below the site's minimum n ({min_n}) or not rounded to {COUNT_ROUNDING}"),
+        "rate": (0.0 <= value <= 1.0, "is not a rate"),
+        "decisions": (value >= 0 and value == int(value), "is not a count"),
+        "epsilon": (value >= 0, "is not an epsilon"),
+        "days": (value >= 1 and value == int(value), "is not a number of days"),
+    }
+    allowed, problem = rules[kind]
+    return None if allowed else problem
+
+
 def release(reply: Message, policy: SitePolicy) -> Message:
     """Apply the site's small-number rules to a reply's declared numbers, in place.
 
@@ -179,7 +219,15 @@ def release(reply: Message, policy: SitePolicy) -> Message:
     policy's ``coarse_metrics``, held-out metrics are put on the grids of ``METRIC_GRIDS`` (module
     docstring), NaN where withheld; the site-only ``RELEASE_INPUTS`` are removed either way.
     """
-    if reply.has_error() or "metrics" not in reply.content:
+    if reply.has_error():
+        return reply
+    check_clinic_series(reply, policy)  # a published surveillance series: each count 0 or at least its k
+    if "report" in reply.content:  # the site report: each number against its kind's rule, or nothing leaves
+        for key, value in reply.content["report"].items():
+            problem = _report_problem(REPORT_KINDS[key], float(value), policy.min_n)
+            if problem:
+                raise EgressViolation(f"site report: {key} = {value} {problem}")
+    if "metrics" not in reply.content:
         return reply
     metrics = reply.content["metrics"]
     inputs = {}

@@ -10,6 +10,7 @@ governance under four eyes, and an audit chain anchored at the key holder.
     governance.py  four-eyes promotion, rollback
     tier_policies.py  tier-policy edits: a new version, audited (then approved as any version)
     jobs.py        training jobs: queue, worker thread, cancellation, restart; the runner is injected
+    sites.py       the sites: enrolled, last seen, their latest reports (what each role sees of them)
     chain.py       the audit chain in the database, its anchors, verify
     anchoring.py   the key holder's anchor endpoint, over HTTP
     errors.py      errors -> HTTP statuses

@@ -40,6 +40,7 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/v1/models"): _ANY,
     ("GET", "/api/v1/models/{task}/versions"): _ANY,
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): _ANY,
+    ("GET", "/api/v1/models/{task}/versions/{version}/card"): _ANY,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): _COMMISSIONER,
     ("POST", "/api/v1/models/{task}/rollback"): _COMMISSIONER,
     # A tier-policy edit registers a new version (commissioners only); it then needs two approvals.
@@ -47,16 +48,26 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("POST", "/api/v1/models/{task}/versions/{version}/tier-policy"): _COMMISSIONER,
     ("GET", "/api/v1/promotions"): _ANY,
     ("GET", "/api/v1/audit"): _COMMISSIONER | _ADMIN,
-    ("GET", "/api/v1/audit/verify"): _COMMISSIONER | _ADMIN,
+    # Whether the chain is intact (no entry in it) is everyone's to check: data scientists too.
+    ("GET", "/api/v1/audit/verify"): _ANY,
     ("POST", "/api/v1/audit/anchor"): _ADMIN,
-    # Data scientists and coordinator admins submit and cancel training jobs; everyone follows them.
+    # Data scientists and coordinator admins submit training jobs; everyone follows them. A data
+    # scientist cancels only their own jobs (checked in coordinator.service.jobs.cancel); commissioners
+    # and coordinator admins may stop any.
     ("POST", "/api/v1/jobs"): _SUBMITTERS,
     ("GET", "/api/v1/jobs"): _ANY,
     ("GET", "/api/v1/jobs/{job_id}"): _ANY,
-    ("POST", "/api/v1/jobs/{job_id}/cancel"): _SUBMITTERS,
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): _ANY,
+    # Everyone sees the sites; what each role sees of their reports is in coordinator.service.sites.
+    ("GET", "/api/v1/sites"): _ANY,
+    ("GET", "/api/v1/sites/{site_id}"): _ANY,
     # Only data scientists ask statistics questions of the sites; admins may read them (they run the service).
     ("POST", "/api/v1/queries"): frozenset({Role.DATA_SCIENTIST}),
     ("GET", "/api/v1/queries/{query_id}"): _SUBMITTERS,
+    # The commission runs syndromic surveillance and reads its alerts, as do data scientists; admins may read.
+    ("POST", "/api/v1/surveillance"): _COMMISSIONER | {Role.DATA_SCIENTIST},
+    ("GET", "/api/v1/surveillance"): _ANY,
+    ("GET", "/api/v1/surveillance/{run_id}"): _ANY,
 }
 
 

@@ -8,18 +8,29 @@ from fastapi.routing import APIRoute
 from coordinator.service.access import ACCESS, API_PREFIX, PUBLIC, check_access_table
 from coordinator.service.deps import Coordinator, authorize
 from coordinator.service.errors import install_error_handlers
-from coordinator.service.routes import accounts, audit, jobs, meta, models, policy, queries
+from coordinator.service.routes import (
+    accounts,
+    audit,
+    jobs,
+    meta,
+    models,
+    policy,
+    queries,
+    sites,
+    surveillance,
+)
 from coordinator.service.routes.console import mount_console
 
 __all__ = ["ROUTERS", "create_app"]
 
 ROUTERS = [meta.public, meta.router, accounts.router, models.router, policy.router, audit.router, jobs.router,
-           queries.router]
+           queries.router, sites.router, surveillance.router]
 
 DESCRIPTION = """The city's coordinator: model versions with the metrics each clinic released, promotion to
 production under four eyes (two different commissioners, each with a reason), rollback, tier-policy edits
 (each a new version, approved the same way), and an audit
-chain that the key holder countersigns after every change. Every endpoint but `/health` needs an
+chain that the key holder countersigns after every change; the sites with the report each sent with its
+last run. Every endpoint but `/health` needs an
 account's token (`Authorization: Bearer <token>`); which role may call what is listed on each endpoint."""
 
 

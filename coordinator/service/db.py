@@ -19,7 +19,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from federation.errors import SettingsError
 
 __all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Job", "Promotion", "QueryJob",
-           "open_database"]
+           "Site", "open_database"]
 
 
 class Base(DeclarativeBase):
@@ -109,6 +109,22 @@ class QueryJob(Base):
     result_json: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(String(100), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class Site(Base):
+    """A clinic as the coordinator knows it (``coordinator.service.sites``): since when, when it last
+    replied, and the latest report it sent (its numbers as JSON, as the node's egress guard let them out)."""
+
+    __tablename__ = "sites"
+    site_id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    enrolled_at: Mapped[str] = mapped_column(String(40))
+    last_seen_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    last_job_id: Mapped[int | None] = mapped_column(default=None)
+    audit_head: Mapped[str] = mapped_column(String(64), default="")
+    report_json: Mapped[str | None] = mapped_column(Text, default=None)
+    report_at: Mapped[str | None] = mapped_column(String(40), default=None)
+    report_task: Mapped[str | None] = mapped_column(String(100), default=None)
+    report_job_id: Mapped[int | None] = mapped_column(default=None)
 
 
 class AuditRow(Base):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 
 from pydantic import BaseModel, Field
 
@@ -128,6 +129,31 @@ class ModelRegistry:
         except mlflow.exceptions.MlflowException as exc:
             raise RegistryError(f"cannot read the rounds of {model_name(task)} version {version}: {exc}") from exc
         return RoundMetrics(task=task, version=str(mv.version), rounds=rounds)
+
+    def card(self, task: str, version: str) -> str:
+        """The version's model card (markdown): its run's ``model_card.md``, else the version's description.
+
+        Raises
+        ------
+        NotFound
+            If there is no such version, or it carries no card.
+        """
+        import tempfile
+
+        import mlflow
+
+        view = self.existing(task, version)
+        try:
+            if view.run_id and any(a.path == "model_card.md" for a in self.client.list_artifacts(view.run_id)):
+                with tempfile.TemporaryDirectory() as folder:
+                    path = self.client.download_artifacts(view.run_id, "model_card.md", folder)
+                    return Path(path).read_text(encoding="utf-8")
+            description = self.client.get_model_version(model_name(task), str(version)).description
+        except (mlflow.exceptions.MlflowException, OSError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"cannot read the model card of {model_name(task)} version {version}: {exc}") from exc
+        if not description:
+            raise NotFound(f"{model_name(task)} version {version} carries no model card")
+        return description
 
     def alias_version(self, task: str, alias: str) -> str | None:
         """The version ``alias`` points at, ``None`` if it points nowhere."""

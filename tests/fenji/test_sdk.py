@@ -13,6 +13,7 @@ import fenji_sdk
 from coordinator.service import create_app
 from fenji.jobs_runner import SimulationRunner
 from fenji_sdk import Client, Count, Histogram
+from node_agent.budget import node_audit
 from node_agent.store import SiteStore
 from tests.coordinator.service.conftest import make_service, registry_file  # noqa: F401  (a fixture)
 from tests.servers import running
@@ -103,6 +104,42 @@ def test_refusals_raise_the_sdk_error_of_their_status_with_the_servers_message(s
             fenji.submit_training(TASK, 0)
         with pytest.raises(fenji_sdk.NotFound, match="no built-in task"):
             fenji.submit_training("no_such_task", 1)
+
+
+def test_after_a_run_the_sites_come_back_as_a_frame_with_each_nodes_report(sdk_service, referral_spec):
+    with _client(sdk_service) as fenji:
+        done = fenji.wait(fenji.submit_training(TASK, 1)["id"], progress=False, poll=0.2)
+        sites = fenji.sites().set_index("site")
+    folders = sorted(sdk_service.sites.iterdir())
+    assert list(sites.index) == [p.name for p in folders]
+    for folder in folders:
+        with SiteStore(folder, read_only=True) as store:
+            rows = store.count(referral_spec)
+        site = sites.loc[folder.name]
+        assert site["rows_low"] <= rows < site["rows_high"] and site["task"] == TASK  # a bucket, not the count
+        assert site["last_job"] == done["id"] and site["last_seen"] >= done["started_at"][:19]
+        assert site["audit_head"] == node_audit(folder).head()  # the node's log as of its last reply
+        assert site["plans_approved"] >= 1 and site["runs_accepted"] >= 1 and site["runs_refused"] == 0
+        assert (site["budget_spent"], site["budget_left"]) == (0.0, site["budget_total"])  # no DP asked or set
+    # A data scientist does not see the decision-quality review (the commission's), and is told so.
+    assert (sites["withheld"] == "quality").all() and not any(c.startswith("quality_") for c in sites.columns)
+
+
+def test_a_data_scientist_follows_approvals_and_checks_the_audit_chain(sdk_service):
+    import httpx
+
+    approval = httpx.post(f"{sdk_service.base_url}/api/v1/models/triage/versions/1/approve", timeout=60,
+                          json={"reason": "better at every clinic"}, headers=sdk_service.headers("commissioner"))
+    assert approval.status_code == 200, approval.text
+    with _client(sdk_service) as fenji:
+        promotions = fenji.promotions()
+        verdict = fenji.verify_audit()
+        with pytest.raises(fenji_sdk.Forbidden):
+            fenji.audit()  # the entries are the commission's and the admins'; the verdict is everyone's
+    pending = promotions[promotions["status"] == "pending"]
+    assert pending[["task", "version", "approved_by", "reasons"]].values.tolist() == [
+        ["triage", "1", "test commissioner", "better at every clinic"]]
+    assert verdict["ok"] and verdict["entries"] >= 3
 
 
 @pytest.fixture()

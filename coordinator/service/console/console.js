@@ -1,5 +1,6 @@
-// Fenji governance console: log in with an account token, then three views (views.js): model versions
-// side by side, approvals waiting for a second signature, the audit trail with its verification.
+// Fenji governance console: log in with an account token, then the views (views.js, sites.js): model
+// versions side by side, approvals waiting for a second signature, the sites and their reports, the
+// audit trail with its verification. A view is a nav button (data-view="x") and a <main id="x-view">.
 // Speaks only to /api/v1 of the server that served it. No external resource, no innerHTML with data.
 "use strict";
 
@@ -19,6 +20,7 @@ const state = {
   policies: {},       // task/version -> GET .../tier-policy (null: no bundle); a version's policy never changes
   promotions: [],     // GET /promotions, newest first
   audit: null,        // {entries, verdict}
+  sites: null,        // GET /sites
   message: null,      // {key, params}: the last change made from this page
 };
 
@@ -100,9 +102,10 @@ async function logIn(token) {
 
 function logOut(message = "") {
   Object.assign(state, { token: "", me: null, tasks: [], task: null, versions: [], promotions: [], audit: null,
-    rounds: {}, policies: {}, message: null });
+    sites: null, rounds: {}, policies: {}, message: null });
   sessionStorage.removeItem("fenji.console.token");
-  for (const id of ["views", "logout", "models-view", "approvals-view", "audit-view", "action-result"]) $(id).hidden = true;
+  for (const id of ["views", "logout", "action-result"]) $(id).hidden = true;
+  document.querySelectorAll("main.view").forEach((main) => { main.hidden = true; });
   $("who").textContent = "";
   showError(null);
   $("login").hidden = false;
@@ -115,7 +118,7 @@ function logOut(message = "") {
 async function showView(view) {
   state.view = view;
   document.querySelectorAll("#views [data-view]").forEach((b) => b.classList.toggle("active", b.dataset.view === view));
-  for (const v of ["models", "approvals", "audit"]) $(`${v}-view`).hidden = v !== view;
+  document.querySelectorAll("#views [data-view]").forEach((b) => { $(`${b.dataset.view}-view`).hidden = b.dataset.view !== view; });
   showError(null);
   try {
     await loadView(view);
@@ -128,6 +131,7 @@ async function showView(view) {
 function renderView() {
   if (state.view === "models") renderModels();
   else if (state.view === "approvals") renderApprovals();
+  else if (state.view === "sites") renderSites();
   else renderAudit();
   renderPendingCount();
 }

@@ -19,6 +19,8 @@ async function loadView(view) {
     await Promise.all([loadTask(state.task, false), loadPromotions()]);
   } else if (view === "approvals") {
     await loadPromotions();
+  } else if (view === "sites") {
+    await Promise.all([loadSites(), loadPromotions()]);  // loadSites: sites.js
   } else {
     await Promise.all([loadAudit(), loadPromotions()]);
   }
@@ -113,7 +115,7 @@ function versionCard(view, index) {
     sites.length ? table : el("p", { class: "muted", text: t("no_sites") }),
     el("p", { class: "gap-line small" }, gap ? t("gap_line", { metric: state.metric, best_site: gap.best_site,
       best: fmt(gap.best), worst_site: gap.worst_site, worst: fmt(gap.worst), gap: fmt(gap.gap) }) : t("no_gap")),
-    policyBlock(view));
+    policyBlock(view), modelCardBlock(view));  // modelCardBlock: markdown.js
   if (isCommissioner()) card.append(actions(v, serving));
   return card;
 }

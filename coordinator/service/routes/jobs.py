@@ -43,6 +43,8 @@ def get_job(job_id: JobId, session: Db) -> JobPublic:
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued job now, or a running one after its current round",
+             description="A data scientist cancels only the jobs they submitted (403 otherwise); commissioners "
+                         "and coordinator admins any job.",
              responses=_NO_JOB | {409: {"model": ErrorBody, "description": "The job has ended already"}})
 def cancel_job(job_id: JobId, caller: Caller, session: Db, coordinator: CoordinatorDep) -> JobPublic:
     job = jobs.cancel(session, caller, job_id)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path
+from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -53,6 +54,16 @@ def version_rounds(task: Task, version: Version, coordinator: CoordinatorDep) ->
     if found is None:
         raise NotFound(f"fenji-{task} has no version {version}")
     return found
+
+
+@router.get("/models/{task}/versions/{version}/card", response_class=Response, summary="The version's model card",
+            description="The markdown model card registered with the version (written in English; the console "
+                        "renders it, with its section headings in Chinese when the page is).",
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "The card"},
+                       404: {"model": ErrorBody, "description": "No such version, or it carries no card"},
+                       503: {"model": ErrorBody, "description": "The registry refused"}})
+def version_card(task: Task, version: Version, coordinator: CoordinatorDep) -> Response:
+    return Response(coordinator.registry.card(task, version), media_type="text/markdown; charset=utf-8")
 
 
 @router.post("/models/{task}/versions/{version}/approve", responses=_CHANGE_ERRORS,

@@ -30,21 +30,28 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/api/v1/models"): EVERYONE,
     ("GET", "/api/v1/models/{task}/versions"): EVERYONE,
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): EVERYONE,
+    ("GET", "/api/v1/models/{task}/versions/{version}/card"): EVERYONE,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): {C},
     ("POST", "/api/v1/models/{task}/rollback"): {C},
     ("GET", "/api/v1/models/{task}/versions/{version}/tier-policy"): EVERYONE,
     ("POST", "/api/v1/models/{task}/versions/{version}/tier-policy"): {C},
     ("GET", "/api/v1/promotions"): EVERYONE,
     ("GET", "/api/v1/audit"): {C, A},
-    ("GET", "/api/v1/audit/verify"): {C, A},
+    ("GET", "/api/v1/audit/verify"): EVERYONE,  # the verdict only; the trail itself is {C, A}
     ("POST", "/api/v1/audit/anchor"): {A},
     ("POST", "/api/v1/jobs"): {S, A},
     ("GET", "/api/v1/jobs"): EVERYONE,
     ("GET", "/api/v1/jobs/{job_id}"): EVERYONE,
-    ("POST", "/api/v1/jobs/{job_id}/cancel"): {S, A},
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): EVERYONE,  # a data scientist only their own (test_jobs)
     ("POST", "/api/v1/queries"): {S},
     ("GET", "/api/v1/queries/{query_id}"): {S, A},
+    ("GET", "/api/v1/sites"): EVERYONE,  # the decision-quality review only for commissioners (test_sites)
+    ("GET", "/api/v1/sites/{site_id}"): EVERYONE,
+    ("POST", "/api/v1/surveillance"): {C, S},  # the commission runs surveillance, data scientists too
+    ("GET", "/api/v1/surveillance"): EVERYONE,
+    ("GET", "/api/v1/surveillance/{run_id}"): EVERYONE,
 }
+SURVEILLANCE = {"task": TASK, "start": "2025-09-01", "end": "2025-09-28"}
 ROUTES = sorted({(method, route.path) for router in ROUTERS for route in router.routes
                  if isinstance(route, APIRoute) for method in route.methods})
 
@@ -63,7 +70,17 @@ def test_every_documented_endpoint_is_guarded_as_the_table_says(service):
 
 
 def _prepare(service, path: str) -> dict[str, object]:
-    """What a valid request to ``path`` needs: an account to revoke, a version to roll back to."""
+    """What a valid request to ``path`` needs: an account to revoke, a version to roll back to, a model
+    card, a site."""
+    if path.endswith("/card"):
+        service.coordinator.registry.client.update_model_version(f"fenji-{TASK}", "2", description="# Model card")
+    if path.startswith("/api/v1/sites"):
+        from coordinator.service.sites import Sighting, record
+
+        with service.coordinator.sessions() as session:
+            record(session, {"clinic_a": Sighting(last_seen="2026-01-01T00:00:00+00:00", report={"rows-from": 100.0})},
+                   job_id=1, task=TASK)
+            session.commit()
     if path == "/api/v1/models/{task}/rollback":
         for version in ("1", "3"):  # 1 then 3 applied: a rollback to 1 is valid
             for who in ("commissioner", "commissioner2"):
@@ -90,21 +107,25 @@ def call(service, method: str, path: str, headers: dict[str, str], n: int) -> ht
                 victim = admin.post("/api/v1/accounts", json={"name": f"victim {n}", "role": S}).json()
             return client.delete(path.format(account_id=victim["account"]["id"]))
         if path.startswith("/api/v1/jobs/{job_id}"):  # a queued job of its own (no engine runs it here)
-            with service.client("admin") as admin:
-                job = admin.post("/api/v1/jobs", json={"task": TASK, "rounds": 2}).json()
+            with service.client("data_scientist") as scientist:  # whose data scientist may cancel it
+                job = scientist.post("/api/v1/jobs", json={"task": TASK, "rounds": 2}).json()
             return client.request(method, path.format(job_id=job["id"]))
         if path == "/api/v1/queries/{query_id}":  # a queued query of its own (no engine runs it here)
             with service.client("data_scientist") as scientist:
                 query = scientist.post("/api/v1/queries", json={"task": TASK, "query": {"kind": "count"}}).json()
             return client.request(method, path.format(query_id=query["id"]))
+        if path == "/api/v1/surveillance/{run_id}":  # a queued run of its own (no engine runs it here)
+            with service.client("commissioner") as commissioner:
+                run = commissioner.post("/api/v1/surveillance", json=SURVEILLANCE).json()
+            return client.request(method, path.format(run_id=run["id"]))
         if path.endswith("/tier-policy"):
             edit = {"policy": {"tertiary": {"triage_at_most": 1, "risk_at_least": 0.5},
                                "county": {"triage_at_most": 2, "risk_at_least": 0.15}}, "reason": "stricter"}
             return client.request(method, path.format(task=POLICY_TASK, version="1"),
                                   json=edit if method == "POST" else None)
-        url = path.format(task=TASK, version="2")
+        url = path.format(task=TASK, version="2", site_id="clinic_a")
         bodies = {"/api/v1/accounts": {"name": f"new {n}", "role": S}, "/api/v1/jobs": {"task": TASK, "rounds": 2},
-                  "/api/v1/queries": {"task": TASK, "query": {"kind": "count"}},
+                  "/api/v1/queries": {"task": TASK, "query": {"kind": "count"}}, "/api/v1/surveillance": SURVEILLANCE,
                   "/api/v1/models/{task}/versions/{version}/approve": {"reason": "better everywhere"},
                   "/api/v1/models/{task}/rollback": {"version": "1", "reason": "version 3 fails clinic_b"}}
         return client.request(method, url, json=bodies.get(path) if method == "POST" else None)
