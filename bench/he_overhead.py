@@ -366,10 +366,7 @@ def _engine_panel(ax, engine: dict) -> None:
 
 def _memory_panel(ax, memory: dict) -> None:
     """The coordinator's peak memory for one round, by number of sites and mode."""
-    for mode in dict.fromkeys(p["mode"] for p in memory["points"]):
-        points = [p for p in memory["points"] if p["mode"] == mode]
-        ax.plot([p["sites"] for p in points], [p["peak_rss_mb"] for p in points], "o-", label=mode)
-    ax.set_xlabel("sites in the round")
-    ax.set_ylabel("coordinator peak memory (MB, RSS)")
+    from bench.coordinator_memory import draw
+
+    draw(ax, memory, fontsize=7)
     ax.set_title(f"Coordinator memory, {memory['params']:,} parameters")
-    ax.legend(fontsize=7)

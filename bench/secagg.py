@@ -44,6 +44,14 @@ import numpy as np
 from bench.common import environment, spread
 from bench.errors import BenchUnavailable
 from bench.he_overhead import MODELS, _mlp, _train_seconds
+from bench.secagg_settings import (
+    CLIPPING_RANGE,
+    MODULUS_RANGE,
+    NUM_SHARES,
+    QUANTIZATION_RANGE,
+    RECONSTRUCTION_THRESHOLD,
+    quantisation_bound,
+)
 from federation.settings import configure_environment
 from simulation.engine import _RAY_INIT_ARGS, _ray_environment
 
@@ -54,31 +62,8 @@ if TYPE_CHECKING:
 __all__ = ["STAGES", "quantisation_bound", "run_secagg"]
 
 N_INPUTS = 40
-# Flower's example app (examples/flower-secure-aggregation): each site shares its keys with 3 sites
-# (itself and two neighbours); 2 shares rebuild a key.
-NUM_SHARES = 3
-RECONSTRUCTION_THRESHOLD = 2
-# SecAggPlusWorkflow's defaults, passed explicitly so that the report states what ran.
-CLIPPING_RANGE = 8.0
-QUANTIZATION_RANGE = 2**22
-MODULUS_RANGE = 2**32
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
 PLAIN_STAGE = "fit"
-
-
-def quantisation_bound(*, weight_ratio: float = 1.0) -> float:
-    """Largest difference SecAgg+'s aggregate may have from the exact weighted average, per value.
-
-    Each site quantises ``ratio * update`` with stochastic rounding (error under one step of
-    ``2 * CLIPPING_RANGE / QUANTIZATION_RANGE``) after shifting it by ``CLIPPING_RANGE`` in float32
-    (rounded to an eighth of a step): under 1.125 steps per site; two steps leave room for the
-    plain average's own float32 rounding. The unmasked sum is divided by the sum of the sites'
-    ratios (``weight_ratio`` each: a site's weight over ``max_weight``), so the sites' count
-    cancels. Values clipped at ``CLIPPING_RANGE`` are outside this bound (none are here: the
-    models' weights are far below 8).
-    """
-    step = 2 * CLIPPING_RANGE / QUANTIZATION_RANGE
-    return 2 * step / weight_ratio
 
 
 # ---- the site's side (runs in Ray's actors: module-level, so it pickles by reference) ----

@@ -43,7 +43,7 @@ def _write_results(json_out: Path, plot: Path | None, report: dict, plot_fn) -> 
 
 
 BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "heart-packing", "he-overhead", "membership", "scale",
-              "serving", "text-gain")
+              "serving", "surveillance", "text-gain")
 
 
 def bench_command(
@@ -54,7 +54,8 @@ def bench_command(
     sites: Annotated[str, typer.Option(help="he-overhead: number of sites; scale: site counts, comma-separated.")] = "",
     plot: Annotated[Optional[Path], typer.Option(help="Write a PNG plot here.")] = None,
     seeds: Annotated[int, typer.Option(
-        min=1, help="heart, membership: seeds (model init and shuffling); text-gain: 1 unless given.")] = 5,
+        min=1, help="heart, membership: seeds (model init and shuffling); text-gain: 1 unless given; "
+                    "surveillance: synthetic federations.")] = 5,
     rounds: Annotated[int | None, typer.Option(
         min=1, help="heart: federated rounds, one local epoch each (60); text-gain: FedAvg rounds (8).")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="membership: training epochs per model.")] = 75,
@@ -62,7 +63,8 @@ def bench_command(
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
     full: Annotated[bool, typer.Option(
         "--full/--quick", help="he-overhead: also run whole rounds on Flower's engine and the coordinator-memory "
-                               "sweep (10/100/300 sites), in the same report.")] = True,
+                               "sweep (10/100/300 sites; plaintext, Fenji, NVFlare HE, Flower SecAgg+), in the "
+                               "same report.")] = True,
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
 
@@ -87,6 +89,9 @@ def bench_command(
         return
     if name == "membership":
         _bench_membership(json_out, plot, seeds=seeds, epochs=epochs)
+        return
+    if name == "surveillance":
+        _bench_surveillance(json_out, plot, seeds=seeds)
         return
     if name == "engine-overhead":
         _bench_engine_overhead(json_out, plot)
@@ -196,10 +201,13 @@ def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[
 def _coordinator_memory_report(sites: list[int], params: int) -> dict:
     from bench import coordinator_memory
 
-    table = Table("sites", "mode", "peak memory MB", "seconds", title=f"Coordinator memory, one round, {params:,} parameters")
-    with console.status("coordinator-memory: one fresh process per point…"):
+    table = Table("sites", "mode", "peak memory MB", "above baseline MB", "reply bytes/site", "seconds",
+                  title=f"Coordinator memory, one round, {params:,} parameters (plaintext, Fenji, NVFlare HE, "
+                        "Flower SecAgg+)")
+    with console.status("coordinator-memory: the sites' side, then one fresh process per point…"):
         report = coordinator_memory.run(sites=sites, params=params, on_point=lambda p: table.add_row(
-            str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['seconds']:.1f}"))
+            str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['added_mb']:.0f}", f"{p['reply_bytes']:,}",
+            f"{p['seconds']:.1f}"))
     console.print(table)
     return report
 
@@ -272,6 +280,19 @@ def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: 
     for name, reason in report["inputs"]["unavailable"].items():
         console.print(f"[yellow]{name} skipped[/]: {reason}")
     _write_results(json_out, plot, report, membership.plot)
+
+
+def _bench_surveillance(json_out: Path, plot: Path | None, *, seeds: int) -> None:
+    from bench import surveillance
+
+    with console.status(f"surveillance: {seeds} seed(s), with and without the complaint text…"):
+        report = surveillance.run(seeds=seeds)
+    table = Table(*surveillance.SUMMARY_COLUMNS, title="EARS on the synthetic districts' syndrome series, a year, "
+                  f"{seeds} seed(s)")
+    for row in surveillance.summary_rows(report):
+        table.add_row(*row)
+    console.print(table)
+    _write_results(json_out, plot, report, surveillance.plot)
 
 
 def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:

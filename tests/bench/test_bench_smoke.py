@@ -83,15 +83,3 @@ def test_serving_runs_tiny_against_real_servers(tmp_path):
                                     "failed_requests_during_switch"}
     assert png.read_bytes()[:4] == b"\x89PNG"
 
-
-def test_coordinator_memory_benchmark_measures_both_modes_in_fresh_processes():
-    from bench import coordinator_memory
-
-    report = coordinator_memory.run(sites=[3], params=3000)
-    modes = {p["mode"]: p for p in report["points"]}
-    assert set(modes) == set(coordinator_memory.MODES)
-    # Same CKKS replies, same sum: only how long the replies are held differs.
-    held, streaming, packed = (modes[m] for m in coordinator_memory.MODES)
-    assert held["sum_bytes"] == streaming["sum_bytes"]
-    assert packed["reply_bytes"] < streaming["reply_bytes"]
-    assert all(p["peak_rss_mb"] >= p["baseline_rss_mb"] > 0 for p in modes.values())
