@@ -65,7 +65,8 @@ class DecryptRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     run_id: str = Field(min_length=1, max_length=200)
-    phase: str = Field(pattern=r"^(stats|train|calibrate|analytics)$")
+    # A surveillance sum's phase names its district (federation.surveillance.sum_phase).
+    phase: str = Field(pattern=r"^(stats|train|calibrate|analytics|surveillance:[a-z0-9][a-z0-9_-]{0,39})$")
     round: int = Field(ge=0)
     task: str = Field(min_length=1, max_length=200)
     dp_epsilon: float = Field(0.0, ge=0.0)

@@ -5,7 +5,9 @@ keeps the number of rounds it started with (the site's DP noise is set for exact
 DP run is charged to the site's budget before its first training step. A refused job gets a declared
 reply (``refusal``: the site and the reason), which the coordinator shows as "declined"; both sides
 audit it. A statistics query (phase ``analytics``) needs its task's plan approved and its kind on the
-site's ``analytics.allowed`` list (``node_agent.analytics``); it has no rounds.
+site's ``analytics.allowed`` list (``node_agent.analytics``); a surveillance query (phase
+``surveillance``) needs it approved and the site's ``surveillance`` policy (``node_agent.surveillance``).
+Neither has rounds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from node_agent.analytics import admitted_query
 from node_agent.budget import node_audit
 from node_agent.errors import PolicyRefusal
 from node_agent.policy import SitePolicy, load_site_policy
+from node_agent.surveillance import admitted_surveillance
 
 __all__ = ["Admitted", "admit", "refusal_content", "site_train_config"]
 
@@ -84,9 +87,10 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
         raise PolicyRefusal("plaintext updates are not allowed by this site's policy")
     digest = policy.check_job(spec, dict(config))
     run_id = str(config.get("run-id", ""))
-    if phase == "analytics":
-        # A statistics query about an approved task, of a kind the site allows (node_agent.analytics).
-        query = admitted_query(policy, spec, config)
+    if phase in ("analytics", "surveillance"):
+        # A statistics or surveillance query about an approved task, as the site's policy allows
+        # (node_agent.analytics, node_agent.surveillance).
+        query = (admitted_query if phase == "analytics" else admitted_surveillance)(policy, spec, config)
         node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name, plan=digest,
                                     phase=phase, query=query.kind)
         return Admitted(site_dir, spec, config, policy, digest, 0)

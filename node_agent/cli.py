@@ -13,6 +13,7 @@ from rich.table import Table
 
 from node_agent.cli_clinic import register as register_clinic_commands
 from node_agent.cli_policy import register as register_policy_commands
+from node_agent.cli_surveillance import register as register_surveillance_command
 from node_agent.cli_tokens import token_app
 from node_agent.cli_up import up_command
 from node_agent.errors import IngestError, SiteDataError
@@ -143,3 +144,4 @@ def enrol_command(
 register_policy_commands(node_app)  # approve, revoke, approve-app, revoke-app, policy, status (node_agent.cli_policy)
 node_app.command("up")(up_command)  # SuperNode + launcher + scoring service (node_agent.cli_up)
 register_clinic_commands(node_app)  # personalise, personalised, ingest-outcomes, quality (node_agent.cli_clinic)
+register_surveillance_command(node_app)  # surveillance (node_agent.cli_surveillance)

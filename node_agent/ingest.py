@@ -40,7 +40,8 @@ from models.spec import FeatureKind, TaskSpec
 from node_agent.errors import IngestError
 from node_agent.export_reader import ExportTable, likely_separator, read_export
 from node_agent.mapping import Mapping
-from node_agent.store import SiteStore, quote_ident, sql_text
+from node_agent.store import VISIT_DATE, SiteStore, quote_ident, sql_text
+from node_agent.visit_day import VISIT_DATE_COLUMN, visit_date_sql
 
 __all__ = ["IngestSummary", "ingest_file"]
 
@@ -75,6 +76,7 @@ class IngestSummary:
     ignored_columns: list[str] = field(default_factory=list)
     reasons: dict[str, int] = field(default_factory=dict)
     ingest_id: int | None = None
+    undated: int = 0  # accepted visits without a readable day (node_agent.visit_day)
 
     @property
     def never_recorded(self) -> list[str]:
@@ -314,14 +316,14 @@ def _load(
             summary.absent_columns.append(target)
             expr = "CAST(NULL AS VARCHAR)"
         select.append(f"{expr} AS {quote_ident(target)}")
-    used = {mapping.source_column(t) for t in targets} | set(_id_sources(spec, mapping, columns) or [])
+    used = {mapping.source_column(t) for t in [*targets, VISIT_DATE_COLUMN]} | set(_id_sources(spec, mapping, columns) or [])
     summary.ignored_columns = [c for c in columns if c not in used]
     extra = ", ".join(quote_ident(c) for c in export.extra)
     too_wide = (f"CASE WHEN coalesce({extra}) IS NOT NULL THEN 'more fields than the {len(columns)} "
                 f"columns named' END" if extra else "NULL")
     con.execute(
         f"CREATE TEMP TABLE mapped AS SELECT _row, {_record_id_sql(spec, mapping, columns)} AS _rid, "
-        f"{', '.join(select)}, {too_wide} AS _too_wide FROM raw"
+        f"{', '.join(select)}, {too_wide} AS _too_wide, {visit_date_sql(mapping, columns)} AS {VISIT_DATE} FROM raw"
     )
     present = [t for t in targets if t not in summary.absent_columns]
     if present:
@@ -334,7 +336,7 @@ def _load(
     content_hash = _id_sources(spec, mapping, columns) is None
     hash_sql = f"substr(sha256(to_json([{', '.join(hashed)}])), 1, {HASH_LENGTH})" if content_hash else "NULL"
     con.execute(
-        f"CREATE TEMP TABLE checked AS SELECT _row, _rid, {', '.join(typed)}, {hash_sql} AS _hash, "
+        f"CREATE TEMP TABLE checked AS SELECT _row, _rid, {', '.join(typed)}, {VISIT_DATE}, {hash_sql} AS _hash, "
         f"array_to_string(list_filter([{', '.join(checks)}], lambda x: x IS NOT NULL), '; ') AS _value_reason "
         "FROM mapped"
     )
@@ -343,8 +345,8 @@ def _load(
     summary.ingest_id = ingest_id
     cols = ", ".join(quote_ident(c) for c in targets)
     con.execute(
-        f"INSERT INTO {store.table_name(spec)} (record_id, {cols}, _ingest_id, _row) SELECT _record_id, {cols}, "
-        f"{ingest_id}, _row FROM staged WHERE _reason = '' AND NOT _in_store ORDER BY _row"
+        f"INSERT INTO {store.table_name(spec)} (record_id, {cols}, _ingest_id, _row, {VISIT_DATE}) SELECT _record_id, "
+        f"{cols}, {ingest_id}, _row, {VISIT_DATE} FROM staged WHERE _reason = '' AND NOT _in_store ORDER BY _row"
     )
     con.execute(
         "INSERT INTO quarantine (ingest_id, task, source_file, row_number, record_id, reason, raw) "
@@ -352,9 +354,9 @@ def _load(
         "s._reason, CAST(to_json(r) AS VARCHAR) FROM staged s JOIN raw r ON r._row = s._row "
         "WHERE s._reason <> '' ORDER BY s._row"
     )
-    summary.rows_read, summary.accepted, summary.already_stored = con.execute(
-        "SELECT count(*), count(*) FILTER (_reason = '' AND NOT _in_store), "
-        "count(*) FILTER (_reason = '' AND _in_store) FROM staged"
+    summary.rows_read, summary.accepted, summary.already_stored, summary.undated = con.execute(
+        "SELECT count(*), count(*) FILTER (_reason = '' AND NOT _in_store), count(*) FILTER (_reason = '' AND "
+        f"_in_store), count(*) FILTER (_reason = '' AND NOT _in_store AND {VISIT_DATE} IS NULL) FROM staged"
     ).fetchone()
     summary.quarantined = summary.rows_read - summary.accepted - summary.already_stored
     # Group reasons by their kind ("age: 900 is outside..." -> "age: … is outside...").

@@ -16,6 +16,9 @@ The policy is a file in the site folder (``policy.json``), edited only by the si
 - **Statistics queries.** ``analytics.allowed`` lists the query kinds the site answers about an
   approved task (none by default), ``analytics.dp_epsilon`` the noise it adds to each answer
   (``node_agent.analytics``).
+- **Syndromic surveillance.** ``surveillance.allowed`` (off by default) lets the site count syndromes
+  per day about an approved task, into its ``district``'s encrypted sum, or, with ``clinic_series``,
+  as its own series at its own ``clinic_min_cell`` (``node_agent.surveillance``).
 - **Approved apps.** On Flower's deployment engine, the app bundle (FAB) that runs at the node is
   identified by the SHA-256 of its bytes (Flower's ``fab_hash``); the node's launcher
   (``node_agent.launcher``) runs only FABs on ``approved_apps`` (``fenji node approve-app``).
@@ -40,10 +43,12 @@ from typing import Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from federation.surveillance import DISTRICT_PATTERN
 from models.spec import TaskSpec
 from node_agent.errors import PolicyRefusal, SiteDataError
 
 __all__ = ["POLICY_FILE", "AnalyticsPolicy", "ApprovedApp", "ApprovedPlan", "DPPolicy", "PlanBounds", "SitePolicy",
+           "SurveillancePolicy",
            "describe_fab", "fab_digest", "load_site_policy", "normal_digest", "plan_digest", "policy_lock", "save_site_policy"]
 
 POLICY_FILE = "policy.json"
@@ -142,6 +147,26 @@ class AnalyticsPolicy(BaseModel):
     dp_epsilon: float = Field(0.0, ge=0)
 
 
+class SurveillancePolicy(BaseModel):
+    """Whether and how this site answers syndromic-surveillance queries (``node_agent.surveillance``); off by default.
+
+    ``district`` is the health district the site reports to (needed to answer). By default its daily
+    counts go only into the district's encrypted sum, which the key holder decrypts over at least
+    min-sites clinics; ``sum_min_cell`` > 1 sends its cells below that as zeros there too.
+    ``clinic_series`` ``"week"`` or ``"day"`` publishes the site's own series instead (and takes it out
+    of the district's sum), each count either 0 or at least ``clinic_min_cell``
+    (docs/threat-model.md, "Syndromic surveillance").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    allowed: bool = False
+    district: str | None = Field(None, pattern=DISTRICT_PATTERN)
+    clinic_series: Literal["none", "week", "day"] = "none"
+    clinic_min_cell: int = Field(10, ge=1)
+    sum_min_cell: int = Field(1, ge=1)
+
+
 class SitePolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -157,6 +182,7 @@ class SitePolicy(BaseModel):
     coarse_metrics: bool = False
     allow_plaintext: bool = False
     analytics: AnalyticsPolicy = Field(default_factory=AnalyticsPolicy)
+    surveillance: SurveillancePolicy = Field(default_factory=SurveillancePolicy)
 
     def approve(self, spec: TaskSpec, *, by: str, bounds: PlanBounds | None = None) -> str:
         digest = plan_digest(spec)

@@ -14,9 +14,13 @@ import pandas as pd
 from models.spec import FeatureKind, TaskSpec
 from node_agent.errors import IngestError, SiteDataError
 
-__all__ = ["SiteStore", "quote_ident", "sql_text"]
+__all__ = ["OUTCOME_ID_PREFIX", "VISIT_DATE", "SiteStore", "quote_ident", "sql_text"]
 
 DB_NAME = "site.duckdb"
+# The day of each visit (from an export's ``visit_date`` column), kept beside the task's columns: no
+# model reads it; syndromic surveillance counts by it (node_agent.surveillance).
+VISIT_DATE = "_visit_date"
+OUTCOME_ID_PREFIX = "outcome:"  # record ids of rows made from doctors' decisions and outcomes (outcome_rows)
 SQL_TYPES = {FeatureKind.NUMERIC: "DOUBLE", FeatureKind.CATEGORICAL: "VARCHAR", FeatureKind.BOOLEAN: "BOOLEAN",
              FeatureKind.TEXT: "VARCHAR"}
 
@@ -79,8 +83,17 @@ class SiteStore:
         columns = ", ".join(f"{quote_ident(f.name)} {SQL_TYPES[f.kind]}" for f in spec.features)
         self.connection.execute(
             f"CREATE TABLE IF NOT EXISTS {self.table_name(spec)} (record_id VARCHAR PRIMARY KEY, "
-            f"{columns}, {quote_ident(spec.label.name)} VARCHAR, _ingest_id INTEGER, _row BIGINT)"
+            f"{columns}, {quote_ident(spec.label.name)} VARCHAR, _ingest_id INTEGER, _row BIGINT, {VISIT_DATE} DATE)"
         )
+        # A store made before visits had a day gets the column, empty for the rows it holds.
+        self.connection.execute(f"ALTER TABLE {self.table_name(spec)} ADD COLUMN IF NOT EXISTS {VISIT_DATE} DATE")
+
+    def has_visit_dates(self, spec: TaskSpec) -> bool:
+        """Whether the task's table has the visit-day column (a store ingested before it may not)."""
+        row = self.connection.execute(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+            [f"task_{spec.name}", VISIT_DATE]).fetchone()
+        return bool(row and row[0])
 
     def already_ingested(self, task: str, file_sha: str, mapping_sha: str) -> bool:
         row = self.connection.execute(
@@ -146,7 +159,9 @@ class SiteStore:
         """Accepted records of a task, optionally only the ``train`` or ``test`` split.
 
         By default the split is a stable hash of the record id, so a record stays on its side as data
-        grows. A site may fix its own split instead (``set_split``), e.g. a published benchmark's.
+        grows. A site may fix its own split instead (``set_split``), e.g. a published benchmark's; rows
+        made later from the doctors' outcomes (``OUTCOME_ID_PREFIX``), which the fixed split cannot name,
+        are training rows there.
         """
         if not self.has_task(spec):
             raise SiteDataError(f"site {self.site_id!r} has no data for task {spec.name!r}")
@@ -154,8 +169,13 @@ class SiteStore:
         cut = int(round(test_fraction * 10_000))
         where = ""
         if split is not None and self._has_table(f"split_{spec.name}"):
-            where = (f"WHERE record_id IN (SELECT record_id FROM {quote_ident('split_' + spec.name)} "
-                     f"WHERE split = {sql_text(split)})")
+            fixed = quote_ident("split_" + spec.name)
+            where = f"WHERE record_id IN (SELECT record_id FROM {fixed} WHERE split = {sql_text(split)})"
+            if split == "train":
+                # Outcome rows train and never test: the fixed test rows stay the ones the site chose
+                # (a benchmark's), and the next round learns from what the clinic's doctors recorded.
+                where += (f" OR (starts_with(record_id, {sql_text(OUTCOME_ID_PREFIX)}) "
+                          f"AND record_id NOT IN (SELECT record_id FROM {fixed}))")
         elif split == "test":
             where = f"WHERE hash(record_id) % 10000 < {cut}"
         elif split == "train":

@@ -21,7 +21,11 @@ The generative story (every assumption is in docs/synthetic-data.md):
 7. the chief complaint as the desk wrote it (``complaint_text``, zh and some en, with synonyms and
    typos, some empty) from the diagnosis group, the coded complaint, severity and fever
    (``simulation/complaint_text.py``). Its draws come from a generator of their own, seeded from the
-   clinic's name and the federation's seed, so every other column is what it was before the text.
+   clinic's name and the federation's seed, so every other column is what it was before the text;
+8. the day of the visit (``visit_date``), uniform over the ``SERIES_DAYS`` days from ``SERIES_START``,
+   from a generator of its own likewise. ``write_federation`` adds an influenza-like wave
+   (``Outbreak``, on by default) at two neighbouring clinics: extra febrile respiratory visits over
+   two weeks, drawn from generators of their own, so the other visits are those of a run without it.
 
 The physiology (steps 2-6 apart from the intercepts) is shared by every clinic; clinics differ in
 size, age and case mix, prevalence, recording habits and triage habits.
@@ -30,7 +34,8 @@ size, age and case mix, prevalence, recording habits and triage habits.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +43,20 @@ import pandas as pd
 import yaml
 
 from simulation.complaint_text import complaint_texts
+from simulation.outbreak import (
+    DEFAULT_OUTBREAK,
+    SERIES_DAYS,
+    SERIES_START,
+    WAVE_PATIENTS,
+    Outbreak,
+    own_rng,
+    visit_days,
+)
 
 __all__ = [
-    "COMPLAINTS", "DEFAULT_CLINICS", "DIAGNOSIS_GROUPS", "NEIGHBOURS", "OUTCOMES", "TRIAGE_LEVELS",
-    "ClinicProfile", "generate_clinic", "text_rng", "write_federation",
+    "COMPLAINTS", "DEFAULT_CLINICS", "DEFAULT_OUTBREAK", "DIAGNOSIS_GROUPS", "NEIGHBOURS", "OUTCOMES", "SERIES_DAYS",
+    "SERIES_START", "TRIAGE_LEVELS", "ClinicProfile", "Outbreak", "generate_clinic", "outbreak_visits", "text_rng",
+    "write_federation",
 ]
 
 COMPLAINTS = ["chest_pain", "dyspnoea", "fever", "abdominal_pain", "neuro", "trauma", "other"]
@@ -138,34 +153,42 @@ class ClinicProfile:
     export: str = "utf-8"  # or "gbk-semicolon"
     text_empty_rate: float = 0.06  # complaint texts left empty at the desk
     text_english_rate: float = 0.05  # complaint texts written in English
+    district: str = "district_1"  # the health district the clinic reports to (syndromic surveillance)
+    fever_rate: float | None = None  # fever regardless of the diagnosis (an outbreak's visits); None: by group
 
 
+# Two health districts of four clinics each: the city's, and the suburbs and villages to its south
+# (a district's series is a sum the key holder decrypts over at least min-sites clinics).
+INNER, OUTER = "inner_city", "outer_suburbs"
 DEFAULT_CLINICS = [
     # A large city community health centre: working-age adults, many vague "symptoms" visits.
     ClinicProfile("clinic_01_urban", 1100, age_mean=46, case_mix={"R00-R99": 1.3}, missing_rate=0.06,
-                  text_english_rate=0.12),
+                  text_english_rate=0.12, district=INNER),
     # A centre for an ageing neighbourhood: heart and lung disease; refers only when it must.
     ClinicProfile("clinic_02_elderly", 800, age_mean=72, age_sd=10,
-                  case_mix={"I00-I99": 1.5, "J00-J99": 1.3, "S00-T98": 0.6}, label_offset=-0.7, missing_rate=0.08),
+                  case_mix={"I00-I99": 1.5, "J00-J99": 1.3, "S00-T98": 0.6}, label_offset=-0.7, missing_rate=0.08,
+                  district=INNER),
     # Next to an industrial park: young workers, injuries and strains.
     ClinicProfile("clinic_03_industrial", 650, age_mean=40, age_sd=12, case_mix={"S00-T98": 3.0, "M00-M99": 1.8},
-                  missing_rate=0.06),
+                  missing_rate=0.06, district=INNER),
     # Far from the county town, no pulse oximeter; infections and farm injuries; under-triages a little.
     ClinicProfile("clinic_04_rural_no_oximeter", 500, age_mean=55, case_mix={"A00-B99": 1.4, "S00-T98": 1.3},
-                  never_records=["spo2"], label_offset=0.3, triage_shift=-0.15, missing_rate=0.10),
+                  never_records=["spo2"], label_offset=0.3, triage_shift=-0.15, missing_rate=0.10, district=OUTER),
     # Suburban centre a few streets from clinic_06; exports GBK text with ';' and decimal commas.
     ClinicProfile("clinic_05_suburban", 420, age_mean=49, label_offset=0.5, missing_rate=0.07,
-                  export="gbk-semicolon"),
+                  export="gbk-semicolon", district=OUTER),
     # The town's health centre at the county hospital's gate: the sicker walk-ins, refers liberally,
     # over-triages.
     ClinicProfile("clinic_06_township", 330, age_mean=58, case_mix={"I00-I99": 1.3, "G00-G99": 1.3},
-                  severity_shift=0.45, label_offset=1.45, triage_shift=0.25, missing_rate=0.10),
+                  severity_shift=0.45, label_offset=1.45, triage_shift=0.25, missing_rate=0.10, district=OUTER),
     # A mixed practice with many children: infections and respiratory illness, mostly mild.
     ClinicProfile("clinic_07_paediatric_mix", 260, age_mean=28, age_sd=22,
-                  case_mix={"A00-B99": 1.8, "J00-J99": 1.5}, severity_shift=-0.3, missing_rate=0.06),
+                  case_mix={"A00-B99": 1.8, "J00-J99": 1.5}, severity_shift=-0.3, missing_rate=0.06,
+                  district=INNER),
     # A village clinic: older patients, one doctor who under-triages and refers sparingly.
     ClinicProfile("clinic_08_small_village", 150, age_mean=62, case_mix={"A00-B99": 1.2, "M00-M99": 1.3},
-                  label_offset=-0.5, triage_shift=-0.3, missing_rate=0.09, text_empty_rate=0.15),
+                  label_offset=-0.5, triage_shift=-0.3, missing_rate=0.09, text_empty_rate=0.15,
+                  district=OUTER),
 ]
 
 
@@ -206,12 +229,27 @@ def text_rng(profile: ClinicProfile, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(profile.name.encode("utf-8"))])
 
 
+def outbreak_visits(profile: ClinicProfile, outbreak: Outbreak, *, seed: int = 0,
+                    start: date = SERIES_START) -> pd.DataFrame:
+    """The wave's extra visits at one clinic (ids ``<clinic>-ili-0000`` on), or none if it is not one of
+    the wave's clinics."""
+    if profile.name not in outbreak.clinics or outbreak.visits < 1:
+        return pd.DataFrame()
+    wave = replace(profile, name=f"{profile.name}-ili", size=outbreak.visits, **WAVE_PATIENTS)
+    frame = generate_clinic(wave, own_rng(profile.name, seed, 2), text_seed=seed)
+    frame["encounter_id"] = [f"{profile.name}-ili-{i:04d}" for i in range(len(frame))]
+    frame["visit_date"] = visit_days(own_rng(profile.name, seed, 3), len(frame),
+                                     start + timedelta(days=outbreak.start_day), outbreak.curve())
+    return frame
+
+
 def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent: bool = False,
-                    text_seed: int = 0) -> pd.DataFrame:
+                    text_seed: int = 0, start: date = SERIES_START, days: int = SERIES_DAYS) -> pd.DataFrame:
     """One clinic's first-visit encounters with the triage, diagnosis and referral outcomes.
 
     With ``latent`` the frame also holds the latent ``severity`` and ``acuity`` (never exported).
-    The complaint texts come from ``text_rng(profile, text_seed)``, never from ``rng``.
+    The complaint texts come from ``text_rng(profile, text_seed)``, never from ``rng``; the visit days
+    (``visit_date``, ISO text, uniform over ``days`` days from ``start``) from a generator of their own.
     """
     n = profile.size
     # 1. demographics and history
@@ -247,7 +285,7 @@ def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent:
         + 0.5 * stroke + 0.3 * heart_failure + profile.severity_shift + rng.normal(0, 0.75, n)
     )
     sp = _softplus(severity + 0.3)  # vitals move mostly once severity is high
-    fever = rng.random(n) < FEVER_RATE[dx]
+    fever = rng.random(n) < (FEVER_RATE[dx] if profile.fever_rate is None else profile.fever_rate)
     heart_rate = 72 + 17 * sp + 9 * fever + 18 * child + rng.normal(0, 8, n)
     resp_rate = 15 + 4.2 * sp + 2.0 * is_["J00-J99"] + 1.0 * fever + 5 * child + rng.normal(0, 1.6, n)
     spo2 = (98.3 - 1.3 * sp - is_["J00-J99"] * (1.0 + 1.8 * sp) - 0.8 * is_["I00-I99"] * sp
@@ -294,6 +332,8 @@ def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent:
         text_rng(profile, text_seed), groups=np.asarray(DIAGNOSIS_GROUPS)[dx],
         complaints=np.asarray(COMPLAINTS)[complaint], severity=severity, fever=fever, child=child,
         empty_rate=profile.text_empty_rate, english_rate=profile.text_english_rate))
+    # 8. the day of the visit: its own generator too
+    frame.insert(1, "visit_date", visit_days(own_rng(profile.name, text_seed, 1), n, start, np.ones(days)))
     for col in OPTIONAL_RECORDED:
         rate = profile.missing_rate * (1.5 if col in ("resp_rate", "pain_score") else 1)
         gaps = rng.random(n) < rate
@@ -304,18 +344,22 @@ def generate_clinic(profile: ClinicProfile, rng: np.random.Generator, *, latent:
 
 
 def write_federation(
-    out_dir: Path, *, clinics: list[ClinicProfile] | None = None, seed: int = 0, bad_rows: bool = True
+    out_dir: Path, *, clinics: list[ClinicProfile] | None = None, seed: int = 0, bad_rows: bool = True,
+    outbreak: Outbreak | None = DEFAULT_OUTBREAK,
 ) -> list[tuple[str, Path, Path | None]]:
     """Write one export per clinic (and a mapping where its format needs one).
 
     Returns ``(clinic name, export path, mapping path or None)`` per clinic. With ``bad_rows``
     a few typing errors of the kind real exports have are mixed in, to be quarantined at ingest.
+    ``outbreak`` (on by default; ``None`` for none) adds its wave's visits at its clinics.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     written = []
     for profile in clinics or DEFAULT_CLINICS:
         frame = generate_clinic(profile, rng, text_seed=seed)
+        if outbreak is not None and profile.name in outbreak.clinics:
+            frame = pd.concat([frame, outbreak_visits(profile, outbreak, seed=seed)], ignore_index=True)
         if bad_rows and len(frame) > 20:
             frame = frame.astype(object)
             frame.loc[3, "heart_rate"] = 900  # a typo: 90 with an extra zero

@@ -21,10 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.service import chain
 from coordinator.service.accounts import now
+from coordinator.service.anchoring import AnchorClient
 from coordinator.service.db import Account, QueryJob
 from coordinator.service.errors import NotFound
-from federation.analytics import canonical, parse_query
-from coordinator.service.anchoring import AnchorClient
+from federation.analytics import canonical
+from federation.surveillance import parse_any_query
 from models.errors import first_line
 
 __all__ = ["QueryRequest", "Worker", "get", "recover", "result_of", "run_next", "submit"]
@@ -99,7 +100,7 @@ def _claim(queue: Worker) -> QueryRequest | None:
         row.status, row.started_at = RUNNING, now()
         chain.append(session, actor=WORKER, action="query-started", query_id=row.id, task=row.task)
         session.commit()
-        request = QueryRequest(id=row.id, task=row.task, query=parse_query(row.query_json))
+        request = QueryRequest(id=row.id, task=row.task, query=parse_any_query(row.query_json))  # surveillance too
     chain.anchor_head(queue.sessions, queue.anchors)
     return request
 

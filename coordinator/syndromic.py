@@ -1,0 +1,174 @@
+"""The coordinator's side of a surveillance query: one message to every site, one sum per district.
+
+``run_surveillance`` sends a ``SyndromeCounts`` query (``federation.surveillance``) to every site as a
+``query.surveillance`` message. Each site answers as its own policy says (``node_agent.surveillance``):
+a declared refusal, its own published series (suppressed at its k, checked by its egress guard), or
+its daily counts encrypted, with its district bound into the label (``sum_phase``). The encrypted
+answers are grouped by district and each group is one sum, screened and added like any other
+(``ReplyScreen``, ``RunningSum``), which the key holder decrypts only over at least min-sites
+clinics and under its cohort ledger. A district without enough clinics, or whose sum the key holder
+refuses, is reported as unavailable with the reason; the query fails only if nothing at all came back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from coordinator.aggregator import Aggregator
+from coordinator.audit import AuditLog
+from coordinator.errors import NotEnoughSitesError
+from coordinator.strategy import (
+    ExcludedReply,
+    ReplyScreen,
+    check_total,
+    cohort_of,
+    declared_rows,
+    inputs_of,
+    site_dp_of,
+)
+from coordinator.streaming import StreamingGrid
+from federation.crypto import WIDE_SCALE_BITS
+from federation.errors import PrivacyError
+from federation.keyholder_api import Decryptor, DecryptRequest
+from federation.surveillance import (
+    ClinicRelease,
+    SurveillanceResult,
+    SyndromeCounts,
+    day_layout,
+    decode_sum,
+    periods,
+    query_text,
+    sum_phase,
+)
+from federation.tags import QueryLabel
+from models.errors import first_line
+from models.spec import TaskSpec
+
+__all__ = ["MESSAGE_TYPE", "run_surveillance"]
+
+MESSAGE_TYPE = "query.surveillance"
+
+
+def _send(grid: Grid, nodes: list[int], content: RecordDict, timeout: float) -> Iterable[Message]:
+    messages = [Message(content=content, message_type=MESSAGE_TYPE, dst_node_id=n) for n in nodes]
+    return grid.send_and_receive(messages, timeout=timeout)
+
+
+def _published(reply: Message, query: SyndromeCounts) -> ClinicRelease:
+    """A clinic's own series from its reply, or ``ValueError`` if it does not fit the query."""
+    site = reply.content["site"]
+    interval = str(site["series-interval"])
+    if interval not in ("day", "week"):
+        raise ValueError(f"a series by {interval!r}")
+    record = reply.content["clinic-series"]
+    counts, flags = record["counts"].numpy(), record["suppressed"].numpy()
+    shape = (len(periods(query, interval)), len(query.syndromes))
+    if counts.shape != shape or flags.shape != shape:
+        raise ValueError(f"a {interval} series of shape {counts.shape}, the query's is {shape}")
+    return ClinicRelease(str(site["site-id"]), str(site["district"]), interval, counts.astype(float),
+                         flags.astype(float))
+
+
+def _district_sum(replies: list[Message], district: str, query: SyndromeCounts, key_holder: Decryptor | None,
+                  aggregator: Aggregator | None, *, run_id: str, task: TaskSpec, min_sites: int,
+                  excluded: list[ExcludedReply]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """One district's decrypted daily sum (counts, flags, its clinics); raises ``PrivacyError`` if refused."""
+    shape, phase = day_layout(query), sum_phase(district)
+    screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    running = None if aggregator is None else aggregator.running(length=shape.length, scale_bits=WIDE_SCALE_BITS)
+    try:
+        good = screen.usable(replies, phase=phase, server_round=0, length=shape.length, scale_bits=WIDE_SCALE_BITS,
+                             into=running)
+    finally:
+        excluded.extend(screen.named())
+    if running is not None and key_holder is not None:
+        label = QueryLabel(run_id=run_id, phase=phase, round=0, task=task.name, inputs=inputs_of(good))
+        request = DecryptRequest.of(label, cohort=cohort_of(good), length=shape.length, scale_bits=WIDE_SCALE_BITS,
+                                    site_dp=site_dp_of(good))
+        summed = np.asarray(key_holder.decrypt_aggregate(running.serialize(), request))
+    else:
+        summed = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in good], axis=0)
+    check_total(f"{phase}: the row count", float(summed[0]), declared_rows(good), absolute=0.5)
+    counts, flags, _ = decode_sum(query, summed)
+    return counts, flags, sorted(cohort_of(good))
+
+
+def run_surveillance(grid: Grid, query: SyndromeCounts, key_holder: Decryptor | None, *, task: TaskSpec,
+                     min_sites: int = 3, timeout: float = 600.0, nodes: list[int] | None = None,
+                     audit: AuditLog | None = None) -> SurveillanceResult:
+    """Ask every site for ``query``'s daily syndrome counts about ``task``; one sum per district.
+
+    ``key_holder`` ``None`` runs in plaintext (sites whose policy allows it only). min-sites is the
+    key holder's, or more. With ``audit``, the query, each district's cohort, the published series,
+    the refusals and the sites' audit heads are appended to that log.
+
+    Raises
+    ------
+    NotEnoughSitesError
+        If no district could be summed and no clinic published its own series.
+    """
+    grid = StreamingGrid(grid)
+    run_id = uuid.uuid4().hex  # one run per query: the key holder decrypts each district's sum once
+    config = ConfigRecord({"task-json": task.model_dump_json(), "task-name": task.name, "run-id": run_id,
+                           "surveillance-query": query_text(query), "plaintext": key_holder is None})
+    aggregator = None
+    if key_holder is not None:
+        info = key_holder.info()
+        min_sites = max(min_sites, info.min_sites)
+        aggregator = Aggregator(info.public_context_bytes)
+        config["ckks-context"] = info.public_context_bytes
+        config["ckks-context-signature"] = info.signature_bytes
+        config["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
+    nodes = list(nodes if nodes is not None else grid.get_node_ids())
+    result = SurveillanceResult(query=query)
+    by_district: dict[str, list[Message]] = defaultdict(list)
+    answered = set()
+    for reply in _send(grid, nodes, RecordDict({"config": config}), timeout):
+        answered.add(reply.metadata.src_node_id)
+        content = None if reply.has_error() else reply.content
+        if content is None or ("site" not in content and "refusal" not in content):
+            reason = first_line(reply.error.reason) if reply.has_error() else "no site record"
+            result.excluded.append(ExcludedReply(0, "surveillance", reply.metadata.src_node_id, reason))
+        elif "refusal" in content:
+            refusal = content["refusal"]
+            result.refused[str(refusal.get("site-id", reply.metadata.src_node_id))] = str(refusal.get("reason", ""))
+        elif "clinic-series" in content:
+            try:
+                release = _published(reply, query)
+            except (KeyError, TypeError, ValueError) as exc:
+                result.excluded.append(ExcludedReply(0, "surveillance", reply.metadata.src_node_id,
+                                                     f"a published series that does not fit: {exc}"))
+                continue
+            result.clinics[release.site] = release
+        else:
+            by_district[str(content["site"].get("district", ""))].append(reply)
+        if content is not None and "site" in content:
+            result.audit_heads[str(content["site"]["site-id"])] = str(content["site"].get("audit-head", ""))
+    for node in sorted(set(nodes) - answered):
+        result.excluded.append(ExcludedReply(0, "surveillance", node, "no reply before the timeout"))
+    for district, replies in sorted(by_district.items()):
+        try:
+            result.sums[district] = _district_sum(replies, district, query, key_holder, aggregator, run_id=run_id,
+                                                  task=task, min_sites=min_sites, excluded=result.excluded)
+        except PrivacyError as exc:  # too few clinics in the sum, or the key holder's refusal
+            result.unavailable[district] = first_line(exc)
+    if audit is not None:
+        audit.append(actor="coordinator", action="surveillance-query", run_id=run_id, task=task.name,
+                     query=query_text(query), districts={d: s[2] for d, s in result.sums.items()},
+                     published={s: r.interval for s, r in result.clinics.items()}, unavailable=result.unavailable,
+                     refused=result.refused, excluded=[e.to_dict() for e in result.excluded],
+                     site_audit_heads=result.audit_heads)
+    if not result.sums and not result.clinics:
+        why = "; ".join([*(f"{d}: {r}" for d, r in result.unavailable.items()),
+                         *(f"{s}: declined: {r}" for s, r in result.refused.items()),
+                         *(f"{e.label}: {e.reason}" for e in result.excluded)])
+        raise NotEnoughSitesError(f"surveillance: no district could be summed and no clinic published a series "
+                                  f"({why or 'no site answered'})")
+    return result
