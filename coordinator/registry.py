@@ -27,8 +27,9 @@ from models.errors import first_line
 from models.nets import build_model, set_flat
 from models.policy import TierPolicy
 
-__all__ = ["RegisteredModel", "artifact_root_for", "model_name", "promote", "register_outcome"]
+__all__ = ["CURVES_ARTIFACT", "RegisteredModel", "artifact_root_for", "model_name", "promote", "register_outcome"]
 
+CURVES_ARTIFACT = "site_curves.json"  # each site's released ROC and reliability counts (federation.curves)
 _DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 
 
@@ -84,8 +85,8 @@ def register_outcome(
     policy: TierPolicy | None = None,
     artifact_location: str | None = None,
 ) -> RegisteredModel:
-    """Log per-round and per-site metrics, the task spec, encoding, calibration, tier policy and
-    model card, and register the model. ``sites`` is the per-site report (``simulation.report``).
+    """Log per-round and per-site metrics, the sites' curves, the task spec, encoding, calibration,
+    tier policy and model card, and register the model. ``sites`` is the per-site report (``simulation.report``).
 
     A new experiment keeps its artifacts under ``artifact_location`` (default: ``artifact_root_for``),
     in a folder named after it.
@@ -118,6 +119,8 @@ def register_outcome(
             mlflow.log_dict({"sites": outcome.sites, "personalisation": outcome.personalisation},
                             "site_metrics.json")
             mlflow.log_dict(outcome.calibration.to_dict(), "calibration.json")
+            if outcome.site_curves:  # as the sites released them; read back by coordinator.service.curves
+                mlflow.log_dict({"sites": outcome.site_curves}, CURVES_ARTIFACT)
             policy = policy or load_coordinator_settings().policy()
             mlflow.log_text(yaml.safe_dump(policy.model_dump(), sort_keys=False), "tier_policy.yaml")
             with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from datetime import datetime, timezone
 
 import numpy as np
 from flwr.app import (
@@ -31,6 +32,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from coordinator.aggregator import Aggregator
 from coordinator.errors import NotEnoughSitesError
 from coordinator.outcome import FederationOutcome, RunSettings
+from coordinator.quorum import registered_names
 from coordinator.strategy import (
     EncryptedFedAvg,
     ReplyScreen,
@@ -43,6 +45,7 @@ from coordinator.strategy import (
 )
 from coordinator.streaming import RunningSum, StreamingGrid
 from federation.crypto import WIDE_SCALE_BITS
+from federation.curves import CURVES_RECORD
 from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 from models.calibration import calibration_statistics_size, fit_calibration
@@ -93,6 +96,14 @@ def _decrypt_sum(replies: list[Message], running: RunningSum | None, key_holder:
     return np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
 
 
+def _seen(replies: list[Message], last_seen: dict[str, str]) -> None:
+    """Stamp now as the last time each site of ``replies`` answered (its ``site`` record names it)."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for reply in replies:
+        if "site" in reply.content:
+            last_seen[str(reply.content["site"]["site-id"])] = now
+
+
 def _calibration_rows(spec: TaskSpec, summed: np.ndarray) -> float:
     """The row count inside summed calibration statistics (layout: models.calibration): every row
     falls in one logit bin (binary), or is counted in the last slot (temperature scaling)."""
@@ -106,8 +117,15 @@ def run_federation(
     *,
     n_sites: int | None = None,
     on_round: Callable[[int, dict[str, float]], None] | None = None,
+    screen: ReplyScreen | None = None,
 ) -> FederationOutcome:
     """Federated statistics, ``settings.rounds`` rounds of (encrypted) FedAvg, final evaluation.
+
+    ``screen``, if given, is the run's reply screen (its ``min_sites`` and ``aggregator`` are set
+    here): a caller reads from it what was left out even when the run fails. Each phase waits
+    ``settings.timeout`` seconds for replies (``round-timeout``) and goes on with the sites that
+    answered while at least ``min-sites`` remain; a site that never answers is named by the name
+    its SuperNode was registered under (``coordinator.quorum.registered_names``), if any.
 
     Raises
     ------
@@ -145,7 +163,9 @@ def run_federation(
     nodes = _wait_for_nodes(grid, n_sites or min_sites, min_sites, settings.timeout)
     label = QueryLabel(run_id=run_id, phase="stats", round=0, task=spec.name)
     # Every reply is screened before it counts; a bad one is left out and named (coordinator.strategy).
-    screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    screen = screen or ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    screen.min_sites, screen.aggregator = min_sites, aggregator
+    screen.site_of.update(registered_names(grid))  # until a site's own reply names it
 
     # 1. Federated preprocessing: global statistics from the sum of the sites' encrypted statistics.
     size = SiteStatistics.size(spec)
@@ -158,6 +178,11 @@ def run_federation(
     encoding = SiteStatistics(spec, totals).encoding_params()
     check_total("stats: the row count", encoding.n_rows, declared_rows(replies), absolute=0.5)
     rows_by_node = {r.metadata.src_node_id: int(r.content["metrics"]["num-examples"]) for r in replies}
+    last_seen: dict[str, str] = {}
+    _seen(replies, last_seen)
+    # Each site's report rides with its statistics reply (the node's egress guard checked every number).
+    site_reports = {str(r.content["site"]["site-id"]): {str(k): float(v) for k, v in r.content["report"].items()}
+                    for r in replies if "report" in r.content and "site" in r.content}
 
     # 2. Training rounds.
     n_inputs = Encoder(spec, encoding).width
@@ -183,6 +208,7 @@ def run_federation(
         "ckks-context-sha256", "packed-context-sha256")})
     common = dict(
         min_train_nodes=min_sites, min_evaluate_nodes=min_sites, min_available_nodes=min_sites,
+        node_timeout=settings.timeout,
     )
     strategy: ScreenedFedAvg
     if aggregator is not None and key_holder is not None:
@@ -239,6 +265,7 @@ def run_federation(
     )
     summed = _decrypt_sum(replies, running, key_holder, size, replace(label, phase="calibrate"), min_sites)
     check_total("calibration: the row count", _calibration_rows(spec, summed), declared_rows(replies), absolute=0.5)
+    _seen(replies, last_seen)
     calibration = fit_calibration(spec, summed)
 
     # 4. Final evaluation: the calibrated global model, each site's personalised model, and each
@@ -246,6 +273,8 @@ def run_federation(
     final_config = ConfigRecord(dict(evaluate_config) | {
         "final": True, "local-only-epochs": (settings.local_epochs or spec.model.local_epochs) * settings.rounds,
         "calibration": json.dumps(calibration.to_dict()),
+        # Off: the sites skip their personalisation step (node_agent.client_app), not just its report.
+        "personalisation": settings.personalisation,
     })
     # A site whose final evaluation fails is named in ``excluded`` and left out of the per-site table.
     final = screen.usable(
@@ -253,12 +282,13 @@ def run_federation(
               settings.timeout),
         phase="final-evaluate", server_round=settings.rounds, expected_nodes=nodes, need_site=True,
     )
+    _seen(final, last_seen)
     sites = {
         str(r.content["site"]["site-id"]): {k: float(v) for k, v in r.content["metrics"].items()}
         for r in final
     }
-    personalisation = {str(r.content["site"]["site-id"]): str(r.content["site"].get("personalisation", "global"))
-                       for r in final}
+    personalisation = {str(r.content["site"]["site-id"]): str(r.content["site"]["personalisation"])
+                       for r in final if "personalisation" in r.content["site"]}
     train_rows = {str(r.content["site"]["site-id"]): rows_by_node.get(r.metadata.src_node_id, 0) for r in final}
     return FederationOutcome(
         task=spec, encoding=encoding, flat=np.asarray(flat), n_inputs=n_inputs, sites=dict(sorted(sites.items())),
@@ -267,6 +297,9 @@ def run_federation(
         excluded=screen.named(),
         site_audit_heads={str(r.content["site"]["site-id"]): str(r.content["site"].get("audit-head", ""))
                           for r in final},
+        site_reports=dict(sorted(site_reports.items())), last_seen=dict(sorted(last_seen.items())),
+        site_curves={str(r.content["site"]["site-id"]): {k: float(v) for k, v in r.content[CURVES_RECORD].items()}
+                     for r in sorted(final, key=lambda r: str(r.content["site"]["site-id"])) if CURVES_RECORD in r.content},
     )
 
 

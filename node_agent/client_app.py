@@ -25,6 +25,7 @@ from flwr.clientapp import ClientApp
 from federation.crypto import WIDE_SCALE_BITS, encrypt_contribution
 from federation.identity import ENROLMENT_FILE, Enrolment, load_enrolment
 from federation.packing import encrypt_packed, packing_bound
+from federation.surveillance import sum_phase
 from federation.tags import QueryLabel, inputs_digest
 from models.calibration import Calibration
 from models.encoding import EncodingParams
@@ -35,6 +36,7 @@ from node_agent.analytics import admitted_query, answer_query
 from node_agent.answered import claim_query
 from node_agent.budget import charge_run, node_audit
 from node_agent.contexts import keep_sent, public_context
+from node_agent.curves import curve_records
 from node_agent.egress import make_egress_guard
 from node_agent.errors import EgressViolation, PolicyRefusal
 from node_agent.local import (
@@ -47,7 +49,14 @@ from node_agent.local import (
     site_statistics,
     train_update,
 )
+from node_agent.outcome_rows import ingest_pending_outcomes
 from node_agent.policy import load_site_policy
+from node_agent.site_report import site_report
+from node_agent.surveillance import (
+    CLINIC_SERIES,
+    admitted_surveillance,
+    answer_surveillance,
+)
 
 __all__ = ["app", "build_client_app"]
 
@@ -132,6 +141,10 @@ def build_client_app(
                         _check_packing_bound(config, arrays)
                 except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                     raise PolicyRefusal(f"a malformed job: {first_line(str(exc))}") from exc
+                if phase == "stats":
+                    # A run's first message: outcomes recorded since the last run become training rows
+                    # now, before the statistics fix this run's row counts for all its rounds.
+                    ingest_pending_outcomes(site_dir, admitted.spec)
                 data = load_site_data(site_dir, admitted.spec)
                 min_n = admitted.policy.min_n
                 if len(data.train_frame) < min_n:
@@ -182,7 +195,12 @@ def build_client_app(
         return reply(message, {"ciphertext": record, "metrics": n, "site": site})
 
     def stats(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
-        return summed_reply(message, admitted, data, site_statistics(data).vector, "stats")
+        answer = summed_reply(message, admitted, data, site_statistics(data).vector, "stats")
+        # The site report goes with a run's first reply (node_agent.site_report; the egress guard checks it).
+        report = site_report(admitted.site_dir, admitted.spec.name)
+        if report:
+            answer.content["report"] = MetricRecord(report)
+        return answer
 
     def analytics(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         """A federated-statistics query: suppressed (and noised, as the site's policy says) at the site."""
@@ -200,6 +218,25 @@ def build_client_app(
         record = _ciphertext_record(admitted.site_dir, data.site_id, config, answer.vector, phase="analytics", round_=0,
                                     dp_epsilon=answer.dp_epsilon, scale_bits=WIDE_SCALE_BITS, inputs=admitted.inputs)
         return reply(message, {"ciphertext": record, "metrics": n, "site": site})
+
+    def surveillance(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
+        """Daily syndrome counts: into the district's encrypted sum, or the clinic's own suppressed series."""
+        config, run_id = admitted.config, str(admitted.config["run-id"])
+        query = admitted_surveillance(admitted.policy, admitted.spec, config)
+        answer = answer_surveillance(admitted.site_dir, admitted.spec, query, admitted.policy, run_id=run_id)
+        site = {"site-id": data.site_id, "dp-epsilon": 0.0, "inputs": admitted.inputs, "district": answer.district,
+                "audit-head": node_audit(admitted.site_dir).head()}
+        if answer.vector is None:  # its own series, in the clear: the egress guard checks every count
+            claim_query(admitted.site_dir, "plaintext", QueryLabel(run_id=run_id, phase="surveillance", round=0,
+                                                                   task=data.spec.name))
+            series = ArrayRecord({"counts": Array(answer.counts), "suppressed": Array(answer.suppressed)})
+            return reply(message, {CLINIC_SERIES: series, "site": ConfigRecord(site | {"series-interval": answer.interval})})
+        n = MetricRecord({"num-examples": answer.rows})
+        if config.get("plaintext", False):
+            return reply(message, {"arrays": ArrayRecord([answer.vector]), "metrics": n, "site": ConfigRecord(site)})
+        record = _ciphertext_record(admitted.site_dir, data.site_id, config, answer.vector, round_=0,
+                                    phase=sum_phase(answer.district), scale_bits=WIDE_SCALE_BITS, inputs=admitted.inputs)
+        return reply(message, {"ciphertext": record, "metrics": n, "site": ConfigRecord(site)})
 
     def train(message: Message, context: Context, admitted: Admitted, data: SiteData) -> Message:
         config = admitted.config
@@ -250,21 +287,25 @@ def build_client_app(
         site = {"site-id": data.site_id, "audit-head": node_audit(admitted.site_dir).head()}
         if config.get("final", False):
             # Local models (personalised, local-only) never leave the site; only their metrics do.
-            train_config = site_train_config(admitted)
-            personal = personalise(data, params, flat, calibration, train_config)
-            _, _, x_test, y_test = data.encoded(params)
-            personal_metrics = evaluate_model(personal.model, data.spec, x_test, y_test, personal.calibration)
-            values |= {f"personal-{k}": v for k, v in personal_metrics.items()}
-            site["personalisation"] = personal.choice
+            # A job without personalisation skips that step: no local model is fitted, none is reported.
+            if bool(config.get("personalisation", True)):
+                personal = personalise(data, params, flat, calibration, site_train_config(admitted))
+                _, _, x_test, y_test = data.encoded(params)
+                personal_metrics = evaluate_model(personal.model, data.spec, x_test, y_test, personal.calibration)
+                values |= {f"personal-{k}": v for k, v in personal_metrics.items()}
+                site["personalisation"] = personal.choice
             local_config = site_train_config(admitted)
             local_config.epochs = int(config.get("local-only-epochs", local_config.epochs))
             values |= {f"local-{k}": v for k, v in local_only_metrics(data, local_config).items()}
-        return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord(site)})
+        # The global model's ROC and reliability counts, with the final evaluation only (node_agent.curves).
+        curves = curve_records(data, params, flat, calibration, admitted.policy.min_n) if config.get("final", False) else {}
+        return reply(message, {"metrics": MetricRecord(values), "site": ConfigRecord(site), **curves})
 
     app.query("stats")(guarded("stats", stats))
     app.train()(guarded("train", train))
     app.query("calibrate")(guarded("calibrate", calibrate))
     app.query("analytics")(guarded("analytics", analytics))
+    app.query("surveillance")(guarded("surveillance", surveillance))
     app.evaluate()(guarded("evaluate", evaluate))
     return app
 

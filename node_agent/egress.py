@@ -42,6 +42,12 @@ numbers of a kind ``REPORT_KINDS`` declares, each checked here against its kind'
 and quarantine rates as the edges of fixed buckets, decision-quality counts suppressed below ``min_n``
 and rounded, rates in [0, 1], the site's own decisions (plans approved, runs accepted and refused:
 the coordinator saw each of them anyway) and privacy budget in epsilon.
+
+**The curves** (record ``curves`` of a final evaluation; ``node_agent.curves``): ROC and reliability
+counts of the global model at the thresholds the protocol fixes, each of a kind ``CURVE_KINDS``
+declares (``federation.curves``). Every count must be at least ``min_n`` and rounded, every cell between
+two released counts must hold ``min_n`` patients of each class, and a bin's mean must lie on its grid
+(``curve_problem``); otherwise nothing leaves.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ from flwr.app import (
 )
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from federation.curves import CURVE_KINDS, CURVES_RECORD, curve_problem
 from models.training import RELEASE_LOSS_CAP
 from node_agent.errors import EgressViolation
 from node_agent.policy import SitePolicy
@@ -125,7 +132,7 @@ def check_reply(message: Message, *, allow_plaintext_model: bool = False, allow_
                 raise EgressViolation(f"undeclared array record {name!r}")
         elif isinstance(record, MetricRecord):
             for key, value in record.items():
-                if key not in (REPORT_KINDS if name == "report" else declared):
+                if key not in (REPORT_KINDS if name == "report" else CURVE_KINDS if name == CURVES_RECORD else declared):
                     raise EgressViolation(f"undeclared metric {key!r}")
                 if isinstance(value, list):
                     raise EgressViolation(f"metric {key!r} is a list, not one aggregate number")
@@ -227,6 +234,11 @@ def release(reply: Message, policy: SitePolicy) -> Message:
             problem = _report_problem(REPORT_KINDS[key], float(value), policy.min_n)
             if problem:
                 raise EgressViolation(f"site report: {key} = {value} {problem}")
+    if CURVES_RECORD in reply.content:  # the curves: counts, cells and means against their rules, or nothing leaves
+        problem = curve_problem({k: float(v) for k, v in reply.content[CURVES_RECORD].items()},
+                                min_n=policy.min_n, rounding=COUNT_ROUNDING)
+        if problem:
+            raise EgressViolation(f"curves: {problem}")
     if "metrics" not in reply.content:
         return reply
     metrics = reply.content["metrics"]

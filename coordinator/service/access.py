@@ -40,6 +40,7 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/v1/models"): _ANY,
     ("GET", "/api/v1/models/{task}/versions"): _ANY,
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): _ANY,
+    ("GET", "/api/v1/models/{task}/versions/{version}/curves"): _ANY,  # as the per-site metrics
     ("GET", "/api/v1/models/{task}/versions/{version}/card"): _ANY,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): _COMMISSIONER,
     ("POST", "/api/v1/models/{task}/rollback"): _COMMISSIONER,

@@ -9,8 +9,9 @@ import pytest
 
 from coordinator.registry import register_outcome
 from federation.crypto import unpack
+from federation.curves import CURVE_KINDS
 from federation.packing import max_error, packing_bound
-from node_agent.egress import DECLARED_CONFIG, DECLARED_METRICS
+from node_agent.egress import DECLARED_CONFIG, DECLARED_METRICS, REPORT_KINDS
 from node_agent.local import load_site_data
 from simulation.engine import run_simulated_federation
 
@@ -69,7 +70,8 @@ def test_egress_holds_only_ciphertexts_and_declared_numbers(encrypted_run, small
                 assert item["dtype"] == "uint8"
                 n_ciphertexts += 1
             elif record["type"] == "MetricRecord":
-                assert set(record["items"]) <= DECLARED_METRICS
+                declared = {"report": REPORT_KINDS.keys(), "curves": CURVE_KINDS.keys()}.get(name, DECLARED_METRICS)
+                assert set(record["items"]) <= declared
                 assert "train-loss" not in record["items"]  # the sites' default policy keeps it in
                 assert all(isinstance(v, (int, float)) for v in record["items"].values())
             else:

@@ -45,7 +45,7 @@ async function loadTask(task, resetChoice = true) {
   }
   const metrics = metricsOf(state.compare);
   if (!metrics.includes(state.metric)) state.metric = metrics.includes("auroc") ? "auroc" : metrics[0] || null;
-  await Promise.all([loadRounds(), loadPolicies()]);  // loadPolicies: policy.js
+  await Promise.all([loadRounds(), loadPolicies(), loadCurves()]);  // loadPolicies: policy.js; loadCurves: curves.js
 }
 
 async function loadRounds() {
@@ -92,6 +92,7 @@ function renderModels() {
   const shown = [...new Set(state.compare.filter(Boolean))];
   $("compare").replaceChildren(...shown.map((v, i) => versionCard(versionOf(v), i)));
   renderCharts(shown);
+  renderCurves(shown);  // curves.js
 }
 
 function versionCard(view, index) {

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from coordinator.service import governance
 from coordinator.service.chain import anchor_head
+from coordinator.service.curves import VersionCurves, version_curves
 from coordinator.service.db import Account, Approval, Promotion
 from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
 from coordinator.service.errors import ErrorBody, NotFound
@@ -54,6 +55,16 @@ def version_rounds(task: Task, version: Version, coordinator: CoordinatorDep) ->
     if found is None:
         raise NotFound(f"fenji-{task} has no version {version}")
     return found
+
+
+@router.get("/models/{task}/versions/{version}/curves", summary="ROC and calibration curves per site",
+            description="Each site's ROC points and calibration bins for the version, read from the counts the "
+                        "site released with its final evaluation (binary tasks; cells under a site's minimum n "
+                        "withheld, counts rounded).",
+            responses={404: {"model": ErrorBody, "description": "No such version"},
+                       503: {"model": ErrorBody, "description": "The registry refused"}})
+def version_curves_route(task: Task, version: Version, coordinator: CoordinatorDep) -> VersionCurves:
+    return version_curves(coordinator.registry, task, version)
 
 
 @router.get("/models/{task}/versions/{version}/card", response_class=Response, summary="The version's model card",

@@ -30,6 +30,7 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/api/v1/models"): EVERYONE,
     ("GET", "/api/v1/models/{task}/versions"): EVERYONE,
     ("GET", "/api/v1/models/{task}/versions/{version}/rounds"): EVERYONE,
+    ("GET", "/api/v1/models/{task}/versions/{version}/curves"): EVERYONE,  # like the per-site metrics
     ("GET", "/api/v1/models/{task}/versions/{version}/card"): EVERYONE,
     ("POST", "/api/v1/models/{task}/versions/{version}/approve"): {C},
     ("POST", "/api/v1/models/{task}/rollback"): {C},

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.service import create_app
-from tests.coordinator.service.bundle_registry import make_bundle_registry
+from tests.coordinator.service.bundle_registry import make_bundle_registry, released_curves
 from tests.coordinator.service.conftest import (
     SITE_METRICS,
     TASK,
@@ -27,14 +27,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 DOCS = Path(__file__).resolve().parents[3] / "docs"
 ROUNDS = {"1": [0.62, 0.67, 0.70], "2": [0.64, 0.72, 0.76, 0.78], "3": [0.66, 0.74, 0.79, 0.80]}  # federated AUROC
+# Referral risk (binary: its sites release curves) in two versions; clinic_c too small for curves in v1.
+REFERRAL_METRICS = {"1": {"clinic_a": {"auroc": 0.74, "n": 900.0}, "clinic_b": {"auroc": 0.70, "n": 400.0},
+                          "clinic_c": {"auroc": 0.69, "n": 60.0}},
+                    "2": {"clinic_a": {"auroc": 0.79, "n": 900.0}, "clinic_b": {"auroc": 0.76, "n": 400.0},
+                          "clinic_c": {"auroc": 0.75, "n": 300.0}}}
+REFERRAL_CURVES = {"1": {"clinic_a": released_curves(900, 0.25, 1), "clinic_b": released_curves(400, 0.3, 2)},
+                   "2": {"clinic_a": released_curves(900, 0.25, 3), "clinic_b": released_curves(400, 0.3, 4),
+                         "clinic_c": released_curves(300, 0.35, 5)}}
 
 
 def make_console_registry(home: Path) -> Path:
     """``fenji-triage`` in versions 1-3 with the sites' metrics of ``SITE_METRICS`` and an AUROC per
-    round; the other two tasks in production at version 1 (a node needs every task)."""
+    round, ``fenji-referral_risk`` in versions 1-2 with the sites' curves; the tasks other than triage in
+    production at version 1 (a node needs every task)."""
     from tests.node_agent.serve.trained_advisor import _models
 
-    return make_bundle_registry(home, _models(), {TASK: SITE_METRICS}, rounds=ROUNDS,
+    return make_bundle_registry(home, _models(), {TASK: SITE_METRICS, "referral_risk": REFERRAL_METRICS},
+                                rounds=ROUNDS, curves={"referral_risk": REFERRAL_CURVES},
                                 production={task: "1" for task in _models() if task != TASK})
 
 
@@ -194,6 +204,25 @@ def test_rounds_endpoint_and_a_data_scientist_sees_no_audit_and_no_buttons(open_
         rounds = client.get(f"/api/v1/models/{TASK}/versions/2/rounds").json()
         assert [p["value"] for p in rounds["rounds"]["auroc"]] == ROUNDS["2"]
         assert client.get(f"/api/v1/models/{TASK}/versions/99/rounds").status_code == 404
+        curves = client.get("/api/v1/models/referral_risk/versions/2/curves").json()["sites"]
     page = open_page()
     log_in(page, console, "data_scientist")
     assert page.is_hidden("#view-audit") and page.locator(".version-card textarea, .version-card button").count() == 0
+
+    # ROC and calibration per site: none for triage (not binary), two versions overlaid for referral risk.
+    assert "二分类" in page.inner_text("#curves")
+    page.select_option("#task-select", "referral_risk")
+    page.wait_for_selector("#curves .site-curves[data-site=clinic_c]")
+    assert page.locator("#curves .site-curves").evaluate_all("cs => cs.map(c => c.dataset.site)") == [
+        "clinic_a", "clinic_b", "clinic_c"]
+    assert page.locator("#curves svg.roc").count() == 3 and page.locator("#curves svg.calibration").count() == 3
+    a = page.locator("#curves .site-curves[data-site=clinic_a]")
+    assert a.locator("polyline.roc-line").count() == 2  # versions 1 and 2
+    # A dot per threshold the site kept, one per bin it released.
+    assert a.locator("circle.roc-point.series-1").count() == len(curves["clinic_a"]["roc"]) - 2
+    assert a.locator("circle.cal-bin.series-1").count() == len(curves["clinic_a"]["calibration"])
+    c = page.locator("#curves .site-curves[data-site=clinic_c]")  # released for version 2 only
+    assert c.locator("polyline.roc-line").count() == 1 and "版本 1：未发布" in c.inner_text()
+    page.screenshot(path=str(DOCS / "console-curves.png"), full_page=True)
+    page.click("#lang-toggle")
+    assert "v1: not released" in c.inner_text() and "risk ≥" in a.locator("circle.roc-point").first.inner_html()

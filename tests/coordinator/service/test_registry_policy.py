@@ -11,12 +11,17 @@ import yaml
 from coordinator.derived_versions import derive_tier_policy_version, discard_version
 from coordinator.outcome import FederationOutcome
 from coordinator.registry import register_outcome
+from coordinator.service.curves import version_curves
+from coordinator.service.versions import ModelRegistry
+from federation.curves import read_curves
 from federation.errors import RegistryError
 from models.encoding import Encoder
 from models.errors import BundleError, PolicyError
 from models.policy import TierPolicy, load_policy
 from node_agent.distribution import load_task_model
 from tests.coordinator.service.bundle_registry import untrained_models
+from tests.coordinator.service.test_curves import BROKEN
+from tests.coordinator.service.test_curves import SITES as CURVES
 
 TASK = "referral_risk"
 STRICTER = TierPolicy(tertiary={"triage_at_most": 1, "risk_at_least": 0.5}, county={"triage_at_most": 2, "risk_at_least": 0.15},
@@ -29,7 +34,8 @@ def registered(tmp_path):
     outcome = FederationOutcome(task=model.spec, encoding=model.encoding, flat=model.flat,
                                 n_inputs=Encoder(model.spec, model.encoding).width, calibration=model.calibration,
                                 sites={"clinic_a": {"auroc": 0.74, "n": 50.0}, "clinic_b": {"auroc": 0.70, "n": 40.0}},
-                                rounds=[{"round": 1, "auroc": 0.66}, {"round": 2, "auroc": 0.71}])
+                                rounds=[{"round": 1, "auroc": 0.66}, {"round": 2, "auroc": 0.71}],
+                                site_curves=CURVES | {"clinic_c": BROKEN})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     return uri, register_outcome(outcome, tracking_uri=uri, policy=load_policy()), model
 
@@ -65,6 +71,11 @@ def test_the_derived_version_is_the_base_with_the_new_policy(registered, tmp_pat
     assert card_json["change"]["previous_tier_policy"] == load_policy().model_dump()
     assert yaml.safe_load(mlflow.artifacts.load_text(f"runs:/{new.run_id}/tier_policy.yaml")) == STRICTER.model_dump()
     assert mlflow.artifacts.load_text(f"runs:/{new.run_id}/task.yaml") == mlflow.artifacts.load_text(f"runs:/{old.run_id}/task.yaml")
+    # The sites' curves went to MLflow with the run, and the derived version (the same model) keeps them;
+    # clinic_c's numbers break the protocol's rules and are not served.
+    curves = [version_curves(ModelRegistry(uri), TASK, v) for v in ("1", "2")]
+    assert curves[0].sites == curves[1].sites and sorted(curves[0].sites) == ["clinic_a", "clinic_b"]
+    assert [p.tpr for p in curves[0].sites["clinic_a"].roc] == [p.tpr for p in read_curves(CURVES["clinic_a"]).roc]
     # Loading the version through MLflow gives the base's logged model (the same weights).
     mlflow.set_tracking_uri(uri)
     assert mlflow.pytorch.load_model(f"models:/fenji-{TASK}/2") is not None
