@@ -26,6 +26,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from coordinator.aggregator import Aggregator
 from coordinator.errors import AggregateCheckError, NotEnoughSitesError
+from coordinator.quorum import QuorumGrid
 from coordinator.streaming import RunningSum
 from federation.errors import CiphertextError
 from federation.keyholder_api import Decryptor, DecryptRequest
@@ -243,12 +244,15 @@ class ScreenedFedAvg(FedAvg):
     """FedAvg that screens every train and evaluate reply first (plaintext updates).
 
     ``n_params`` is the length of the flat model; each reply is weighted by its ``num-examples``.
+    With ``node_timeout``, a round waits that long for ``min_available_nodes`` connected sites, then
+    fails naming those gone (``coordinator.quorum``); Flower's own wait has no end.
     """
 
-    def __init__(self, *, screen: ReplyScreen, n_params: int, **kwargs) -> None:
+    def __init__(self, *, screen: ReplyScreen, n_params: int, node_timeout: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.screen = screen
         self.n_params = n_params
+        self.node_timeout = node_timeout
         self._sent: dict[str, set[int]] = {"train": set(), "evaluate": set()}
         self.update_bytes: list[float] = []  # per round: the mean bytes of an update a site sent
 
@@ -258,15 +262,24 @@ class ScreenedFedAvg(FedAvg):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round, arrays, config, grid))
+        messages = list(super().configure_train(server_round, arrays, config,
+                                                self._quorum(grid, "train", server_round)))
         self._sent["train"] = {m.metadata.dst_node_id for m in messages}
         return messages
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        messages = list(super().configure_evaluate(server_round, arrays, config,
+                                                   self._quorum(grid, "evaluate", server_round)))
         self._sent["evaluate"] = {m.metadata.dst_node_id for m in messages}
         return messages
+
+    def _quorum(self, grid: Grid, phase: str, server_round: int) -> Grid:
+        if self.node_timeout is None:
+            return grid
+        return QuorumGrid(grid, min_sites=self.min_available_nodes, timeout=self.node_timeout,
+                          label=f"{phase} (round {server_round})", names=self.screen.site_of,
+                          expected={*self.screen.site_of, *self._sent["train"], *self._sent["evaluate"]})
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 
 import tenseal as ts
 from flwr.app import Message, RecordDict
+from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=E0611
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
@@ -32,12 +34,23 @@ POLL_SECONDS = 0.05
 
 def stream_replies(grid: Grid, messages: Iterable[Message], *, timeout: float | None) -> Iterator[Message]:
     """Push ``messages``, then yield each reply as soon as it has been pulled (until all have
-    answered or ``timeout`` seconds have passed; ``None`` waits for all)."""
-    waiting = set(grid.push_messages(messages))
+    answered or ``timeout`` seconds have passed; ``None`` waits for all).
+
+    The SuperLink answers itself for a node it finds offline (an error reply, "Node Unavailable",
+    from its own node id): such a reply is put down to the node the message was sent to, so that the
+    reply screen names that site, not the SuperLink."""
+    messages = list(messages)  # Flower's grids read them twice
+    ids = list(grid.push_messages(messages))
+    sent_to = {i: m.metadata.dst_node_id for i, m in zip(ids, messages) if i is not None and isinstance(m, Message)}
+    waiting = {i for i in ids if i is not None}
     deadline = None if timeout is None else time.monotonic() + timeout
     while waiting:
         pulled = list(grid.pull_messages(waiting))
         waiting.difference_update(m.metadata.reply_to_message_id for m in pulled)
+        for reply in pulled:
+            node = sent_to.get(reply.metadata.reply_to_message_id)
+            if node is not None and reply.metadata.src_node_id == SUPERLINK_NODE_ID and reply.has_error():
+                reply.metadata.__dict__["_src_node_id"] = node  # as Flower sets its own ids (no setter)
         while pulled:
             yield pulled.pop(0)  # handed over one at a time: the caller drops each before the next
         if not waiting or (deadline is not None and time.monotonic() >= deadline):
@@ -65,6 +78,9 @@ class StreamingGrid(Grid):
 
     def get_node_ids(self) -> Iterable[int]:
         return self._grid.get_node_ids()
+
+    def get_nodes(self) -> Iterable[NodeInfo]:
+        return self._grid.get_nodes()
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self._grid.push_messages(messages)

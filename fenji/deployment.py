@@ -5,44 +5,92 @@ over its HTTP API (``FENJI_KEYHOLDER_URL``, with the coordinator's ``FENJI_KEYHO
 holder is another party's service, and the SuperNodes encrypt only under the public context it
 signed. After the run, the model is registered and the run audited in the coordinator's
 ``FENJI_HOME``, as ``fenji sim --register`` does.
+
+The run also reports itself in its own log, one ``fenji-event {json}`` line per completed round
+(``round``), then ``result`` or ``failed`` (with the sites left out and why). Flower carries that log
+to ``flwr run --stream`` and ``flwr log`` over its Control API; the coordinator service's job runner
+(``fenji.deployment_jobs``) reads these lines (``read_event``) for a job's progress and record.
 """
 
 from __future__ import annotations
 
+import json
+from logging import INFO
+from typing import Any
+
 from flwr.app import Context
+from flwr.common.logger import log as flwr_log
 from flwr.serverapp import Grid, ServerApp
 
 from coordinator.audit import AuditLog
 from coordinator.keyholder_client import KeyHolderClient
-from coordinator.outcome import RunSettings
+from coordinator.outcome import FederationOutcome, RunSettings
 from coordinator.registry import register_outcome
 from coordinator.server_app import run_federation
 from coordinator.settings import load_coordinator_settings
+from coordinator.strategy import ReplyScreen
 from federation.errors import SettingsError
-from models.errors import FenjiError
+from models.errors import FenjiError, first_line
 
-__all__ = ["app"]
+__all__ = ["EVENT_PREFIX", "app", "read_event", "report"]
+
+EVENT_PREFIX = "fenji-event "
 
 app = ServerApp()
 
 
+def report(event: str, **payload: Any) -> None:
+    """One ``fenji-event`` line in the run's log (``read_event`` reads it back)."""
+    line = json.dumps({"event": event, **payload}, default=float, separators=(",", ":"))
+    flwr_log(INFO, "%s%s", EVENT_PREFIX, line)
+
+
+def read_event(line: str) -> dict[str, Any] | None:
+    """The event a log line reports (``{"event": "round" | "result" | "failed", ...}``), or None."""
+    at = line.find(EVENT_PREFIX)
+    if at < 0:
+        return None
+    try:
+        event = json.loads(line[at + len(EVENT_PREFIX):].strip())
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
+def _report_round(server_round: int, metrics: dict[str, float]) -> None:
+    report("round", round=server_round, metrics=metrics)
+
+
+def _result(outcome: FederationOutcome, model: str, version: str) -> dict[str, Any]:
+    return {"sites": outcome.sites, "excluded": [e.to_dict() for e in outcome.excluded], "model": model,
+            "version": version, "encrypted": outcome.encrypted, "seconds": round(outcome.seconds, 2),
+            "calibration": outcome.calibration.kind, "train_rows": outcome.train_rows,
+            "personalisation": outcome.personalisation, "site_audit_heads": outcome.site_audit_heads,
+            "site_reports": outcome.site_reports, "last_seen": outcome.last_seen}
+
+
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
-    settings = RunSettings.from_run_config(dict(context.run_config))
     coordinator = load_coordinator_settings()
+    run_config = dict(context.run_config)
+    screen: ReplyScreen | None = None
     try:
+        settings = RunSettings.from_run_config(run_config)
         key_holder = None
         if settings.encrypt:
             if not coordinator.keyholder_url:
                 raise SettingsError("an encrypted run needs the key holder: set FENJI_KEYHOLDER_URL and "
                                     "FENJI_KEYHOLDER_TOKEN where the SuperLink runs")
             key_holder = KeyHolderClient(coordinator.keyholder_url, coordinator.keyholder_token)
-        outcome = run_federation(grid, settings, key_holder)
+        screen = ReplyScreen(min_sites=settings.min_sites, aggregator=None)  # run_federation completes it
+        outcome = run_federation(grid, settings, key_holder, on_round=_report_round, screen=screen)
     except FenjiError as exc:  # a refused or failed run is part of the record too
+        left_out = [e.to_dict() for e in screen.named()] if screen is not None else []
         AuditLog(coordinator.audit_path).append(
-            actor="coordinator", action="training-run-failed", task=settings.task.name, rounds=settings.rounds,
-            encrypted=settings.encrypt, reason=str(exc), error=type(exc).__name__, engine="deployment",
-            flower_run_id=context.run_id)
+            actor="coordinator", action="training-run-failed", task=str(run_config.get("task", "")),
+            rounds=run_config.get("num-server-rounds"), encrypted=run_config.get("encrypt"), reason=str(exc),
+            error=type(exc).__name__, engine="deployment", flower_run_id=context.run_id, excluded=left_out)
+        report("failed", error=type(exc).__name__, reason=first_line(exc), excluded=left_out)
         raise
     registered = register_outcome(outcome, tracking_uri=coordinator.tracking_uri,
                                   extra_params={"engine": "deployment", "flower-run-id": context.run_id})
@@ -52,3 +100,4 @@ def _deployment_main(grid: Grid, context: Context) -> None:
         run_id=registered.run_id, engine="deployment", flower_run_id=context.run_id,
         excluded=[e.to_dict() for e in outcome.excluded], site_audit_heads=outcome.site_audit_heads,
     )
+    report("result", **_result(outcome, registered.name, str(registered.version)))

@@ -1,5 +1,6 @@
 """The coordinator's training jobs on Flower's simulation engine, over local site folders: the
 ``JobRunner`` the embedded demo's ``fenji coordinator serve`` injects (``coordinator.service.jobs``).
+With ``FENJI_SUPERLINK`` set, jobs run on the deployment engine instead (``fenji.deployment_jobs``).
 
 The coordinator may not import the simulation (import-linter's layers), so this shell composes them:
 the root command puts ``runner_from_settings`` in the click context, and ``serve`` calls it.
@@ -13,9 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coordinator.service.errors import JobCancelled, JobFailed
-from coordinator.service.jobs import JobRequest, JobResult, RoundCallback
+from coordinator.service.jobs import JobRequest, JobResult, JobRunner, RoundCallback
 from coordinator.service.queries import QueryRequest, result_of
+from coordinator.service.sites import sightings_of
 from coordinator.settings import CoordinatorSettings
+from federation.errors import SettingsError
+from fenji import surveillance_jobs
 from models.errors import FenjiError
 
 if TYPE_CHECKING:
@@ -74,7 +78,8 @@ class SimulationRunner:
             site_dirs = site_dirs_of(self.sites_dir)
             outcome = run_simulated_federation(
                 spec, site_dirs, rounds=request.rounds, encrypt=self.encrypt, keyholder_home=self.keyholder_home,
-                dp_epsilon=request.dp_epsilon, on_round=on_round, client_mods=self.client_mods, approve=self.approve)
+                dp_epsilon=request.dp_epsilon, on_round=on_round, client_mods=self.client_mods, approve=self.approve,
+                personalisation=request.personalisation)
         except JobCancelled:
             raise
         except FenjiError as exc:
@@ -87,6 +92,8 @@ class SimulationRunner:
                      "engine": "simulation"})
         if request.personalisation:
             result.details["personalisation"] = outcome.personalisation
+        # What the run learnt of each site (last reply, report, audit head); every folder is an enrolled site.
+        result.sightings = sightings_of(outcome, enrolled=[d.name for d in site_dirs])
         if self.tracking_uri:
             from coordinator.registry import register_outcome
 
@@ -102,18 +109,39 @@ class SimulationRunner:
         from simulation.analytics import run_simulated_query
         from simulation.engine import site_dirs_of
 
+        if surveillance_jobs.is_surveillance(request.query):  # syndromic surveillance (fenji.surveillance_jobs)
+            return surveillance_jobs.answer(request.query, site_dirs_of(self.sites_dir), task=request.task,
+                                            keyholder_home=self.keyholder_home, encrypt=self.encrypt,
+                                            approve=self.approve)
         result = run_simulated_query(request.query, site_dirs_of(self.sites_dir), task=load_task(request.task),
                                      keyholder_home=self.keyholder_home, encrypt=self.encrypt, allow=self.approve)
         return result_of(result)
 
 
-def runner_from_settings(settings: CoordinatorSettings) -> SimulationRunner | None:
-    """The runner of ``FENJI_SITES_DIR``'s site folders, registering in the coordinator's registry and
-    using the key holder folder ``fenji sim`` uses; ``None`` when ``FENJI_SITES_DIR`` is unset."""
+def runner_from_settings(settings: CoordinatorSettings) -> JobRunner | None:
+    """With ``FENJI_SUPERLINK`` (a SuperLink connection of ``$FLWR_HOME/config.toml``), the deployment
+    engine's runner of the app ``FENJI_FLWR_APP`` (default: this source checkout); else the runner of
+    ``FENJI_SITES_DIR``'s site folders, registering in the coordinator's registry and using the key
+    holder folder ``fenji sim`` uses; ``None`` when neither is set.
+
+    Raises
+    ------
+    SettingsError
+        If ``FENJI_SUPERLINK`` is set but there is no Flower app to submit.
+    """
     from fenji.settings import load_shell_settings
     from keyholder.settings import load_keyholder_settings
 
-    sites_dir = load_shell_settings().sites_dir
+    shell = load_shell_settings()
+    if shell.superlink:
+        from fenji.deployment_jobs import DeploymentRunner
+
+        app = shell.flwr_app or Path(__file__).resolve().parents[1]
+        if not (app / "pyproject.toml").is_file():
+            raise SettingsError(f"FENJI_SUPERLINK is set but {app} is not a Flower app folder: set FENJI_FLWR_APP to "
+                                "the Fenji release checkout whose bundle the clinics approved")
+        return DeploymentRunner(app, shell.superlink)
+    sites_dir = shell.sites_dir
     if sites_dir is None:
         return None
     keyholder = load_keyholder_settings(home=settings.home)

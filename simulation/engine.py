@@ -220,6 +220,7 @@ def run_simulated_federation(
     client_mods: Sequence[Mod] = (),
     approve: bool = True,
     packed: bool = True,
+    personalisation: bool = True,
 ):
     """Run statistics + ``rounds`` rounds of (encrypted) FedAvg over the site folders.
 
@@ -232,6 +233,7 @@ def run_simulated_federation(
     around every site's ClientApp
     (outermost first): the seam to stage a misbehaving site. The outcome's ``excluded`` lists the
     replies left out.
+    With ``personalisation`` off the sites skip their personalisation step at the end.
 
     Raises
     ------
@@ -252,7 +254,7 @@ def run_simulated_federation(
     settings = RunSettings(
         task=spec, rounds=rounds, encrypt=encrypt, min_sites=keyholder_settings.min_sites, local_epochs=local_epochs,
         learning_rate=learning_rate, proximal_mu=proximal_mu, seed=seed, dp_epsilon=dp_epsilon, dp_delta=dp_delta,
-        packed=packed,
+        packed=packed, personalisation=personalisation,
     )
     if approve:
         approve_at_sites(site_dirs, spec, rounds=rounds, dp=(dp_epsilon, dp_delta) if dp_epsilon else None,

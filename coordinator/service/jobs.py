@@ -35,10 +35,19 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.service import chain, queries
+from coordinator.service import sites as known_sites  # "sites" is a parameter name here
+from coordinator.service.access import Role
 from coordinator.service.accounts import now
 from coordinator.service.anchoring import AnchorClient
 from coordinator.service.db import Account, Job
-from coordinator.service.errors import Conflict, JobCancelled, JobFailed, NotFound
+from coordinator.service.errors import (
+    Conflict,
+    Forbidden,
+    JobCancelled,
+    JobFailed,
+    NotFound,
+)
+from coordinator.service.sites import Sighting
 from models.errors import first_line
 
 __all__ = ["FINISHED", "RESTARTED", "WORKER", "JobQueue", "JobRequest", "JobResult", "JobRunner", "RoundCallback",
@@ -66,13 +75,15 @@ class JobRequest:
 @dataclass
 class JobResult:
     """What a finished run produced: each site's released metrics, the replies left out on the way
-    (each ``{"site", "phase", "round", "reason"}``), and the registered model version if any."""
+    (each ``{"site", "phase", "round", "reason"}``), and the registered model version if any.
+    ``sightings`` (``coordinator.service.sites.sightings_of``) are kept per site, not in the job's result."""
 
     sites: dict[str, dict[str, float]] = field(default_factory=dict)
     excluded: list[dict[str, Any]] = field(default_factory=list)
     model: str | None = None
     version: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    sightings: dict[str, Sighting] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sites": self.sites, "excluded": self.excluded, "model": self.model, "version": self.version,
@@ -110,16 +121,22 @@ def get(session: Session, job_id: int) -> Job:
 def cancel(session: Session, account: Account, job_id: int) -> Job:
     """Cancel a queued job now, or ask a running one to stop after its current round (audited); committed.
 
+    A data scientist cancels only the jobs they submitted; commissioners and coordinator admins any.
+
     Raises
     ------
     NotFound
         If there is no such job.
+    Forbidden
+        If a data scientist asks to cancel someone else's job.
     Conflict
         If it has finished already.
     """
     job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one_or_none()
     if job is None:
         raise NotFound(f"no job {job_id}")
+    if account.role == Role.DATA_SCIENTIST.value and job.submitted_by != account.name:
+        raise Forbidden(f"job {job_id} was submitted by {job.submitted_by}: a data scientist cancels only their own jobs")
     if job.status in FINISHED:
         raise Conflict(f"job {job_id} has {job.status} already")
     if job.status == QUEUED:
@@ -232,9 +249,11 @@ class JobQueue:
         except Exception as exc:  # noqa: BLE001 - every way a run ends is recorded, none leaves it "running"
             self._record_failure(request.id, exc)
             return True
-        self._finish(request.id, SUCCEEDED, "job-succeeded", result=result.to_dict(),
+        heads = {name: seen.audit_head for name, seen in result.sightings.items() if seen.audit_head}
+        self._finish(request.id, SUCCEEDED, "job-succeeded", result=result.to_dict(), sightings=result.sightings,
                      details={"model": result.model, "version": result.version,
-                              "excluded": result.excluded, "sites": sorted(result.sites)})
+                              "excluded": result.excluded, "sites": sorted(result.sites)}
+                     | ({"site_audit_heads": heads} if heads else {}))
         return True
 
     def _round_callback(self, job_id: int) -> RoundCallback:
@@ -266,10 +285,13 @@ class JobQueue:
 
     def _finish(self, job_id: int, status: str, action: str, *, error: str | None = None, reason: str | None = None,
                 sites: list[dict[str, Any]] | None = None, result: dict[str, Any] | None = None,
-                details: dict[str, Any] | None = None) -> None:
-        """Set a running job's final state with its audit entry, in one transaction, then anchor."""
+                details: dict[str, Any] | None = None, sightings: dict[str, Sighting] | None = None) -> None:
+        """Set a running job's final state with its audit entry (and what it learnt of each site), in one
+        transaction, then anchor."""
         with self.sessions() as session:
             job = session.execute(select(Job).where(Job.id == job_id).with_for_update()).scalar_one()
+            if sightings:
+                known_sites.record(session, sightings, job_id=job_id, task=job.task)
             job.status, job.finished_at, job.error, job.reason = status, now(), error, reason
             job.sites_json = json.dumps(sites or [])
             if result is not None:

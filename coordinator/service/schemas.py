@@ -174,8 +174,8 @@ class JobCreate(BaseModel):
     rounds: int = Field(ge=1, le=1000, description="Federated training rounds")
     dp_epsilon: float | None = Field(None, gt=0, le=1000, description="Ask the sites for DP-SGD at this epsilon "
                                      "per run (each site books it in its own ledger); none: the sites' own policy")
-    personalisation: bool = Field(True, description="Report each site's personalised model (chosen at the site "
-                                  "on its own rows) with the result")
+    personalisation: bool = Field(True, description="Each site fits a personalised model on its own rows at the "
+                                  "end and reports its metrics; false: the sites skip that step")
 
 
 class SiteProblem(BaseModel):

@@ -43,15 +43,10 @@ from node_agent.policy import fab_digest
 from node_agent.store import SiteStore
 from simulation.engine import approve_at_sites
 from simulation.synth import ClinicProfile, write_federation
-from tests.fenji.test_deployment_engine import (
-    MAKE_TLS,
-    QUIET,
-    ROOT,
-    Processes,
-    _free_port,
-    _tail,
-    _wait_https,
-)
+from tests.fenji.flower_processes import MAKE_TLS, QUIET, ROOT, Processes
+from tests.fenji.flower_processes import free_port as _free_port
+from tests.fenji.flower_processes import tail as _tail
+from tests.fenji.flower_processes import wait_https as _wait_https
 
 CONNECTION = "fenji-tls"
 RUN_CONFIG = "num-server-rounds=1 min-sites=1"

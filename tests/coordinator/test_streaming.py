@@ -119,3 +119,32 @@ def test_the_streaming_grid_streams_and_delegates():
     wrapped = StreamingGrid(grid)
     assert wrapped.push_messages(["x"]) == ["x"]
     assert [m.metadata.reply_to_message_id for m in wrapped.send_and_receive(["x"], timeout=1.0)] == ["x"]
+
+
+def test_a_reply_the_superlink_sends_for_an_offline_node_is_put_down_to_that_node():
+    """Flower's SuperLink answers for a node that missed its heartbeats with an error from itself
+    (node 1): the screen must name the site that did not answer, not the SuperLink."""
+    from flwr.app import Metadata, RecordDict
+    from flwr.server.superlink.linkstate.utils import (
+        create_message_error_unavailable_res_message,
+    )
+
+    from coordinator.strategy import ReplyScreen
+
+    sent = Message(RecordDict(), metadata=Metadata(run_id=1, message_id="m7", src_node_id=1, dst_node_id=7,
+                                                   reply_to_message_id="", group_id="1", created_at=0.0, ttl=60.0,
+                                                   message_type="train"))
+
+    class Offline:
+        def push_messages(self, messages):
+            return [m.metadata.message_id for m in messages]
+
+        def pull_messages(self, ids):
+            return [create_message_error_unavailable_res_message(sent.metadata, "node_unavail")]
+
+    (reply,) = stream_replies(Offline(), [sent], timeout=1.0)
+    assert reply.has_error() and reply.metadata.src_node_id == 7
+    screen = ReplyScreen(min_sites=0, aggregator=None)
+    screen.site_of[7] = "clinic_d"
+    assert screen.usable([reply], phase="train", server_round=1, expected_nodes=[7]) == []
+    assert [(e.label, e.reason[:36]) for e in screen.named()] == [("clinic_d", "error reply: Error: Node Unavailable")]

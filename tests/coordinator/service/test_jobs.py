@@ -125,6 +125,29 @@ def test_a_queued_job_is_cancelled_at_once_and_a_finished_one_not_again(service)
                                                  ("job-cancelled", "admin")]
 
 
+def test_a_data_scientist_cancels_only_their_own_jobs_commissioners_and_admins_any(service):
+    from coordinator.service.access import Role
+    from coordinator.service.accounts import add_account
+
+    with service.coordinator.sessions() as session:
+        other = add_account(session, name="another data scientist", role=Role.DATA_SCIENTIST, actor="test")[1]
+    mine, theirs, third = submit(service), submit(service), submit(service, who="admin")
+    with service.client() as client:
+        client.headers["Authorization"] = f"Bearer {other}"
+        refused = client.post(f"/api/v1/jobs/{theirs['id']}/cancel")
+        assert refused.status_code == 403 and "only their own" in refused.json()["detail"]
+        assert client.post(f"/api/v1/jobs/{third['id']}/cancel").status_code == 403  # an admin's job too
+    with service.client("data_scientist") as client:
+        assert client.post(f"/api/v1/jobs/{mine['id']}/cancel").json()["status"] == "cancelled"
+        assert client.post(f"/api/v1/jobs/{third['id']}/cancel").status_code == 403
+    with service.client("commissioner") as client:
+        assert client.post(f"/api/v1/jobs/{theirs['id']}/cancel").json()["status"] == "cancelled"
+    with service.client("admin") as client:
+        assert client.post(f"/api/v1/jobs/{third['id']}/cancel").json()["status"] == "cancelled"
+    assert audit_actions(service, theirs["id"]) == [("job-submitted", "test data_scientist"),
+                                                    ("job-cancelled", "test commissioner")]  # the refusals changed nothing
+
+
 def test_a_running_job_is_cancelled_between_rounds(service, worker):
     seen: list[int] = []
     after_first, cancel_posted = threading.Event(), threading.Event()

@@ -1,0 +1,181 @@
+"""The coordinator's training jobs on Flower's deployment engine: the ``JobRunner`` that submits a job
+with ``flwr run`` to the SuperLink the clinics' SuperNodes are connected to, and follows it there.
+
+How a job is followed, and why so: the ServerApp (``fenji.deployment``) writes one ``fenji-event``
+line to its own log after every round and at its end (the result, or the failure with the sites left
+out). The runner reads those lines from ``flwr run --stream`` (``flwr log --stream`` if that stream
+is cut), reads the run's final status with ``flwr ls``, and stops a cancelled job with ``flwr stop``.
+Everything travels over Flower's own Control API, with the TLS trust and address the SuperLink
+connection in ``$FLWR_HOME/config.toml`` already gives ``flwr``: no port, endpoint or protocol of
+Fenji's own, and no disk shared between the service and the SuperLink's machine. What the log
+reports is a report; the model itself is in the registry the ServerApp wrote (``FENJI_HOME`` or
+``FENJI_MLFLOW_URI`` where the SuperLink runs: the coordinator service's own, for its console).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from coordinator.service.errors import JobCancelled, JobFailed
+from coordinator.service.jobs import JobRequest, JobResult, RoundCallback
+from coordinator.service.sites import Sighting
+from fenji.deployment import read_event
+
+__all__ = ["DeploymentRunner", "run_config_of"]
+
+_STARTED = re.compile(r"Successfully started run (\d+)")
+_CUT_STREAM_RETRIES = 3
+
+
+def run_config_of(request: JobRequest) -> str:
+    """The ``--run-config`` of a job: its task, rounds and personalisation (keys of ``pyproject.toml``).
+    DP is each site's own policy on this engine (``node_agent.admission``), so ``dp_epsilon`` is not sent."""
+    personalisation = "true" if request.personalisation else "false"
+    return f"task={json.dumps(request.task)} num-server-rounds={int(request.rounds)} personalisation={personalisation}"
+
+
+def _flwr() -> str:
+    beside = Path(sys.executable).with_name("flwr")  # the venv's own, when the service runs from one
+    return str(beside) if beside.exists() else (shutil.which("flwr") or "flwr")
+
+
+class _Progress:
+    """The run's events as they are read: each new round to ``on_round`` (a re-read stream repeats
+    rounds; each is passed on once), and the last ``result`` or ``failed`` event."""
+
+    def __init__(self, on_round: RoundCallback) -> None:
+        self.on_round, self.rounds_done, self.end = on_round, 0, None
+
+    def feed(self, line: str) -> None:
+        event = read_event(line)
+        if event is None:
+            return
+        if event["event"] == "round" and int(event.get("round", 0)) > self.rounds_done:
+            self.rounds_done = int(event["round"])
+            self.on_round(self.rounds_done, {k: float(v) for k, v in dict(event.get("metrics", {})).items()})
+        elif event["event"] in ("result", "failed"):
+            self.end = event
+
+
+class DeploymentRunner:
+    """Runs each job as a ``flwr run`` of ``app`` (the Fenji app folder whose bundle the clinics approved)
+    on the SuperLink connection ``superlink`` (a ``[superlink.<name>]`` of ``$FLWR_HOME/config.toml``).
+
+    ``flwr_home`` overrides ``FLWR_HOME`` for the ``flwr`` commands (a test's own); ``flwr`` is the CLI.
+    """
+
+    def __init__(self, app: Path, superlink: str, *, flwr_home: Path | None = None, flwr: str | None = None) -> None:
+        self.app, self.superlink = Path(app), superlink
+        self.flwr_home, self.flwr = flwr_home, flwr or _flwr()
+
+    def __str__(self) -> str:
+        return f"Flower's deployment engine: SuperLink {self.superlink!r}, app {self.app}"
+
+    def _env(self) -> dict[str, str] | None:
+        return None if self.flwr_home is None else {**os.environ, "FLWR_HOME": str(self.flwr_home)}
+
+    def _command(self, *args: str, timeout: float = 120) -> str:
+        done = subprocess.run([self.flwr, *args], capture_output=True, text=True, env=self._env(), timeout=timeout,
+                              stdin=subprocess.DEVNULL, check=False)
+        return done.stdout + done.stderr
+
+    def _follow(self, argv: list[str], read: Callable[[str], None]) -> str:
+        """Run ``flwr`` with ``argv`` and hand ``read`` each output line; the output's last 2000 characters.
+        A ``JobCancelled`` from ``read`` ends the command and is raised on."""
+        proc = subprocess.Popen([self.flwr, *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=self._env(), stdin=subprocess.DEVNULL, errors="replace")
+        tail = ""
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail = (tail + line)[-2000:]
+                read(line)
+        finally:
+            if proc.poll() is None:
+                proc.terminate()
+            proc.wait(timeout=30)
+        return tail
+
+    def status(self, run_id: int) -> tuple[str, str]:
+        """The run's status (``finished:completed``, ``running``, …) and its status details, from ``flwr ls``."""
+        out = self._command("ls", self.superlink, "--run-id", str(run_id), "--format", "json")
+        try:
+            run = json.loads(out[out.index("{"):])["runs"][0]
+        except (ValueError, KeyError, IndexError) as exc:
+            raise JobFailed(f"flwr ls could not say how run {run_id} ended: {out[-500:]}",
+                            error="FlowerUnavailable") from exc
+        return str(run.get("status", "")), str(run.get("status-details", ""))
+
+    def stop(self, run_id: int) -> None:
+        """Stop the run on the SuperLink (``flwr stop``)."""
+        self._command("stop", str(run_id), self.superlink)
+
+    def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult:
+        progress = _Progress(on_round)
+        started: list[int] = []
+
+        def read(line: str) -> None:
+            if not started and (match := _STARTED.search(line)):
+                started.append(int(match.group(1)))
+            progress.feed(line)
+
+        argv = ["run", str(self.app), self.superlink, "--run-config", run_config_of(request), "--stream"]
+        try:
+            tail = self._follow(argv, read)
+            if not started:
+                raise JobFailed(f"flwr run did not start the job on {self.superlink}: {tail.strip()[-500:]}",
+                                error="FlowerRunNotStarted")
+            status, details = self.status(started[0])
+            for _ in range(_CUT_STREAM_RETRIES):  # the log stream was cut before the run ended: follow it again
+                if status.startswith("finished"):
+                    break
+                self._follow(["log", str(started[0]), self.superlink, "--stream"], progress.feed)
+                status, details = self.status(started[0])
+            if not status.startswith("finished"):  # a run nobody follows is not left running
+                self.stop(started[0])
+                raise JobFailed(f"lost the log of run {started[0]} on {self.superlink} ({status}): stopped it",
+                                error="FlowerLogLost")
+        except JobCancelled:
+            if started:
+                self.stop(started[0])
+            raise
+        return self._outcome(request, started[0], status, details, progress.end)
+
+    def _outcome(self, request: JobRequest, run_id: int, status: str, details: str,
+                 end: dict[str, Any] | None) -> JobResult:
+        if status == "finished:completed" and end is not None and end["event"] == "result":
+            return _result(request, run_id, end)
+        if end is not None and end["event"] == "failed":
+            raise JobFailed(str(end.get("reason", details)), sites=_left_out(end.get("excluded", [])),
+                            error=str(end.get("error", "FederationFailed")))
+        raise JobFailed(f"run {run_id} on {self.superlink} ended {status or 'without a status'}"
+                        + (f": {details}" if details else ""), error="FlowerRunFailed")
+
+
+def _left_out(excluded: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The job record's ``{"site", "reason", "phase", "round"}`` of each reply the run left out."""
+    return [{"site": e.get("site") or f"node {e.get('node')}", "reason": e.get("reason", ""), "phase": e.get("phase"),
+             "round": e.get("round")} for e in excluded]
+
+
+def _result(request: JobRequest, run_id: int, end: dict[str, Any]) -> JobResult:
+    sites = {str(s): {k: float(v) for k, v in m.items()} for s, m in dict(end.get("sites", {})).items()}
+    result = JobResult(sites=sites, excluded=_left_out(end.get("excluded", [])), model=end.get("model"),
+                       version=None if end.get("version") is None else str(end["version"]),
+                       details={"seconds": end.get("seconds"), "encrypted": end.get("encrypted"),
+                                "calibration": end.get("calibration"), "train_rows": end.get("train_rows", {}),
+                                "engine": "deployment", "flower_run_id": run_id})
+    if request.personalisation:
+        result.details["personalisation"] = end.get("personalisation", {})
+    seen, reports, heads = (dict(end.get(k) or {}) for k in ("last_seen", "site_reports", "site_audit_heads"))
+    result.sightings = {name: Sighting(last_seen=seen.get(name), report=reports.get(name), audit_head=heads.get(name, ""))
+                        for name in sorted(set(seen) | set(reports) | set(sites))}
+    return result
