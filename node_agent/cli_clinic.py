@@ -1,6 +1,8 @@
-"""``fenji node personalise / personalised / ingest-outcomes / quality``: the clinic's own learning loop.
+"""``fenji node personalise / personalised / use-model / ingest-outcomes / quality``: the clinic's own
+learning loop.
 
-Thin wrappers: ``node_agent.personalised`` (the site's personalised models), ``node_agent.outcome_rows``
+Thin wrappers: ``node_agent.personalised`` (the site's personalised models), ``node_agent.distribution``
+(which registered task each slot serves), ``node_agent.outcome_rows``
 (decisions with outcomes as training rows) and ``node_agent.quality`` (the decision-quality review).
 """
 
@@ -67,6 +69,26 @@ def personalised_command(
     console.print(f"Personalised models {switch.value} at {site_dir} (reload or restart `fenji node serve`).")
 
 
+def use_model_command(
+    task: Annotated[str, typer.Argument(help="The registered task to serve, e.g. referral_risk_text (or "
+                                             "referral_risk to go back).")],
+    site_dir: SiteDir,
+) -> None:
+    """Serve this task in the slot that predicts its label (referral_risk_text in referral_risk, …).
+
+    Takes effect when `fenji node serve` next starts (a model that reads other inputs changes the
+    page's form, so a reload refuses it); then run `fenji node personalise` for that slot again (a
+    personalised model of the other task is not served).
+    """
+    from node_agent.distribution import serve_task
+
+    site_folder(site_dir, SiteDataError, must_exist=True)
+    slot = serve_task(site_dir, task)
+    node_audit(site_dir).append(actor="site-admin", action="served-task", slot=slot, task=task)
+    console.print(f"The {slot} slot serves [bold]{escape(task)}[/] once `fenji node serve` restarts; then "
+                  f"`fenji node personalise --task {slot}` again.")
+
+
 def ingest_outcomes_command(site_dir: SiteDir, task: Tasks = None) -> None:
     """Turn the doctors' decisions with recorded outcomes into training rows of the site's store.
 
@@ -116,5 +138,6 @@ def quality_command(
 def register(app: typer.Typer) -> None:
     app.command("personalise")(personalise_command)
     app.command("personalised")(personalised_command)
+    app.command("use-model")(use_model_command)
     app.command("ingest-outcomes")(ingest_outcomes_command)
     app.command("quality")(quality_command)

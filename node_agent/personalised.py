@@ -115,19 +115,23 @@ def load_personalised(site_dir: Path, task: str) -> tuple[PersonalisedInfo, Task
     return info, TaskModel(spec, encoding, flat, calibration, info.ref())
 
 
-def _production(site_dir: Path, task: str) -> tuple[str, str]:
-    """(version, digest) of the global model of ``task`` this node last fetched and verified."""
+def _production(site_dir: Path, slot: str) -> tuple[str, str, str]:
+    """(registered task, version, digest) of the global model this node last fetched and verified for
+    ``slot`` (``node_agent.distribution``: a slot may serve another task with its label)."""
     state_file = Path(site_dir) / "models" / "current.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
-    if task not in state:
-        raise RegistryError(f"no production {task} model on this node yet: start `fenji node serve` once to fetch it")
-    return str(state[task]["version"]), str(state[task]["digest"])
+    if slot not in state:
+        raise RegistryError(f"no production {slot} model on this node yet: start `fenji node serve` once to fetch it")
+    entry = state[slot]
+    return str(entry.get("task", slot)), str(entry["version"]), str(entry["digest"])
 
 
 def personalise_site(site_dir: Path, task: str, *, config: TrainConfig | None = None) -> PersonalisedInfo:
-    """Adapt this node's production global model of ``task`` to the site's rows and save it.
+    """Adapt this node's production global model in slot ``task`` to the site's rows and save it.
 
-    Only the site's own training rows are read; the result stays under ``<site>/personalised/``.
+    Only the site's own training rows are read; the result stays under ``<site>/personalised/``. The
+    slot's model is the registered task the site serves in it (e.g. ``referral_risk_text`` in
+    ``referral_risk``), whose rows are read; ``PersonalisedInfo.task`` names that task.
 
     Raises
     ------
@@ -137,11 +141,11 @@ def personalise_site(site_dir: Path, task: str, *, config: TrainConfig | None = 
         If the site has no training rows for the task.
     """
     site_dir = Path(site_dir)
-    version, digest = _production(site_dir, task)
-    version_dir = site_dir / "models" / task / version
+    registered, version, digest = _production(site_dir, task)
+    version_dir = site_dir / "models" / registered / version
     if bundle_digest(version_dir / "bundle") != digest:
-        raise RegistryError(f"the cached {task} version {version} changed on disk; fetch it again")
-    base, _, policy = load_bundle_model(version_dir, task, version)
+        raise RegistryError(f"the cached {registered} version {version} changed on disk; fetch it again")
+    base, _, policy = load_bundle_model(version_dir, registered, version)
     data = load_site_data(site_dir, base.spec)
     chosen = personalise(data, base.encoding, base.flat, base.calibration, config or TrainConfig.from_spec(base.spec))
     folder = _folder(site_dir, task)
@@ -149,7 +153,7 @@ def personalise_site(site_dir: Path, task: str, *, config: TrainConfig | None = 
     shutil.rmtree(staging, ignore_errors=True)
     sha = write_bundle(staging / "bundle", spec=base.spec, encoding=base.encoding, calibration=chosen.calibration,
                        policy=policy, flat=get_flat(chosen.model))
-    info = PersonalisedInfo(task=task, method=chosen.choice, base_version=version, base_digest=digest,
+    info = PersonalisedInfo(task=registered, method=chosen.choice, base_version=version, base_digest=digest,
                             created_at=datetime.now(timezone.utc), bundle_sha256=sha, rows=len(data.train_frame),
                             validation_log_loss=chosen.validation_log_loss)
     (staging / INFO_FILE).write_text(info.model_dump_json(indent=2), encoding="utf-8")
@@ -189,10 +193,15 @@ def apply_personalisation(site_dir: Path, advisor: object) -> tuple[object, dict
             if info is None:
                 notes[task] = "global model: no personalised model at this site (`fenji node personalise`)"
                 continue
+            registered = advisor.tasks[task].spec.name  # the task this slot serves (node_agent.distribution)
+            if info.task != registered:
+                notes[task] = (f"global model: the personalised model was made from {info.task}, this clinic now "
+                               f"serves {registered}; run `fenji node personalise` again")
+                continue
             if info.method == "global":
                 notes[task] = "global model: this clinic's own validation rows chose the global model"
                 continue
-            production = Path(site_dir) / "models" / task / served.version / "bundle"
+            production = Path(site_dir) / "models" / registered / served.version / "bundle"
             digest = bundle_digest(production) if production.exists() else None
             if info.base_version != served.version or info.base_digest != digest:
                 notes[task] = (f"global model: the personalised model was derived from version {info.base_version}, "
@@ -206,7 +215,8 @@ def apply_personalisation(site_dir: Path, advisor: object) -> tuple[object, dict
                        f"{info.version}, `{info.method}` on {info.rows} of this clinic's rows "
                        f"({info.created_at:%Y-%m-%d %H:%M} UTC), from global version {info.base_version}. "
                        "It never leaves the clinic.\n")
-        notes[task] = f"personalised ({info.method}) from global version {info.base_version}"
+        notes[task] = (f"personalised ({info.method}) from global version {info.base_version}"
+                       + (f" of {info.task}" if info.task != task else ""))
     if all(tasks[t] is advisor.tasks[t] for t in tasks):
         return advisor, notes
     policy: TierPolicy = advisor.policy
