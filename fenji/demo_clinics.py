@@ -113,8 +113,8 @@ def _claim_sentence(task: str, report: dict) -> str:
     detail = "; ".join(f"{name} {_fmt(sites[name]['personalised']['auroc'])} vs {_fmt(sites[name]['local_only']['auroc'])}"
                        f" (pooled {_fmt(sites[name]['pooled'].get('auroc'))})" for name in losers)
     return (f"- {task}: mean AUROC of the clinics' models {_fmt(auroc['personalised'])} vs pooled {_fmt(auroc['pooled'])}: "
-            + ("within" if claim["within_0.02_of_pooled"] else "more than")
-            + " 0.02 of pooled; the clinic's model beats its local-only model (AUROC) at "
+            + ("within 0.02 of pooled" if claim["within_0.02_of_pooled"] else "more than 0.02 below pooled")
+            + "; the clinic's model beats its local-only model (AUROC) at "
             f"{len(sites) - len(losers)} of {len(sites)} clinics" + (f"; not at {detail}" if losers else ""))
 
 
