@@ -55,8 +55,9 @@ def after_demo(tmp_path_factory):
     def fenji(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run([_fenji(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
-    # One round per task keeps this short; the demo still ends by approving all three and a login.
-    demo = fenji("demo", "--rounds", "1", timeout=900)
+    # One round per task, and no *_text variants, keep this short; the demo still ends by approving
+    # all three and a login (the full demo is tests/fenji/test_e2e_clinical_demo.py).
+    demo = fenji("demo", "--rounds", "1", "--text-rounds", "0", timeout=900)
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     return cwd, env, fenji, demo
 
