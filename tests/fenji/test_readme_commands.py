@@ -93,7 +93,10 @@ def test_readme_using_it_commands_run_after_the_demo(after_demo):
     assert promote.returncode == 0, promote.stdout + promote.stderr
     registry = f"sqlite:///{(cwd / '.fenji' / 'mlflow.db').resolve()}"
     assert f"Model registry: {registry}" in promote.stdout
-    assert AuditLog(cwd / ".fenji" / "audit.jsonl").verify() == 3 + 3 + 1  # runs, the demo's and README's approvals
+    log = AuditLog(cwd / ".fenji" / "audit.jsonl")
+    log.verify()
+    actions = [entry["action"] for entry in log.entries()]  # the demo's surveillance step may add its own entry
+    assert actions.count("training-run") == 3 and actions.count("promotion") == 3 + 1, actions  # demo's + README's
     assert not (cwd / "mlruns").exists()
 
     # A clinic's own line, and the key holder's view, exactly as the README shows them.
