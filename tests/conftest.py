@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,15 +34,25 @@ def referral_spec():
 
 
 @pytest.fixture(scope="session")
-def small_federation(tmp_path_factory, referral_spec) -> list[Path]:
-    """Four small synthetic clinics, each ingested into its own DuckDB file."""
-    root = tmp_path_factory.mktemp("federation")
+def pristine_federation(tmp_path_factory, referral_spec) -> list[Path]:
+    """Four small synthetic clinics, each ingested into its own DuckDB file, that no test changes:
+    copy a site from here (``shutil.copytree``) when a test counts the site's own decisions."""
+    root = tmp_path_factory.mktemp("pristine-federation")
     sites = []
     for name, path, mapping in write_federation(root / "exports", clinics=SMALL_CLINICS, seed=7):
         with SiteStore(root / "sites" / name) as store:
             ingest_file(store, referral_spec, path, load_mapping(mapping))
         sites.append(root / "sites" / name)
     return sites
+
+
+@pytest.fixture(scope="session")
+def small_federation(tmp_path_factory, pristine_federation) -> list[Path]:
+    """The same four clinics, shared by the session's tests: runs on them leave approvals, audit
+    entries and budget charges behind, so a test that counts those copies `pristine_federation`."""
+    root = tmp_path_factory.mktemp("federation")
+    shutil.copytree(pristine_federation[0].parent.parent, root, dirs_exist_ok=True)
+    return [root / "sites" / site.name for site in pristine_federation]
 
 
 @pytest.fixture()

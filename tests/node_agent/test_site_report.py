@@ -28,11 +28,11 @@ def test_a_bucket_is_the_pair_of_edges_around_a_value_and_small_values_share_the
 
 
 @pytest.fixture()
-def site(tmp_path, small_federation, referral_spec):
+def site(tmp_path, pristine_federation, referral_spec):
     """site_b (200 rows) with a plan approved, a DP charge, a refused and two accepted runs, and the
     doctors' decisions of the quality review's test."""
     folder = tmp_path / "site_b"
-    shutil.copytree(small_federation[1], folder)
+    shutil.copytree(pristine_federation[1], folder)
     policy = load_site_policy(folder)
     policy.approve(referral_spec, by="test")
     policy.dp = DPPolicy(enabled=True, epsilon_per_run=1.5, budget_epsilon=10.0)
@@ -68,9 +68,9 @@ def test_the_report_holds_buckets_decisions_budget_and_only_the_released_quality
     assert dict(release(reply, load_site_policy(site)).content["report"]) == report
 
 
-def test_a_site_without_decisions_or_ledger_reports_what_it_has(tmp_path, small_federation, referral_spec):
+def test_a_site_without_decisions_or_ledger_reports_what_it_has(tmp_path, pristine_federation, referral_spec):
     folder = tmp_path / "site_d"
-    shutil.copytree(small_federation[3], folder)
+    shutil.copytree(pristine_federation[3], folder)
     report = site_report(folder, referral_spec.name)
     assert (report["rows-from"], report["rows-to"]) == (100.0, 200.0)
     assert report["plans-approved"] == 0.0 and report["runs-refused"] == 0.0 and report["dp-spent"] == 0.0
