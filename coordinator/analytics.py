@@ -31,14 +31,14 @@ from coordinator.strategy import (
     inputs_of,
     site_dp_of,
 )
-from coordinator.streaming import StreamingGrid
+from coordinator.streaming import RunningSum, StreamingGrid
 from federation.analytics import AnalyticsResult, canonical, decode, layout
 from federation.crypto import WIDE_SCALE_BITS
 from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 from models.spec import TaskSpec
 
-__all__ = ["PHASE", "run_query"]
+__all__ = ["PHASE", "query_run", "query_sum", "run_query"]
 
 PHASE = "analytics"
 MESSAGE_TYPE = "query.analytics"
@@ -47,6 +47,50 @@ MESSAGE_TYPE = "query.analytics"
 def _send(grid: Grid, nodes: list[int], content: RecordDict, timeout: float) -> Iterable[Message]:
     messages = [Message(content=content, message_type=MESSAGE_TYPE, dst_node_id=n) for n in nodes]
     return grid.send_and_receive(messages, timeout=timeout)
+
+
+def query_run(task: TaskSpec, key_holder: Decryptor | None, min_sites: int, key: str, query: str
+              ) -> tuple[str, ConfigRecord, Aggregator | None, int]:
+    """A new query's run: its id, the config of its one message to the sites (the task, the query
+    as ``key``: ``query``, and with a key holder its signed public context), the aggregator of its
+    encrypted answers (``None`` in plaintext) and min-sites (the key holder's, if higher)."""
+    run_id = uuid.uuid4().hex  # one run per query: the key holder decrypts each of its sums once
+    config = ConfigRecord({"task-json": task.model_dump_json(), "task-name": task.name, "run-id": run_id,
+                           key: query, "plaintext": key_holder is None})
+    aggregator = None
+    if key_holder is not None:
+        info = key_holder.info()
+        min_sites = max(min_sites, info.min_sites)
+        aggregator = Aggregator(info.public_context_bytes)
+        # A query is a run of its own: its one message carries the signed public context.
+        config["ckks-context"] = info.public_context_bytes
+        config["ckks-context-signature"] = info.signature_bytes
+        config["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
+    return run_id, config, aggregator, min_sites
+
+
+def query_sum(replies: list[Message], running: RunningSum | None, key_holder: Decryptor | None, *, run_id: str,
+              phase: str, task: TaskSpec, length: int) -> np.ndarray:
+    """The sum of a query's usable ``replies``: ``running`` (their encrypted answers, added) decrypted by
+    the key holder under the query's label, or in plaintext (no key holder) their answers added; its
+    first entry, the row count, checked against the rows the sites declared.
+
+    Raises
+    ------
+    PrivacyError
+        If the key holder refuses the sum.
+    AggregateCheckError
+        If the row count contradicts the rows the sites declared.
+    """
+    if running is not None and key_holder is not None:
+        label = QueryLabel(run_id=run_id, phase=phase, round=0, task=task.name, inputs=inputs_of(replies))
+        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=length, scale_bits=WIDE_SCALE_BITS,
+                                    site_dp=site_dp_of(replies))
+        summed = np.asarray(key_holder.decrypt_aggregate(running.serialize(), request))
+    else:
+        summed = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
+    check_total(f"{phase}: the row count", float(summed[0]), declared_rows(replies), absolute=0.5)
+    return summed
 
 
 def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec, min_sites: int = 3,
@@ -72,35 +116,16 @@ def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec
     """
     shape = layout(query, task)
     grid = StreamingGrid(grid)
-    run_id = uuid.uuid4().hex  # one run per query: the key holder decrypts each query once
-    config = ConfigRecord({"task-json": task.model_dump_json(), "task-name": task.name, "run-id": run_id,
-                           "analytics-query": canonical(query), "plaintext": key_holder is None})
-    aggregator = running = None
-    if key_holder is not None:
-        info = key_holder.info()
-        min_sites = max(min_sites, info.min_sites)
-        aggregator = Aggregator(info.public_context_bytes)
-        # A query is a run of its own: its one message carries the signed public context.
-        config["ckks-context"] = info.public_context_bytes
-        config["ckks-context-signature"] = info.signature_bytes
-        config["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
-        running = aggregator.running(length=shape.length, scale_bits=WIDE_SCALE_BITS)
+    run_id, config, aggregator, min_sites = query_run(task, key_holder, min_sites, "analytics-query", canonical(query))
+    running = None if aggregator is None else aggregator.running(length=shape.length, scale_bits=WIDE_SCALE_BITS)
     nodes = list(nodes if nodes is not None else grid.get_node_ids())
     if len(nodes) < min_sites:
         raise NotEnoughSitesError(f"{len(nodes)} site(s) connected, a query needs at least {min_sites} (min-sites)")
     screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
     replies = screen.usable(_send(grid, nodes, RecordDict({"config": config}), timeout), phase=PHASE, server_round=0,
                             expected_nodes=nodes, length=shape.length, scale_bits=WIDE_SCALE_BITS, into=running)
-    site_dp = site_dp_of(replies)
-    epsilons = set(site_dp.values())
-    if running is not None and key_holder is not None:
-        label = QueryLabel(run_id=run_id, phase=PHASE, round=0, task=task.name, inputs=inputs_of(replies))
-        request = DecryptRequest.of(label, cohort=cohort_of(replies), length=shape.length,
-                                    scale_bits=WIDE_SCALE_BITS, site_dp=site_dp)
-        summed = np.asarray(key_holder.decrypt_aggregate(running.serialize(), request))
-    else:
-        summed = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in replies], axis=0)
-    check_total(f"{PHASE}: the row count", float(summed[0]), declared_rows(replies), absolute=0.5)
+    epsilons = set(site_dp_of(replies).values())
+    summed = query_sum(replies, running, key_holder, run_id=run_id, phase=PHASE, task=task, length=shape.length)
     result = decode(query, task, summed, sites=sorted(cohort_of(replies)),
                     dp_epsilon=max(epsilons) if epsilons else 0.0)
     result.excluded = screen.named()

@@ -12,31 +12,22 @@ refuses, is reported as unavailable with the reason; the query fails only if not
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from coordinator.aggregator import Aggregator
+from coordinator.analytics import query_run, query_sum
 from coordinator.audit import AuditLog
 from coordinator.errors import NotEnoughSitesError
-from coordinator.strategy import (
-    ExcludedReply,
-    ReplyScreen,
-    check_total,
-    cohort_of,
-    declared_rows,
-    inputs_of,
-    site_dp_of,
-)
+from coordinator.strategy import ExcludedReply, ReplyScreen, cohort_of
 from coordinator.streaming import StreamingGrid
 from federation.crypto import WIDE_SCALE_BITS
 from federation.errors import PrivacyError
-from federation.keyholder_api import Decryptor, DecryptRequest
+from federation.keyholder_api import Decryptor
 from federation.surveillance import (
     ClinicRelease,
     SurveillanceResult,
@@ -47,7 +38,6 @@ from federation.surveillance import (
     query_text,
     sum_phase,
 )
-from federation.tags import QueryLabel
 from models.errors import first_line
 from models.spec import TaskSpec
 
@@ -88,14 +78,7 @@ def _district_sum(replies: list[Message], district: str, query: SyndromeCounts, 
                              into=running)
     finally:
         excluded.extend(screen.named())
-    if running is not None and key_holder is not None:
-        label = QueryLabel(run_id=run_id, phase=phase, round=0, task=task.name, inputs=inputs_of(good))
-        request = DecryptRequest.of(label, cohort=cohort_of(good), length=shape.length, scale_bits=WIDE_SCALE_BITS,
-                                    site_dp=site_dp_of(good))
-        summed = np.asarray(key_holder.decrypt_aggregate(running.serialize(), request))
-    else:
-        summed = np.sum([r.content["arrays"].to_numpy_ndarrays()[0] for r in good], axis=0)
-    check_total(f"{phase}: the row count", float(summed[0]), declared_rows(good), absolute=0.5)
+    summed = query_sum(good, running, key_holder, run_id=run_id, phase=phase, task=task, length=shape.length)
     counts, flags, _ = decode_sum(query, summed)
     return counts, flags, sorted(cohort_of(good))
 
@@ -115,17 +98,9 @@ def run_surveillance(grid: Grid, query: SyndromeCounts, key_holder: Decryptor | 
         If no district could be summed and no clinic published its own series.
     """
     grid = StreamingGrid(grid)
-    run_id = uuid.uuid4().hex  # one run per query: the key holder decrypts each district's sum once
-    config = ConfigRecord({"task-json": task.model_dump_json(), "task-name": task.name, "run-id": run_id,
-                           "surveillance-query": query_text(query), "plaintext": key_holder is None})
-    aggregator = None
-    if key_holder is not None:
-        info = key_holder.info()
-        min_sites = max(min_sites, info.min_sites)
-        aggregator = Aggregator(info.public_context_bytes)
-        config["ckks-context"] = info.public_context_bytes
-        config["ckks-context-signature"] = info.signature_bytes
-        config["ckks-context-sha256"] = hashlib.sha256(info.public_context_bytes).hexdigest()
+    # One run per query: the key holder decrypts each district's sum once.
+    run_id, config, aggregator, min_sites = query_run(task, key_holder, min_sites, "surveillance-query",
+                                                      query_text(query))
     nodes = list(nodes if nodes is not None else grid.get_node_ids())
     result = SurveillanceResult(query=query)
     by_district: dict[str, list[Message]] = defaultdict(list)

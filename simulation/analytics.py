@@ -9,14 +9,12 @@ sets that as the sites' admins would.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from federation.settings import configure_environment
 from models.spec import TaskSpec
-from simulation.engine import approve_at_sites, run_key_holder, simulate
+from simulation.engine import approve_at_sites, simulate_query
 
 __all__ = ["allow_analytics_at_sites", "run_simulated_queries", "run_simulated_query"]
 
@@ -63,44 +61,13 @@ def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task:
         Too few sites answered, or the key holder refused the sum.
     """
     configure_environment()
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
     from coordinator.analytics import run_query
-    from coordinator.audit import AuditLog
-    from keyholder.settings import load_keyholder_settings
-    from node_agent.client_app import build_client_app
 
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
     if allow:
         allow_analytics_at_sites(site_dirs, task, [q.kind for q in queries])
-    settings = load_keyholder_settings()
-    results: list = []
-    errors: list[BaseException] = []
-    with ExitStack() as stack:
-        key_holder = run_key_holder(stack, site_dirs, keyholder_home) if encrypt else None
-        server_app = ServerApp()
 
-        @server_app.main()
-        def main(grid: Grid, context: Context) -> None:
-            import time
+    def ask(grid, key_holder, **parties):
+        return [run_query(grid, query, key_holder, task=task, **parties) for query in queries]
 
-            deadline = time.monotonic() + 120.0
-            while len(list(grid.get_node_ids())) < len(site_dirs) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            try:
-                for query in queries:
-                    results.append(run_query(grid, query, key_holder, task=task, min_sites=settings.min_sites,
-                                             audit=AuditLog(audit_log) if audit_log else None))
-            except Exception as exc:  # noqa: BLE001 - handed back to the caller: Flower would only log it
-                errors.append(exc)
-
-        client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
-                                      allow_plaintext=not encrypt)
-        simulate(server_app, client_app, len(site_dirs), verbose=verbose)
-    if errors:
-        raise errors[0]
-    if len(results) != len(queries):
-        raise RuntimeError("the queries ended without a result; run with verbose=True for Flower's log")
-    return results
+    return simulate_query(ask, site_dirs, keyholder_home=keyholder_home, encrypt=encrypt, verbose=verbose,
+                          egress_log=egress_log, audit_log=audit_log, what="the queries")

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from federation.errors import SiteDataError
 from federation.identity import ENROLMENT_FILE, load_enrolment
@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from flwr.clientapp.typing import Mod
 
 __all__ = ["approve_at_sites", "enrol_sites", "pooled_reference", "run_key_holder", "run_simulated_federation", "simulate",
-           "site_dirs_of"]
+           "simulate_query", "site_dirs_of"]
+
+T = TypeVar("T")  # what a simulated query returns
 
 # Ray's defaults reach beyond the machine: it finds its own address by routing a UDP socket towards
 # 8.8.8.8, its servers listen on all interfaces, and its dashboard process (started even with
@@ -199,6 +201,60 @@ def simulate(server_app, client_app, n_sites: int, *, verbose: bool = False) -> 
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": dict(_RAY_INIT_ARGS)},
                        verbose_logging=verbose)
+
+
+def simulate_query(ask: Callable[..., T], site_dirs: Sequence[Path], *, keyholder_home: Path | None = None,
+                   encrypt: bool = True, verbose: bool = False, egress_log: Path | None = None,
+                   audit_log: Path | None = None, what: str = "the query") -> T:
+    """What ``ask(grid, key_holder, min_sites=..., audit=...)`` returns, called in the ServerApp of one
+    simulation over the site folders once every site's SuperNode has joined (or after 120 s).
+
+    ``key_holder`` is the key holder's client (``run_key_holder``), ``None`` without ``encrypt``;
+    ``min_sites`` is the key holder's setting; ``audit`` is the coordinator's audit log at ``audit_log``,
+    or ``None``. ``what`` names the query in the error if Flower ends without calling ``ask``.
+
+    Raises
+    ------
+    Exception
+        Whatever ``ask`` raised (Flower would only log it).
+    """
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    from coordinator.audit import AuditLog
+    from keyholder.settings import load_keyholder_settings
+    from node_agent.client_app import build_client_app
+
+    if not verbose:
+        logging.getLogger("flwr").setLevel(logging.ERROR)
+    settings = load_keyholder_settings()
+    results: list = []
+    errors: list[BaseException] = []
+    with ExitStack() as stack:
+        key_holder = run_key_holder(stack, site_dirs, keyholder_home) if encrypt else None
+        server_app = ServerApp()
+
+        @server_app.main()
+        def main(grid: Grid, context: Context) -> None:
+            import time
+
+            deadline = time.monotonic() + 120.0
+            while len(list(grid.get_node_ids())) < len(site_dirs) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            try:
+                results.append(ask(grid, key_holder, min_sites=settings.min_sites,
+                                   audit=AuditLog(audit_log) if audit_log else None))
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller: Flower would only log it
+                errors.append(exc)
+
+        client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
+                                      allow_plaintext=not encrypt)
+        simulate(server_app, client_app, len(site_dirs), verbose=verbose)
+    if errors:
+        raise errors[0]
+    if not results:
+        raise RuntimeError(f"{what} ended without a result; run with verbose=True for Flower's log")
+    return results[0]
 
 
 def run_simulated_federation(

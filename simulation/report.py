@@ -97,37 +97,3 @@ def render(spec: TaskSpec, sites: dict[str, dict], summary: dict, title: str) ->
         tables.append(table)
     return tables
 
-
-DEMO_ROWS = (("auroc", None), ("kappa", "ordinal"), ("top3-accuracy", "multiclass"), ("ece", "binary"))
-METRIC_NAMES = {"auroc": "AUROC", "kappa": "quadratic kappa", "top3-accuracy": "top-3 accuracy", "ece": "ECE"}
-
-
-def demo_summary_markdown(reports: dict[str, dict]) -> str:
-    """The demo's results as the README shows them: a table of means over the clinics, and per
-    clinic where the clinic's model does not beat its local-only one (and whether pooled does).
-
-    ``reports`` maps a task name to its run report (``demo-<task>.json``). The README quotes this
-    text as the demo prints it, so its claims come from a run, not from prose.
-    """
-    lines = ["| task | metric | local-only | global (encrypted) | personalised | pooled |",
-             "|---|---|---:|---:|---:|---:|"]
-    sentences = []
-    for task, report in reports.items():
-        means = report["summary"]["means"]
-        kind = "ordinal" if "kappa" in means else "multiclass" if "top3-accuracy" in means else "binary"
-        for metric, only_for in DEMO_ROWS:
-            if metric in means and (only_for is None or only_for == kind):
-                name = ("macro " if metric == "auroc" and kind != "binary" else "") + METRIC_NAMES[metric]
-                lines.append(f"| {task} | {name} | " + " | ".join(_fmt(means[metric][m]) for m in MODELS) + " |")
-        sites = report["sites"]
-        losers = report["summary"]["claims"]["auroc"]["sites_not_beating_local"]
-        detail = "; ".join(
-            f"{name} {_fmt(sites[name]['personalised']['auroc'])} vs {_fmt(sites[name]['local_only']['auroc'])}"
-            f" (pooled {_fmt(sites[name]['pooled'].get('auroc'))})" for name in losers)
-        claim = report["summary"]["claims"]["auroc"]
-        auroc = means["auroc"]
-        sentences.append(f"- {task}: mean AUROC of the clinics' models {_fmt(auroc['personalised'])} vs pooled "
-                         f"{_fmt(auroc['pooled'])}: " + ("within" if claim["within_0.02_of_pooled"] else "more than")
-                         + " 0.02 of pooled; the clinic's model beats its local-only model (AUROC) at "
-                         f"{len(sites) - len(losers)} of {len(sites)} clinics" + (f"; not at {detail}" if losers else ""))
-    return "\n".join(lines) + "\n\n" + "\n".join(sentences) + "\n"

@@ -8,14 +8,12 @@ that as the sites' admins would (``fenji node surveillance``), with each site's 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from pathlib import Path
 
 from federation.settings import configure_environment
 from models.spec import TaskSpec
-from simulation.engine import approve_at_sites, run_key_holder, simulate
+from simulation.engine import approve_at_sites, simulate_query
 
 __all__ = ["allow_surveillance_at_sites", "districts_of", "run_simulated_surveillance"]
 
@@ -63,41 +61,10 @@ def run_simulated_surveillance(query, site_dirs: Sequence[Path], *, task: TaskSp
         No district could be summed and no clinic published its own series.
     """
     configure_environment()
-    from flwr.app import Context
-    from flwr.serverapp import Grid, ServerApp
-
-    from coordinator.audit import AuditLog
     from coordinator.syndromic import run_surveillance
-    from keyholder.settings import load_keyholder_settings
-    from node_agent.client_app import build_client_app
 
-    if not verbose:
-        logging.getLogger("flwr").setLevel(logging.ERROR)
-    settings = load_keyholder_settings()
-    results: list = []
-    errors: list[BaseException] = []
-    with ExitStack() as stack:
-        key_holder = run_key_holder(stack, site_dirs, keyholder_home) if encrypt else None
-        server_app = ServerApp()
+    def ask(grid, key_holder, **parties):
+        return run_surveillance(grid, query, key_holder, task=task, **parties)
 
-        @server_app.main()
-        def main(grid: Grid, context: Context) -> None:
-            import time
-
-            deadline = time.monotonic() + 120.0
-            while len(list(grid.get_node_ids())) < len(site_dirs) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            try:
-                results.append(run_surveillance(grid, query, key_holder, task=task, min_sites=settings.min_sites,
-                                                audit=AuditLog(audit_log) if audit_log else None))
-            except Exception as exc:  # noqa: BLE001 - handed back to the caller: Flower would only log it
-                errors.append(exc)
-
-        client_app = build_client_app([Path(p).resolve() for p in site_dirs], egress_log=egress_log,
-                                      allow_plaintext=not encrypt)
-        simulate(server_app, client_app, len(site_dirs), verbose=verbose)
-    if errors:
-        raise errors[0]
-    if not results:
-        raise RuntimeError("the query ended without a result; run with verbose=True for Flower's log")
-    return results[0]
+    return simulate_query(ask, site_dirs, keyholder_home=keyholder_home, encrypt=encrypt, verbose=verbose,
+                          egress_log=egress_log, audit_log=audit_log)

@@ -56,6 +56,16 @@ def small_federation(tmp_path_factory, pristine_federation) -> list[Path]:
 
 
 @pytest.fixture()
+def site(pristine_federation, tmp_path) -> Path:
+    """A copy of site_a (260 rows) as a site that never took part in a job: no policy (so no approved
+    plan), no audit log, no privacy budget spent. A test module with a ``site`` of its own uses that."""
+    from tests.attacks.conftest import fresh_sites
+
+    (copy,) = fresh_sites(pristine_federation[:1], tmp_path / "sites")
+    return copy
+
+
+@pytest.fixture()
 def site_store(tmp_path):
     with SiteStore(tmp_path / "site") as store:
         yield store

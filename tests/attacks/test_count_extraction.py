@@ -47,12 +47,6 @@ def _splitting_model(flat: np.ndarray) -> np.ndarray:
     return crafted
 
 
-@pytest.fixture()
-def site(small_federation, tmp_path):
-    (copy,) = fresh_sites(small_federation[:1], tmp_path / "sites")
-    return copy
-
-
 @pytest.mark.parametrize("min_n", ["held-out rows + 1", 10_000])
 def test_an_evaluation_at_a_site_below_min_n_returns_a_refusal_not_metrics(min_n, site, referral_spec):
     data = load_site_data(site, referral_spec)

@@ -36,7 +36,6 @@ from node_agent.errors import PolicyRefusal
 from node_agent.local import load_site_data
 from tests.attacks.conftest import (
     call_node,
-    fresh_sites,
     job_config,
     node_audit_actions,
     node_message,
@@ -44,12 +43,6 @@ from tests.attacks.conftest import (
 )
 
 SITE_DP = {"epsilon_per_run": 1.0, "budget_epsilon": 10.0}
-
-
-@pytest.fixture()
-def site(small_federation, tmp_path):
-    (copy,) = fresh_sites(small_federation[:1], tmp_path / "sites")
-    return copy
 
 
 @pytest.fixture()

@@ -23,7 +23,6 @@ from node_agent.client_app import build_client_app
 from node_agent.local import load_site_data
 from tests.attacks.conftest import (
     call_node,
-    fresh_sites,
     job_config,
     node_message,
     site_admin,
@@ -34,12 +33,6 @@ SITE_DP = {"epsilon_per_run": 1.0, "delta": 1e-3, "max_grad_norm": 1.0, "budget_
 
 def _server_dp(epsilon: float) -> dict:
     return {"dp-epsilon": epsilon, "dp-delta": 0.5, "dp-max-grad-norm": 1e6}
-
-
-@pytest.fixture()
-def site(small_federation, tmp_path):
-    (copy,) = fresh_sites(small_federation[:1], tmp_path / "sites")
-    return copy
 
 
 def _update(site, config, flat) -> tuple[np.ndarray, float]:

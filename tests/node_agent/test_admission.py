@@ -10,17 +10,10 @@ from node_agent.client_app import build_client_app
 from tests.attacks.conftest import (
     budget_charges,
     call_node,
-    fresh_sites,
     job_config,
     node_message,
     site_admin,
 )
-
-
-@pytest.fixture()
-def site(small_federation, tmp_path):
-    (copy,) = fresh_sites(small_federation[:1], tmp_path / "sites")
-    return copy
 
 
 def test_a_node_answers_one_evaluation_per_round(site, referral_spec):

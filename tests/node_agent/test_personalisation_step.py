@@ -11,17 +11,10 @@ from node_agent import client_app
 from node_agent.client_app import build_client_app
 from tests.attacks.conftest import (
     call_node,
-    fresh_sites,
     job_config,
     node_message,
     site_admin,
 )
-
-
-@pytest.fixture()
-def site(small_federation, tmp_path):
-    (copy,) = fresh_sites(small_federation[:1], tmp_path / "sites")
-    return copy
 
 
 @pytest.mark.parametrize("personalisation", [True, False])
