@@ -44,10 +44,11 @@ and rounded, rates in [0, 1], the site's own decisions (plans approved, runs acc
 the coordinator saw each of them anyway) and privacy budget in epsilon.
 
 **The curves** (record ``curves`` of a final evaluation; ``node_agent.curves``): ROC and reliability
-counts of the global model at the thresholds the protocol fixes, each of a kind ``CURVE_KINDS``
-declares (``federation.curves``). Every count must be at least ``min_n`` and rounded, every cell between
-two released counts must hold ``min_n`` patients of each class, and a bin's mean must lie on its grid
-(``curve_problem``); otherwise nothing leaves.
+counts of a binary view of the global model at the thresholds the protocol fixes, each of a kind
+``CURVE_KINDS`` declares (``federation.curves``). The view must be a declared one (``view`` a code of
+``VIEW_CODES``, ``view-class`` a class index and only with the ``at-or-above`` view), every count must be
+at least ``min_n`` and rounded, every cell between two released counts must hold ``min_n`` patients of
+each class, and a bin's mean must lie on its grid (``curve_problem``); otherwise nothing leaves.
 """
 
 from __future__ import annotations

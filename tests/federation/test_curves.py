@@ -12,10 +12,15 @@ import pytest
 from federation.curves import (
     CURVE_KINDS,
     EDGES,
+    POSITIVE_CLASS,
+    TOP_LABEL,
+    CurveView,
     curve_problem,
+    curve_view,
     read_curves,
     release_curves,
 )
+from models.spec import load_task
 
 K, MIN_N = 5, 10
 
@@ -95,7 +100,7 @@ def test_fewer_than_min_n_of_a_class_releases_nothing(positives):
 def test_the_keys_are_the_declared_ones():
     p, y = _rows(1100, 0.3, 6)
     assert set(release_curves(p, y, min_n=MIN_N, rounding=K)) <= set(CURVE_KINDS)
-    assert len(CURVE_KINDS) == 2 + 2 * len(EDGES) + len(EDGES) + 1
+    assert len(CURVE_KINDS) == 2 + 2 * len(EDGES) + len(EDGES) + 1 + 2  # and the view: view, view-class
 
 
 GOOD = {"positives": 60.0, "negatives": 240.0, "tp-50": 30.0, "fp-50": 15.0, "tp-20": 50.0, "fp-20": 120.0,
@@ -113,6 +118,11 @@ GOOD = {"positives": 60.0, "negatives": 240.0, "tp-50": 30.0, "fp-50": 15.0, "tp
     ({"mean-50": 0.7501}, "not on its bin's grid"),
     ({"auroc-50": 0.8}, "undeclared"),
     ({"mean-00": float("nan")}, "not finite"),
+    ({"view": 3.0}, "not a declared view"),
+    ({"view": 0.5}, "not a declared view"),
+    ({"view-class": 1.0}, "only with it"),  # a class index without the at-or-above view
+    ({"view": 2.0}, "only with it"),  # at-or-above without its class
+    ({"view": 2.0, "view-class": 1.5}, "not a class index"),
 ])
 def test_the_rules_refuse_a_number_that_breaks_them(change, problem):
     assert curve_problem(GOOD, min_n=MIN_N, rounding=K) is None
@@ -126,3 +136,50 @@ def test_what_the_console_reads_from_good_numbers():
         (0.0, 1.0, 1.0), (0.2, 0.5, 50 / 60), (0.5, 15 / 240, 0.5), (1.0, 0.0, 0.0)]
     assert [(b.low, b.high, b.rows, b.positives) for b in curves.calibration] == [
         (0.0, 0.2, 130, 10), (0.2, 0.5, 125, 20), (0.5, 1.0, 45, 30)]
+
+
+def test_each_built_in_task_declares_its_view():
+    views = {task: curve_view(load_task(task)) for task in
+             ("referral_risk", "referral_risk_text", "diagnosis", "diagnosis_text", "triage", "triage_text")}
+    assert views["referral_risk"] == views["referral_risk_text"] == POSITIVE_CLASS
+    assert views["diagnosis"] == views["diagnosis_text"] == TOP_LABEL
+    # Triage: "level 2 or more urgent", where the built-in tier policy sends a patient to the county tier.
+    assert views["triage"] == views["triage_text"] == CurveView("at-or-above", 1)
+    assert load_task("triage").label.classes[1] == "2"
+
+
+def _classes(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a k-class model: probabilities that favour the true class, and the class."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    return proba, y
+
+
+@pytest.mark.parametrize("view", [TOP_LABEL, CurveView("at-or-above", 1)])
+def test_a_view_releases_one_pair_per_row_and_the_same_protocol(view):
+    proba, y = _classes(1200, 5, 9)
+    score, event = view.pairs(proba, y)
+    # The reference, row by row: the top class right or not; or the level among the first two classes.
+    for i in range(len(y)):
+        if view.kind == "top-label":
+            assert score[i] == max(proba[i]) and event[i] == (list(proba[i]).index(max(proba[i])) == y[i])
+        else:
+            assert np.isclose(score[i], proba[i][0] + proba[i][1]) and event[i] == (y[i] in (0, 1))
+    released = release_curves(score, event, min_n=MIN_N, rounding=K, view=view)
+    assert released["view"] == {"top-label": 1.0, "at-or-above": 2.0}[view.kind]
+    assert released.get("view-class") == view.cut
+    assert curve_problem(released, min_n=MIN_N, rounding=K) is None
+    curves = read_curves(released, min_n=MIN_N, rounding=K)
+    assert curves.view == view and abs(curves.positives - event.sum()) <= K / 2
+    assert released == release_curves(score, event, min_n=MIN_N, rounding=K) | view.values()  # the same cells
+    for b in curves.calibration:  # suppression unchanged: each bin holds min n rows with and without the event
+        inside = (score >= b.low) & (score < b.high) if b.high < 1 else score >= b.low
+        assert min(event[inside].sum(), (1 - event[inside]).sum()) >= MIN_N
+        assert abs(b.observed - event[inside].mean()) <= 3 * K / b.rows
+
+
+def test_a_release_from_before_views_is_of_the_positive_class():
+    assert read_curves(GOOD, min_n=MIN_N, rounding=K).view == POSITIVE_CLASS
+    assert read_curves(GOOD | {"view": 1.0}, min_n=MIN_N, rounding=K).view == TOP_LABEL

@@ -1,7 +1,8 @@
 """The curves at the site: a clinic's ClientApp sends its ROC and reliability counts with the final
-evaluation of a binary model (through its egress guard), and the curves read from them match the ones
-computed on its held-out rows within rounding; the guard refuses a curve number that is undeclared or
-not suppressed, whatever the handler does."""
+evaluation (through its egress guard), of the binary view its task declares (positive class, top label,
+triage level 2 or more urgent), and the curves read from them match the ones computed on its held-out
+rows within rounding; the guard refuses a curve number or view that is undeclared or not suppressed,
+whatever the handler does."""
 
 from __future__ import annotations
 
@@ -20,17 +21,18 @@ from flwr.app import (
     RecordDict,
 )
 
-from federation.curves import read_curves
+from federation.curves import TOP_LABEL, CurveView, read_curves
 from models.calibration import Calibration
 from models.encoding import EncodingParams
 from models.nets import build_model, set_flat
 from models.spec import load_task
 from models.training import TrainConfig, predict_proba
 from node_agent.client_app import build_client_app
-from node_agent.curves import curve_records
 from node_agent.egress import COUNT_ROUNDING, check_reply, make_egress_guard, release
 from node_agent.errors import EgressViolation
-from node_agent.local import SiteData, load_site_data, train_update
+from node_agent.ingest import ingest_file
+from node_agent.local import load_site_data, train_update
+from node_agent.mapping import load_mapping
 from node_agent.policy import SitePolicy
 from node_agent.store import SiteStore
 from tests.attacks.conftest import (
@@ -48,6 +50,9 @@ def _site_with_many_held_out_rows(small_federation, spec, tmp_path):
     """site_b with four in five of its rows held out (the site's own split), so that each class has
     enough held-out patients for a few cells; and a model trained on its default split first."""
     (site,) = fresh_sites(small_federation[1:2], tmp_path)
+    if spec.name != "referral_risk":  # the clinic's export holds every task's label: ingest it for this task too
+        with SiteStore(site) as store:
+            ingest_file(store, spec, small_federation[1].parent.parent / "exports" / "site_b.csv", load_mapping(None))
     site_admin(site, spec)
     config, initial = job_config(spec, site, run_id="curves", final=True, personalisation=False,
                                  **{"local-only-epochs": 1})
@@ -81,14 +86,42 @@ def test_the_final_evaluation_carries_curves_that_match_the_sites_rows(small_fed
         assert abs(b.observed - y[inside].mean()) <= 3 * COUNT_ROUNDING / b.rows
 
 
-def test_no_curves_with_a_round_evaluation_or_for_a_task_that_is_not_binary(small_federation, referral_spec, tmp_path):
+@pytest.mark.parametrize(("task", "view"), [("diagnosis", TOP_LABEL), ("triage", CurveView("at-or-above", 1))])
+def test_a_multiclass_or_ordinal_task_releases_the_curves_of_its_view(small_federation, tmp_path, task, view):
+    spec = load_task(task)
+    site, config, params, flat = _site_with_many_held_out_rows(small_federation, spec, tmp_path)
+    reply = call_node(build_client_app([site], allow_plaintext=True), node_message(MessageType.EVALUATE, config, flat))
+    assert not reply.has_error() and "refusal" not in reply.content, reply.content
+    released = {k: float(v) for k, v in reply.content["curves"].items()}
+    curves = read_curves(released, min_n=MIN_N, rounding=COUNT_ROUNDING)
+    assert curves is not None and curves.view == view and len(curves.roc) >= 3 and curves.calibration
+
+    # The reference, straight from the rows: the top class right or wrong (diagnosis); triage level "1" or
+    # "2" against P(level 1) + P(level 2) (triage: where the default tier policy refers on triage alone).
+    _, _, x, y = load_site_data(site, spec).encoded(params)
+    proba = predict_proba(set_flat(build_model(spec, x.shape[1]), flat), spec, x, Calibration())
+    if task == "diagnosis":
+        score, event = proba.max(axis=1), (proba.argmax(axis=1) == y)
+    else:
+        levels = np.array([int(spec.label.classes[c]) for c in y])
+        score, event = proba[:, 0] + proba[:, 1], levels <= 2
+    assert abs(curves.positives - event.sum()) <= COUNT_ROUNDING / 2
+    assert abs(curves.negatives - (~event).sum()) <= COUNT_ROUNDING / 2
+    for point in curves.roc[1:-1]:
+        assert abs(point.tpr - (score[event] >= point.threshold).mean()) <= COUNT_ROUNDING / curves.positives
+        assert abs(point.fpr - (score[~event] >= point.threshold).mean()) <= COUNT_ROUNDING / curves.negatives
+    for b in curves.calibration:  # the same suppression: no cell of fewer than min n with or without the event
+        inside = (score >= b.low) & (score < b.high) if b.high < 1 else score >= b.low
+        assert min(event[inside].sum(), (~event[inside]).sum()) >= MIN_N
+        assert abs(b.observed - event[inside].mean()) <= 3 * COUNT_ROUNDING / b.rows
+
+
+def test_no_curves_with_a_round_evaluation(small_federation, referral_spec, tmp_path):
     (site,) = fresh_sites(small_federation[1:2], tmp_path)
     site_admin(site, referral_spec)
     config, flat = job_config(referral_spec, site, run_id="curves-round")
     reply = call_node(build_client_app([site], allow_plaintext=True), node_message(MessageType.EVALUATE, config, flat))
     assert "metrics" in reply.content and "curves" not in reply.content
-    triage = SiteData("site_b", load_task("triage"), None, None)  # never read: triage sends no curves
-    assert curve_records(triage, None, flat, Calibration(), MIN_N) == {}
 
 
 def _evaluate_reply(curves: dict[str, float]) -> Message:
@@ -114,6 +147,21 @@ def test_the_guard_refuses_a_curve_number_that_is_not_suppressed(change, match):
     assert "curves" in release(_evaluate_reply(RELEASED), policy).content
     with pytest.raises(EgressViolation, match=f"curves: .*{match}"):
         release(_evaluate_reply(RELEASED | change), policy)
+
+
+@pytest.mark.parametrize(("view", "match"), [
+    ({"view": 7.0}, "not a declared view"),
+    ({"view": 1.0, "view-class": 1.0}, "only with it"),
+    ({"view": 2.0, "view-class": -1.0}, "not a class index"),
+])
+def test_the_guard_refuses_an_undeclared_view(view, match):
+    policy = SitePolicy(min_n=10)
+    for good in ({"view": 1.0}, {"view": 2.0, "view-class": 1.0}):
+        assert release(_evaluate_reply(RELEASED | good), policy).content["curves"]["view"] == good["view"]
+    with pytest.raises(EgressViolation, match=f"curves: .*{match}"):
+        release(_evaluate_reply(RELEASED | view), policy)
+    with pytest.raises(EgressViolation, match="undeclared metric 'view-name'"):
+        check_reply(_evaluate_reply(RELEASED | {"view": 1.0, "view-name": 1.0}))
 
 
 def test_the_guard_refuses_an_undeclared_curve_number():

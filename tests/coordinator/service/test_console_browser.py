@@ -35,6 +35,8 @@ REFERRAL_METRICS = {"1": {"clinic_a": {"auroc": 0.74, "n": 900.0}, "clinic_b": {
 REFERRAL_CURVES = {"1": {"clinic_a": released_curves(900, 0.25, 1), "clinic_b": released_curves(400, 0.3, 2)},
                    "2": {"clinic_a": released_curves(900, 0.25, 3), "clinic_b": released_curves(400, 0.3, 4),
                          "clinic_c": released_curves(300, 0.35, 5)}}
+# Diagnosis (multiclass): its sites release the curves of its top-label view (view 1: right or wrong).
+DIAGNOSIS_CURVES = {"1": {"clinic_a": released_curves(900, 0.45, 6) | {"view": 1.0}}}
 
 
 def make_console_registry(home: Path) -> Path:
@@ -44,7 +46,7 @@ def make_console_registry(home: Path) -> Path:
     from tests.node_agent.serve.trained_advisor import _models
 
     return make_bundle_registry(home, _models(), {TASK: SITE_METRICS, "referral_risk": REFERRAL_METRICS},
-                                rounds=ROUNDS, curves={"referral_risk": REFERRAL_CURVES},
+                                rounds=ROUNDS, curves={"referral_risk": REFERRAL_CURVES, "diagnosis": DIAGNOSIS_CURVES},
                                 production={task: "1" for task in _models() if task != TASK})
 
 
@@ -224,5 +226,16 @@ def test_rounds_endpoint_and_a_data_scientist_sees_no_audit_and_no_buttons(open_
     c = page.locator("#curves .site-curves[data-site=clinic_c]")  # released for version 2 only
     assert c.locator("polyline.roc-line").count() == 1 and "版本 1：未发布" in c.inner_text()
     page.screenshot(path=str(DOCS / "console-curves.png"), full_page=True)
+    assert "正类概率" in page.inner_text("#curves .curves-view")
     page.click("#lang-toggle")
     assert "v1: not released" in c.inner_text() and "risk ≥" in a.locator("circle.roc-point").first.inner_html()
+    assert "positive class" in page.inner_text("#curves .curves-view")
+
+    # Diagnosis (multiclass): the top label's confidence against right or wrong, named as such.
+    page.select_option("#task-select", "diagnosis")
+    page.wait_for_selector("#curves .curves-view:has-text('top-label confidence (correct or not)')")
+    assert page.locator("#curves .site-curves").count() == 1  # clinic_a, version 1 only
+    d = page.locator("#curves .site-curves[data-site=clinic_a]")
+    assert " correct, " in d.inner_text() and "confidence ≥" in d.locator("circle.roc-point").first.inner_html()
+    page.click("#lang-toggle")
+    assert "最高类别置信度（是否正确）" in page.inner_text("#curves .curves-view") and "正确" in d.inner_text()

@@ -1,6 +1,7 @@
 """A version's curves per site, served at ``GET /api/v1/models/{task}/versions/{v}/curves`` as ROC points
-and calibration bins from what the sites released; numbers that break the protocol's rules are left out,
-not drawn. (``register_outcome`` logging them with the run: test_registry_policy.)"""
+and calibration bins from what the sites released, with the binary view they are of; numbers that break
+the protocol's rules are left out, not drawn. (``register_outcome`` logging them with the run:
+test_registry_policy.)"""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from itertools import pairwise
 import pytest
 
 from coordinator.registry import CURVES_ARTIFACT
+from federation.curves import CurveView
 from tests.coordinator.service.bundle_registry import released_curves
 from tests.coordinator.service.conftest import TASK
 
@@ -38,3 +40,19 @@ def test_the_endpoint_serves_roc_points_and_calibration_bins(with_curves):
         assert client.get(f"/api/v1/models/{TASK}/versions/1/curves").json()["sites"] == {}  # none released
         missing = client.get(f"/api/v1/models/{TASK}/versions/99/curves")
         assert missing.status_code == 404 and "no version 99" in missing.json()["detail"]
+
+
+def test_the_endpoint_serves_the_view_the_sites_declared(service):
+    """Triage sites release "level 2 or more urgent"; a site that sent the curves of another view is not
+    overlaid on them; a version without curves still names the view the task's would be of."""
+    at_or_above = CurveView("at-or-above", 1).values()
+    released = {"clinic_a": SITES["clinic_a"] | at_or_above, "clinic_b": SITES["clinic_b"] | at_or_above,
+                "clinic_c": SITES["clinic_a"] | {"view": 1.0}}  # top label
+    client = service.coordinator.registry.client
+    client.log_dict(client.get_model_version(f"fenji-{TASK}", "2").run_id, {"sites": released}, CURVES_ARTIFACT)
+    expected = {"kind": "at-or-above", "cut_index": 1, "cut_class": "2"}
+    with service.client("data_scientist") as api:
+        body = api.get(f"/api/v1/models/{TASK}/versions/2/curves").json()
+        assert body["view"] == expected and sorted(body["sites"]) == ["clinic_a", "clinic_b"]
+        assert all(site["view"] == expected for site in body["sites"].values())
+        assert api.get(f"/api/v1/models/{TASK}/versions/1/curves").json()["view"] == expected
