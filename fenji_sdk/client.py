@@ -7,46 +7,20 @@ status with the server's message. ``transport`` is httpx's seam: a test may pass
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pandas as pd
 
-from federation.analytics import Count, CrossTab, Histogram, Mean
+from fenji_sdk._queries import FINISHED, QueriesMixin, QueryResult
 from fenji_sdk._surveillance import SurveillanceMixin
 from fenji_sdk.errors import JobFailed, WaitTimeout, error_of
 from fenji_sdk.progress import ProgressLine
 
 __all__ = ["Client", "QueryResult"]
 
-FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 
-
-@dataclass
-class QueryResult:
-    """An answered statistics query: one record per cell (its key, its numbers, ``suppressed_sites``:
-    at how many sites the cell was sent as zeros because it held fewer than k rows there)."""
-
-    query: dict[str, Any]
-    cells: list[dict[str, Any]]
-    columns: list[str]
-    rows: int
-    sites: list[str]
-    dp_epsilon: float = 0.0
-    excluded: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(self.cells, columns=self.columns)
-
-    @property
-    def suppressed(self) -> pd.DataFrame:
-        """The cells suppressed at one site or more: their counts leave those sites out."""
-        frame = self.to_frame()
-        return frame[frame["suppressed_sites"] > 0]
-
-
-class Client(SurveillanceMixin):
+class Client(QueriesMixin, SurveillanceMixin):
     """The coordinator at ``url`` (e.g. ``http://127.0.0.1:8500``), called with an account's ``token``.
 
     Parameters
@@ -180,38 +154,6 @@ class Client(SurveillanceMixin):
             raise JobFailed(f"job {job_id} failed: {job['reason']}" + (f"; sites: {sites}" if sites else ""),
                             record=job)
         return job
-
-    # --- statistics ------------------------------------------------------------------------------
-    def submit_query(self, query: Count | Mean | Histogram | CrossTab, *, task: str) -> dict[str, Any]:
-        return self._call("POST", "/queries", json={"task": task, "query": query.model_dump(mode="json")})
-
-    def query_status(self, query_id: int) -> dict[str, Any]:
-        return self._call("GET", f"/queries/{query_id}")
-
-    def query(self, query: Count | Mean | Histogram | CrossTab, *, task: str, poll: float = 0.5,
-              timeout: float | None = None) -> QueryResult:
-        """Ask the sites ``query`` about ``task`` and wait for the answer.
-
-        Raises
-        ------
-        Invalid
-            If the query does not fit the task (a column it lacks).
-        JobFailed
-            If it failed at the sites (too few answered; the key holder refused the sum).
-        """
-        record = self.submit_query(query, task=task)
-        end = None if timeout is None else time.monotonic() + timeout
-        while record["status"] not in FINISHED:
-            if end is not None and time.monotonic() > end:
-                raise WaitTimeout(f"query {record['id']} is still {record['status']} after {timeout:g} s")
-            time.sleep(poll)
-            record = self.query_status(record["id"])
-        if record["status"] != "succeeded":
-            raise JobFailed(f"query {record['id']} failed: {record['reason']}", record=record)
-        result = record["result"]
-        return QueryResult(query=record["query"], cells=result["cells"], columns=result["columns"],
-                           rows=result["rows"], sites=result["sites"], dp_epsilon=result["dp_epsilon"],
-                           excluded=result["excluded"])
 
     # --- governance ------------------------------------------------------------------------------
     def promotions(self) -> pd.DataFrame:

@@ -63,8 +63,11 @@ ACCESS: dict[tuple[str, str], frozenset[Role] | None] = {
     ("GET", "/api/v1/sites"): _ANY,
     ("GET", "/api/v1/sites/{site_id}"): _ANY,
     # Only data scientists ask statistics questions of the sites; admins may read them (they run the service).
+    # A data scientist cancels only their own queued queries (coordinator.service.queries.cancel); admins any.
     ("POST", "/api/v1/queries"): frozenset({Role.DATA_SCIENTIST}),
+    ("GET", "/api/v1/queries"): _SUBMITTERS,
     ("GET", "/api/v1/queries/{query_id}"): _SUBMITTERS,
+    ("POST", "/api/v1/queries/{query_id}/cancel"): _SUBMITTERS,
     # The commission runs syndromic surveillance and reads its alerts, as do data scientists; admins may read.
     ("POST", "/api/v1/surveillance"): _COMMISSIONER | {Role.DATA_SCIENTIST},
     ("GET", "/api/v1/surveillance"): _ANY,

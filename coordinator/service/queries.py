@@ -1,11 +1,18 @@
 """Federated-statistics queries through the API: a typed query (``federation.analytics``) queued like a
 training job and run by the same worker thread (``JobQueue``), through the runner the shell injected.
 
-States: ``queued ──> running ──> succeeded | failed``. A query is one short run at the sites, so it is
-not cancelled. Submitting, starting and ending are each written with their audit entry in one
-transaction (``query-submitted``, ``query-started``, ``query-succeeded`` / ``query-failed``), then the
-head is anchored. The runner answers ``run_query(QueryRequest) -> dict`` (``result_of`` builds that
-dict from an ``AnalyticsResult``); a runner without ``run_query`` fails every query, by name.
+States::
+
+    queued ──> running ──> succeeded | failed
+       └─────> cancelled
+
+A queued query is cancelled at once (``cancel``). A running one is not: it is one short call to the
+runner (``run_query``) with no point between its steps at which to stop, so it ends succeeded or
+failed. Submitting, starting, cancelling and ending are each written with their audit entry in one
+transaction (``query-submitted``, ``query-started``, ``query-cancelled``, ``query-succeeded`` /
+``query-failed``), then the head is anchored. The runner answers ``run_query(QueryRequest) -> dict``
+(``result_of`` builds that dict from an ``AnalyticsResult``); a runner without ``run_query`` fails
+every query, by name.
 """
 
 from __future__ import annotations
@@ -20,19 +27,23 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from coordinator.service import chain
+from coordinator.service.access import Role
 from coordinator.service.accounts import now
 from coordinator.service.anchoring import AnchorClient
 from coordinator.service.db import Account, QueryJob
-from coordinator.service.errors import NotFound
+from coordinator.service.errors import Conflict, Forbidden, NotFound
 from federation.analytics import canonical
 from federation.surveillance import parse_any_query
 from models.errors import first_line
 
-__all__ = ["QueryRequest", "Worker", "get", "recover", "result_of", "run_next", "submit"]
+__all__ = ["FINISHED", "SURVEILLANCE", "QueryRequest", "Worker", "cancel", "get", "latest", "recover", "result_of",
+           "run_next", "submit"]
 
 log = logging.getLogger("fenji.coordinator")
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 WORKER = "coordinator"
+SURVEILLANCE = '"kind":"syndromes"'  # in every stored surveillance query's canonical JSON (not in a statistics query's)
 
 
 class Worker(Protocol):
@@ -68,6 +79,47 @@ def get(session: Session, query_id: int) -> QueryJob:
     row = session.get(QueryJob, query_id)
     if row is None:
         raise NotFound(f"no query {query_id}")
+    return row
+
+
+def latest(session: Session, *, surveillance: bool, limit: int) -> list[QueryJob]:
+    """The latest surveillance runs (``surveillance``) or statistics queries, newest first."""
+    kind = QueryJob.query_json.contains(SURVEILLANCE)
+    return list(session.execute(select(QueryJob).where(kind if surveillance else ~kind)
+                                .order_by(QueryJob.id.desc()).limit(limit)).scalars())
+
+
+def cancel(session: Session, account: Account, query_id: int) -> QueryJob:
+    """Cancel a queued statistics query (audited as ``query-cancelled``); committed.
+
+    A data scientist cancels only the queries they submitted; coordinator admins any.
+
+    Raises
+    ------
+    NotFound
+        If there is no such statistics query (a surveillance run is not one).
+    Forbidden
+        If a data scientist asks to cancel someone else's query.
+    Conflict
+        If it is running (a running query cannot be stopped) or has ended.
+    """
+    row = session.execute(select(QueryJob).where(QueryJob.id == query_id).with_for_update()).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no query {query_id}")
+    if SURVEILLANCE in row.query_json:
+        raise NotFound(f"query {query_id} is a surveillance run, not a statistics query (see /surveillance/{query_id})")
+    if account.role == Role.DATA_SCIENTIST.value and row.submitted_by != account.name:
+        raise Forbidden(f"query {query_id} was submitted by {row.submitted_by}: a data scientist cancels only "
+                        "their own queries")
+    if row.status == RUNNING:
+        raise Conflict(f"query {query_id} is running at the sites and cannot be stopped: a query is one short run "
+                       "with no point at which to stop it; it ends succeeded or failed")
+    if row.status in FINISHED:
+        raise Conflict(f"query {query_id} has {row.status} already" if row.status != CANCELLED
+                       else f"query {query_id} was cancelled already ({row.reason})")
+    row.status, row.finished_at, row.reason = CANCELLED, now(), f"cancelled by {account.name} before it started"
+    chain.append(session, actor=account.name, action="query-cancelled", query_id=row.id, task=row.task)
+    session.commit()
     return row
 
 

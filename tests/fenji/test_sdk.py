@@ -175,3 +175,65 @@ def test_a_query_left_running_by_a_dead_coordinator_is_marked_failed_on_restart(
     with running(create_app(service.coordinator)) as service.base_url, _client(service) as fenji:
         record = fenji.query_status(1)
     assert (record["status"], record["reason"]) == ("failed", RESTARTED)
+
+
+@pytest.fixture()
+def queue_only(tmp_path, registry_file):  # noqa: F811
+    """A coordinator with no engine: what is submitted stays queued (nothing runs it)."""
+    from coordinator.service import Role
+    from coordinator.service.accounts import add_account
+
+    service = make_service(tmp_path / "home", registry_file)
+    with service.coordinator.sessions() as session:
+        service.tokens["other"] = add_account(session, name="other scientist", role=Role.DATA_SCIENTIST,
+                                              actor="test")[1]
+    with running(create_app(service.coordinator)) as service.base_url:
+        yield service
+
+
+def test_queries_are_listed_as_a_frame_and_a_queued_one_is_cancelled(queue_only):
+    with _client(queue_only) as fenji, _client(queue_only, "other") as other:
+        first = fenji.submit_query(Count(), task=TASK)
+        second = other.submit_query(Histogram(column="age", edges=EDGES), task=TASK)
+        frame = fenji.queries()
+        assert frame[["id", "kind", "status", "submitted_by"]].values.tolist() == [
+            [second["id"], "histogram", "queued", "other scientist"], [first["id"], "count", "queued", "test data_scientist"]]
+        assert frame.iloc[0]["query"]["edges"] == list(EDGES)
+        with pytest.raises(fenji_sdk.Forbidden, match="cancels only their own queries"):
+            fenji.cancel_query(second["id"])
+        cancelled = fenji.cancel_query(first["id"])
+        assert cancelled["status"] == "cancelled" and "cancelled by test data_scientist" in cancelled["reason"]
+        with pytest.raises(fenji_sdk.Conflict, match="cancelled already"):
+            fenji.cancel_query(first["id"])
+        assert fenji.queries(limit=5)["status"].tolist() == ["queued", "cancelled"]
+        assert fenji.queries(limit=1)["id"].tolist() == [second["id"]]
+    with _client(queue_only, "admin") as admin:
+        assert admin.cancel_query(second["id"])["status"] == "cancelled"
+        trail = admin.audit(limit=1000)
+    assert trail[trail["action"] == "query-cancelled"][["query_id", "actor"]].values.tolist() == [
+        [first["id"], "test data_scientist"], [second["id"], "admin"]]
+
+
+def test_a_query_waited_for_and_cancelled_meanwhile_ends_the_wait_by_saying_so(queue_only):
+    import threading
+    import time
+
+    outcome: list[BaseException] = []
+
+    def ask() -> None:
+        with _client(queue_only) as fenji:
+            try:
+                fenji.query(Count(), task=TASK, poll=0.05, timeout=120)
+            except BaseException as exc:  # noqa: BLE001 - handed to the test's thread
+                outcome.append(exc)
+
+    waiting = threading.Thread(target=ask)
+    waiting.start()
+    with _client(queue_only) as fenji:
+        while fenji.queries().empty and waiting.is_alive():
+            time.sleep(0.02)  # until the other thread's query is queued
+        fenji.cancel_query(int(fenji.queries()["id"].iloc[0]))
+    waiting.join(120)
+    (failed,) = outcome
+    assert isinstance(failed, fenji_sdk.JobFailed) and "was cancelled: cancelled by test data_scientist" in str(failed)
+    assert failed.record["status"] == "cancelled"

@@ -142,6 +142,53 @@ def test_bad_policy_values_leave_the_file_unchanged(site, bad):
     assert _actions(site) == ["policy-changed"]
 
 
+def test_statistics_queries_are_allowed_noised_and_denied_through_the_audited_edit(site):
+    result = fenji("node", "policy", "--site-dir", site, "--analytics-allow", "mean, count",
+                   "--analytics-dp-epsilon", 0.5, "--by", "Dr Wang")
+    assert result.exit_code == 0, result.output
+    assert "analytics.allowed: none → count,mean" in result.stdout
+    analytics = load_site_policy(site).analytics
+    assert (analytics.allowed, analytics.dp_epsilon) == (["count", "mean"], 0.5)
+    (entry,) = node_audit(site).entries()
+    assert entry["action"] == "policy-changed" and entry["details"]["by"] == "Dr Wang"
+    assert entry["details"]["old"] == {"analytics.dp_epsilon": 0.0, "analytics.allowed": []}
+    assert entry["details"]["new"] == {"analytics.dp_epsilon": 0.5, "analytics.allowed": ["count", "mean"]}
+    for command in ("policy", "status"):
+        shown = fenji("node", command, "--site-dir", site)
+        assert shown.exit_code == 0, shown.output
+        assert "Statistics queries: count, mean answered" in shown.stdout and "epsilon 0.5 per query" in shown.stdout
+    # Allowing what is allowed changes and audits nothing; a kind added keeps those before it in place.
+    before = (site / POLICY_FILE).read_bytes()
+    assert "policy unchanged" in fenji("node", "policy", "--site-dir", site, "--analytics-allow", "count").stdout
+    assert (site / POLICY_FILE).read_bytes() == before and len(node_audit(site).entries()) == 1
+    result = fenji("node", "policy", "--site-dir", site, "--analytics-allow", "crosstab", "--analytics-deny", "count",
+                   "--analytics-dp-epsilon", 0)
+    assert result.exit_code == 0, result.output
+    assert load_site_policy(site).analytics.allowed == ["mean", "crosstab"]
+    assert "Statistics queries: mean, crosstab answered about approved tasks, exact" in result.stdout
+    assert fenji("node", "policy", "--site-dir", site, "--analytics-deny", "all").exit_code == 0
+    assert load_site_policy(site).analytics.allowed == []
+    assert "Statistics queries: none answered" in fenji("node", "status", "--site-dir", site).stdout
+    assert _actions(site) == ["policy-changed"] * 3 and node_audit(site).verify() == 3
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (("--analytics-allow", "count,median"), "--analytics-allow: unknown statistics query kind 'median'"),
+    (("--analytics-deny", "sql"), "--analytics-deny: unknown statistics query kind 'sql'"),
+    (("--analytics-allow", "mean", "--analytics-deny", "mean"), "mean both allowed and denied"),
+    (("--analytics-dp-epsilon", "-0.5"), "invalid policy value: analytics.dp_epsilon"),
+    (("--min-n", "20", "--analytics-allow", "count,nope"), "unknown statistics query kind 'nope'"),
+], ids=["unknown-kind", "unknown-denied", "allowed-and-denied", "epsilon-negative", "good-and-bad"])
+def test_bad_statistics_settings_are_refused_and_change_nothing(site, bad, message):
+    assert fenji("node", "policy", "--site-dir", site, "--analytics-allow", "count").exit_code == 0
+    before = (site / POLICY_FILE).read_bytes()
+    result = fenji("node", "policy", "--site-dir", site, *bad)
+    assert result.exit_code == ExitCode.SITE_DATA, result.output
+    assert message in result.stderr and "nothing was changed" in result.stderr
+    assert (site / POLICY_FILE).read_bytes() == before
+    assert _actions(site) == ["policy-changed"]
+
+
 def test_bad_bounds_or_an_unknown_task_approve_nothing(site):
     result = fenji("node", "approve", "--site-dir", site, "--task", "referral_risk", "--max-rounds", 0)
     assert result.exit_code == ExitCode.SITE_DATA and "invalid plan bounds: max_rounds" in result.stderr
@@ -191,7 +238,7 @@ def test_status_with_a_charge_in_view_and_a_tampered_chain(site):
 
 
 def _approve_many(site_dir: str, first: int, count: int, barrier) -> None:
-    from node_agent.cli_policy import approve_app
+    from node_agent.policy_edits import approve_app
 
     barrier.wait()  # every process starts its edits at once: the most contention
     for i in range(first, first + count):

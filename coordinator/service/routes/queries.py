@@ -1,5 +1,6 @@
 """``/queries``: federated-statistics queries (``Count``, ``Mean``, ``Histogram``, ``CrossTab``) submitted,
-run at the sites by the jobs' worker, and read back with their suppressed cells (each step audited)."""
+listed, run at the sites by the jobs' worker, read back with their suppressed cells, and cancelled while
+queued (each step audited)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import Path
+from fastapi import Query as Parameter
 from pydantic import BaseModel, Field
 
 from coordinator.service import queries
@@ -19,6 +21,7 @@ from models.spec import builtin_tasks, load_task
 
 router = api_router("/queries", tags=["queries"])
 QueryId = Annotated[int, Path(ge=1, le=2_147_483_647)]
+_NO_QUERY = {404: {"model": ErrorBody, "description": "No such statistics query"}}
 
 
 class QueryCreate(BaseModel):
@@ -30,7 +33,7 @@ class QueryPublic(BaseModel):
     id: int
     task: str
     query: dict[str, Any]
-    status: str = Field(description="queued, running, succeeded or failed")
+    status: str = Field(description="queued, running, succeeded, failed or cancelled")
     submitted_by: str
     submitted_at: str
     started_at: str | None
@@ -60,7 +63,24 @@ def submit_query(body: QueryCreate, caller: Caller, session: Db, coordinator: Co
     return QueryPublic.of(row)
 
 
+@router.get("", summary="Statistics queries, newest first (everyone's, as the jobs list; not the surveillance runs)")
+def list_queries(session: Db, limit: Annotated[int, Parameter(ge=1, le=1000)] = 100) -> list[QueryPublic]:
+    # Parameter is FastAPI's Query: here Query is federation.analytics' typed query, as the API names it.
+    return [QueryPublic.of(row) for row in queries.latest(session, surveillance=False, limit=limit)]
+
+
 @router.get("/{query_id}", responses={404: {"model": ErrorBody, "description": "No such query"}},
             summary="A query: its state and, once answered, its cells and at how many sites each was suppressed")
 def get_query(query_id: QueryId, session: Db) -> QueryPublic:
     return QueryPublic.of(queries.get(session, query_id))
+
+
+@router.post("/{query_id}/cancel", summary="Cancel a queued statistics query (a running one cannot be stopped)",
+             description="A data scientist cancels only the queries they submitted (403 otherwise); coordinator "
+                         "admins any. A query already running at the sites is one short run the worker cannot "
+                         "interrupt: 409, and it ends succeeded or failed.",
+             responses=_NO_QUERY | {409: {"model": ErrorBody, "description": "The query is running or has ended"}})
+def cancel_query(query_id: QueryId, caller: Caller, session: Db, coordinator: CoordinatorDep) -> QueryPublic:
+    row = queries.cancel(session, caller, query_id)
+    anchor_head(coordinator.sessions, coordinator.anchors)
+    return QueryPublic.of(row)

@@ -5,25 +5,23 @@ on every series and the alerts ranked (``coordinator.surveillance.report``). Eac
 
 from __future__ import annotations
 
-import json
 from datetime import date
 from typing import Annotated, Any
 
 from fastapi import Path, Query
 from pydantic import BaseModel, Field, ValidationError, model_validator
-from sqlalchemy import select
 
 from coordinator.service import queries
 from coordinator.service.chain import anchor_head
-from coordinator.service.db import QueryJob
 from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
 from coordinator.service.errors import ErrorBody, NotFound
+from coordinator.service.routes.queries import QueryPublic
 from federation.surveillance import SyndromeCounts
 from models.spec import builtin_tasks
 
 router = api_router("/surveillance", tags=["surveillance"])
 RunId = Annotated[int, Path(ge=1, le=2_147_483_647)]
-KIND = '"kind":"syndromes"'  # in every stored surveillance query's canonical JSON
+KIND = queries.SURVEILLANCE  # in every stored surveillance query's canonical JSON
 
 
 class SurveillanceCreate(BaseModel):
@@ -45,27 +43,13 @@ class SurveillanceCreate(BaseModel):
             raise ValueError(exc.errors()[0].get("msg", str(exc))) from None
 
 
-class SurveillancePublic(BaseModel):
-    id: int
-    task: str
-    query: dict[str, Any]
+# A surveillance run is the same ``QueryJob`` row as a statistics query, read the same way (``QueryPublic.of``);
+# only what its fields hold differs. (A comment, not a docstring: that would change the OpenAPI schema.)
+class SurveillancePublic(QueryPublic):
     status: str = Field(description="queued, running, succeeded or failed")
-    submitted_by: str
-    submitted_at: str
-    started_at: str | None
-    finished_at: str | None
     result: dict[str, Any] | None = Field(description="series (per district and published clinic, daily and weekly, "
                                                       "with each detector's alarms), alerts ranked, districts, "
                                                       "published, unavailable, refused, skipped")
-    error: str | None
-    reason: str | None
-
-    @classmethod
-    def of(cls, row: QueryJob) -> SurveillancePublic:
-        return cls(id=row.id, task=row.task, query=json.loads(row.query_json), status=row.status,
-                   submitted_by=row.submitted_by, submitted_at=row.submitted_at, started_at=row.started_at,
-                   finished_at=row.finished_at, result=json.loads(row.result_json) if row.result_json else None,
-                   error=row.error, reason=row.reason)
 
 
 @router.post("", status_code=201, summary="Queue a surveillance run: each district's syndrome counts per day, "
@@ -82,9 +66,7 @@ def submit_surveillance(body: SurveillanceCreate, caller: Caller, session: Db, c
 
 @router.get("", summary="The latest surveillance runs, newest first (the console shows the last one answered)")
 def list_surveillance(session: Db, limit: Annotated[int, Query(ge=1, le=100)] = 20) -> list[SurveillancePublic]:
-    rows = session.execute(select(QueryJob).where(QueryJob.query_json.contains(KIND)).order_by(QueryJob.id.desc())
-                           .limit(limit)).scalars()
-    return [SurveillancePublic.of(row) for row in rows]
+    return [SurveillancePublic.of(row) for row in queries.latest(session, surveillance=True, limit=limit)]
 
 
 @router.get("/{run_id}", responses={404: {"model": ErrorBody, "description": "No such surveillance run"}},

@@ -45,7 +45,9 @@ EXPECTED: dict[tuple[str, str], set[str] | None] = {
     ("GET", "/api/v1/jobs/{job_id}"): EVERYONE,
     ("POST", "/api/v1/jobs/{job_id}/cancel"): EVERYONE,  # a data scientist only their own (test_jobs)
     ("POST", "/api/v1/queries"): {S},
+    ("GET", "/api/v1/queries"): {S, A},
     ("GET", "/api/v1/queries/{query_id}"): {S, A},
+    ("POST", "/api/v1/queries/{query_id}/cancel"): {S, A},  # a data scientist only their own (test_queries)
     ("GET", "/api/v1/sites"): EVERYONE,  # the decision-quality review only for commissioners (test_sites)
     ("GET", "/api/v1/sites/{site_id}"): EVERYONE,
     ("POST", "/api/v1/surveillance"): {C, S},  # the commission runs surveillance, data scientists too
@@ -111,7 +113,7 @@ def call(service, method: str, path: str, headers: dict[str, str], n: int) -> ht
             with service.client("data_scientist") as scientist:  # whose data scientist may cancel it
                 job = scientist.post("/api/v1/jobs", json={"task": TASK, "rounds": 2}).json()
             return client.request(method, path.format(job_id=job["id"]))
-        if path == "/api/v1/queries/{query_id}":  # a queued query of its own (no engine runs it here)
+        if path.startswith("/api/v1/queries/{query_id}"):  # a queued query of its own (no engine runs it here)
             with service.client("data_scientist") as scientist:
                 query = scientist.post("/api/v1/queries", json={"task": TASK, "query": {"kind": "count"}}).json()
             return client.request(method, path.format(query_id=query["id"]))
