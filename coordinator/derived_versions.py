@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from coordinator.errors import RegistryError
+from coordinator.model_card import CARD_FILES, policy_text, render_model_card
 from coordinator.registry import _missing_version, model_name
 from models.bundle import bundle_digest, read_bundle, write_bundle
 from models.errors import BundleError, PolicyError, first_line
@@ -27,7 +28,7 @@ from models.policy import TierPolicy
 __all__ = ["POLICY_CHANGE", "DerivedVersion", "derive_tier_policy_version", "discard_version", "version_tier_policy"]
 
 POLICY_CHANGE = "tier-policy"
-_REWRITTEN = {"bundle", "tier_policy.yaml", "model_card.md", "model_card.json"}  # the rest is copied as is
+_REWRITTEN = {"bundle", "tier_policy.yaml", "model_card.json", *CARD_FILES.values()}  # the rest is copied as is
 _CHANGE_TAGS = {"bundle-sha256", "derived-from", "change", "change-by", "change-reason"}
 
 
@@ -141,13 +142,14 @@ def derive_tier_policy_version(task: str, base_version: str, policy: TierPolicy,
             tags = {k: v for k, v in base.tags.items() if k not in _CHANGE_TAGS} | change | {"bundle-sha256": digest}
             # The base's source: the same weights, so loading the version through MLflow gives this model.
             version = str(client.create_model_version(name, source=base.source, run_id=run_id, tags=tags).version)
-            markdown, card = _derived_card(client, base_run, Path(tmp, "card"), name=name, version=version,
-                                           base_version=str(base_version), previous=previous, policy=policy,
-                                           editor=editor, reason=reason)
-            client.log_text(run_id, markdown, "model_card.md")
+            markdowns, card = _derived_card(client, base_run, Path(tmp, "card"), name=name, version=version,
+                                            base_version=str(base_version), previous=previous, policy=policy,
+                                            editor=editor, reason=reason)
+            for lang, markdown in markdowns.items():
+                client.log_text(run_id, markdown, CARD_FILES[lang])
             if card is not None:
                 client.log_dict(run_id, card, "model_card.json")
-            client.update_model_version(name, version, description=markdown)
+            client.update_model_version(name, version, description=markdowns["en"])
             client.set_terminated(run_id)
         except (mlflow.exceptions.MlflowException, OSError) as exc:
             _discard(client, name, version, run_id)
@@ -196,24 +198,35 @@ def _copy_run(client: object, base_run: object, run_id: str, folder: Path) -> No
             client.log_artifact(run_id, client.download_artifacts(base_id, info.path, str(folder)))
 
 
-def _policy_text(policy: TierPolicy) -> str:
-    return (f"Tertiary if triage level ≤ {policy.tertiary.triage_at_most} or risk ≥ {policy.tertiary.risk_at_least:.0%}; "
-            f"county if triage level ≤ {policy.county.triage_at_most} or risk ≥ {policy.county.risk_at_least:.0%}; "
-            f"otherwise community. Critical alert at risk ≥ {policy.critical_risk_at_least:.0%}.")
-
-
 def _derived_card(client: object, base_run: object, folder: Path, *, name: str, version: str, base_version: str,
-                  previous: TierPolicy, policy: TierPolicy, editor: str, reason: str) -> tuple[str, dict | None]:
-    """The base's model card (markdown, JSON if it has one) as the derived version's: retitled, the
-    tier policy replaced, the change noted."""
+                  previous: TierPolicy, policy: TierPolicy, editor: str, reason: str) -> tuple[dict[str, str], dict | None]:
+    """The base's model card as the derived version's: retitled, the tier policy replaced, the change
+    noted. With the base's JSON card, ``({lang: markdown}, json)`` in every card language, rendered from
+    the JSON; without one (a version registered by hand), its English markdown edited, and ``None``."""
     files = {info.path for info in client.list_artifacts(base_run.info.run_id)}
 
     def read(path: str) -> str:
         return Path(client.download_artifacts(base_run.info.run_id, path, str(folder))).read_text("utf-8")
 
+    card = None
+    if "model_card.json" in files:
+        card = json.loads(read("model_card.json"))
+        change = {"kind": POLICY_CHANGE, "derived_from": base_version, "by": editor, "reason": reason,
+                  "previous_tier_policy": previous.model_dump()}
+        earlier = card.get("changes") or ([card["change"]] if card.get("change") else [])
+        card.setdefault("model", {})["version"] = version
+        card["tier_policy"] = policy.model_dump()
+        card["change"] = change
+        card["changes"] = [*earlier, change | {"tier_policy": policy.model_dump()}]  # each edit, oldest first
+        card["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        try:
+            return {lang: render_model_card(card, lang) for lang in CARD_FILES}, card
+        except (KeyError, TypeError, ValueError):  # a JSON card of another shape: its markdown is edited instead
+            logging.getLogger("fenji.coordinator").warning("the JSON card of %s version %s cannot be rendered",
+                                                           name, base_version)
     markdown = read("model_card.md") if "model_card.md" in files else f"# Model card: {name} version {base_version}\n"
     markdown = re.sub(r"\A# Model card: .*", f"# Model card: {name} version {version}", markdown, count=1)
-    section = f"## Tier policy (governance settings)\n{_policy_text(policy)}\n"
+    section = f"## Tier policy (governance settings)\n{policy_text(policy)}\n"
     if "## Tier policy (governance settings)" in markdown:
         markdown = re.sub(r"## Tier policy \(governance settings\)\n.*?\n(?=\n|## |\Z)", lambda _: section,
                           markdown, count=1, flags=re.DOTALL)
@@ -222,14 +235,5 @@ def _derived_card(client: object, base_run: object, folder: Path, *, name: str, 
     note = (f"## Change from version {base_version}: tier policy\n"
             f"The tier-policy thresholds were edited by {editor} (reason: {reason}). The parameters, encoding and "
             f"calibration are version {base_version}'s, so its per-site metrics hold unchanged.\n\n"
-            f"- before: {_policy_text(previous)}\n- after: {_policy_text(policy)}\n")
-    markdown = markdown.rstrip("\n") + "\n\n" + note
-    if "model_card.json" not in files:
-        return markdown, None
-    card = json.loads(read("model_card.json"))
-    card.setdefault("model", {})["version"] = version
-    card["tier_policy"] = policy.model_dump()
-    card["change"] = {"kind": POLICY_CHANGE, "derived_from": base_version, "by": editor, "reason": reason,
-                      "previous_tier_policy": previous.model_dump()}
-    card["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    return markdown, card
+            f"- before: {policy_text(previous)}\n- after: {policy_text(policy)}\n")
+    return {"en": markdown.rstrip("\n") + "\n\n" + note}, card

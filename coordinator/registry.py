@@ -19,7 +19,7 @@ import yaml
 
 from coordinator.audit import AuditLog
 from coordinator.errors import RegistryError
-from coordinator.model_card import build_model_card
+from coordinator.model_card import CARD_FILES, build_model_cards
 from coordinator.outcome import FederationOutcome
 from coordinator.settings import load_coordinator_settings
 from models.bundle import write_bundle
@@ -138,11 +138,12 @@ def register_outcome(
             client.set_model_version_tag(model_name(spec.name), version, "sites", json.dumps(sorted(outcome.sites)))
             client.set_model_version_tag(model_name(spec.name), version, "encrypted", str(outcome.encrypted))
             client.set_model_version_tag(model_name(spec.name), version, "bundle-sha256", digest)
-            markdown, card = build_model_card(outcome, name=model_name(spec.name), version=version, sites=sites,
-                                              policy=policy, extra=extra_params)
-            mlflow.log_text(markdown, "model_card.md")
+            markdowns, card = build_model_cards(outcome, name=model_name(spec.name), version=version, sites=sites,
+                                                policy=policy, extra=extra_params)
+            for lang, markdown in markdowns.items():
+                mlflow.log_text(markdown, CARD_FILES[lang])
             mlflow.log_dict(card, "model_card.json")
-            client.update_model_version(model_name(spec.name), version, description=markdown)
+            client.update_model_version(model_name(spec.name), version, description=markdowns["en"])
             return RegisteredModel(model_name(spec.name), version, run.info.run_id, tracking_uri)
     except mlflow.exceptions.MlflowException as exc:
         raise RegistryError(f"MLflow refused the run: {exc}") from exc

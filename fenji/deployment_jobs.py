@@ -5,6 +5,8 @@ How a job is followed, and why so: the ServerApp (``fenji.deployment``) writes o
 line to its own log after every round and at its end (the result, or the failure with the sites left
 out). The runner reads those lines from ``flwr run --stream`` (``flwr log --stream`` if that stream
 is cut), reads the run's final status with ``flwr ls``, and stops a cancelled job with ``flwr stop``.
+The run's id is handed to the job queue as soon as ``flwr run`` prints it: the SuperLink, not this
+process, runs the job, so a coordinator that restarts mid-job stops the run by that id (``stop_run``).
 Everything travels over Flower's own Control API, with the TLS trust and address the SuperLink
 connection in ``$FLWR_HOME/config.toml`` already gives ``flwr``: no port, endpoint or protocol of
 Fenji's own, and no disk shared between the service and the SuperLink's machine. What the log
@@ -15,6 +17,7 @@ reports is a report; the model itself is in the registry the ServerApp wrote (``
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,7 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.service.errors import JobCancelled, JobFailed
-from coordinator.service.jobs import JobRequest, JobResult, RoundCallback
+from coordinator.service.jobs import (
+    JobRequest,
+    JobResult,
+    RoundCallback,
+    dp_epsilon_refusal,
+)
 from coordinator.service.sites import Sighting
 from fenji.deployment import read_event
 
@@ -33,11 +41,13 @@ __all__ = ["DeploymentRunner", "run_config_of"]
 
 _STARTED = re.compile(r"Successfully started run (\d+)")
 _CUT_STREAM_RETRIES = 3
+log = logging.getLogger("fenji.coordinator")
 
 
 def run_config_of(request: JobRequest) -> str:
     """The ``--run-config`` of a job: its task, rounds and personalisation (keys of ``pyproject.toml``).
-    DP is each site's own policy on this engine (``node_agent.admission``), so ``dp_epsilon`` is not sent."""
+    DP is each site's own policy on this engine (``node_agent.admission``), so ``dp_epsilon`` is not sent
+    (the service refuses a job that asks for one: ``coordinator.service.jobs.dp_epsilon_refusal``)."""
     personalisation = "true" if request.personalisation else "false"
     return f"task={json.dumps(request.task)} num-server-rounds={int(request.rounds)} personalisation={personalisation}"
 
@@ -71,6 +81,9 @@ class DeploymentRunner:
 
     ``flwr_home`` overrides ``FLWR_HOME`` for the ``flwr`` commands (a test's own); ``flwr`` is the CLI.
     """
+
+    engine_name = "Flower"
+    sends_dp_epsilon = False  # each site's own DP policy applies (issue #13)
 
     def __init__(self, app: Path, superlink: str, *, flwr_home: Path | None = None, flwr: str | None = None) -> None:
         self.app, self.superlink = Path(app), superlink
@@ -118,13 +131,35 @@ class DeploymentRunner:
         """Stop the run on the SuperLink (``flwr stop``)."""
         self._command("stop", str(run_id), self.superlink)
 
+    def stop_run(self, run_id: str) -> str:
+        """Stop run ``run_id``, which a coordinator that has since restarted left going; one line saying
+        how that went (``flwr stop --format json``). Never raises: the restart goes on either way."""
+        try:
+            done = subprocess.run([self.flwr, "stop", str(run_id), self.superlink, "--format", "json"],
+                                  capture_output=True, text=True, env=self._env(), timeout=60,
+                                  stdin=subprocess.DEVNULL, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"could not run flwr stop on {self.superlink} ({type(exc).__name__}: {exc}); stop it there"
+        out = (done.stdout + done.stderr).strip()
+        try:
+            stopped = done.returncode == 0 and json.loads(done.stdout[done.stdout.index("{"):]).get("success") is True
+        except ValueError:
+            stopped = False
+        if stopped:
+            return f"stopped on {self.superlink} (flwr stop)"
+        said = " ".join(out.split())[-300:] or f"exit code {done.returncode}"
+        return f"flwr stop on {self.superlink} did not confirm it stopped (it may have ended already): {said}"
+
     def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult:
+        if request.dp_epsilon is not None:  # queued before this engine was configured: refused, not dropped
+            raise JobFailed(str(dp_epsilon_refusal(self)), error="DpEpsilonNotSent")
         progress = _Progress(on_round)
         started: list[int] = []
 
         def read(line: str) -> None:
             if not started and (match := _STARTED.search(line)):
                 started.append(int(match.group(1)))
+                _report_run(request, started[0])
             progress.feed(line)
 
         argv = ["run", str(self.app), self.superlink, "--run-config", run_config_of(request), "--stream"]
@@ -158,6 +193,16 @@ class DeploymentRunner:
                             error=str(end.get("error", "FederationFailed")))
         raise JobFailed(f"run {run_id} on {self.superlink} ended {status or 'without a status'}"
                         + (f": {details}" if details else ""), error="FlowerRunFailed")
+
+
+def _report_run(request: JobRequest, run_id: int) -> None:
+    """Hand the run id to the queue; a failure to store it does not end a run that is going well."""
+    if request.on_engine_run is None:
+        return
+    try:
+        request.on_engine_run(str(run_id))
+    except Exception:  # the job goes on; only a restart would then miss the run
+        log.exception("job %s: could not store Flower run %s; a restart would not stop it", request.id, run_id)
 
 
 def _left_out(excluded: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

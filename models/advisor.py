@@ -33,9 +33,11 @@ from models.spec import FeatureKind, TaskSpec
 from models.text import normalise
 from models.training import predicted_level
 
-__all__ = ["TASKS", "Advisor", "TaskModel", "encode_records", "load_bundle_model"]
+__all__ = ["CARD_FILES", "TASKS", "Advisor", "TaskModel", "encode_records", "load_bundle_model"]
 
 TASKS = ("triage", "diagnosis", "referral_risk")
+# A version's model card per language, as the registry names the files (coordinator.model_card writes them)
+CARD_FILES = {"en": "model_card.md", "zh-CN": "model_card.zh-CN.md"}
 _ASSESSMENTS = TypeAdapter(list[Assessment])
 
 
@@ -240,7 +242,8 @@ class Advisor:
     """Scores patients with the triage, diagnosis and referral-risk models and the tier policy."""
 
     def __init__(self, models: Mapping[str, TaskModel], policy: TierPolicy, *, top_k: int = 3,
-                 explain_k: int = 6, explain_words: int = 3, cards: Mapping[str, str] | None = None) -> None:
+                 explain_k: int = 6, explain_words: int = 3,
+                 cards: Mapping[str, str | Mapping[str, str]] | None = None) -> None:
         missing = [t for t in TASKS if t not in models]
         if missing:
             raise ValueError(f"the advisor needs a model for each of {TASKS}; missing {missing}")
@@ -255,10 +258,17 @@ class Advisor:
         self._diagnosis_titles = {c: _titles(d_label.class_display.get(c), c) for c in d_label.classes}
         self._feature_titles = {f.name: _titles(f.display, f.name) for f in self.spec.features}
 
-    def model_card(self, task: str) -> str:
+    def model_card(self, task: str, lang: str = "en") -> str:
+        """The markdown card of the version answering ``task``, in ``lang`` (zh-CN or en) if the version
+        has a card in it, else in English (versions registered before cards were written in Chinese)."""
         if task not in self.tasks:
             raise KeyError(task)
-        return self.cards.get(task, f"# {self.models[task].name} version {self.models[task].version}\n\nNo card.")
+        card = self.cards.get(task)
+        if isinstance(card, str):
+            return card
+        if card:
+            return card.get(lang) or card.get("en") or next(iter(card.values()))
+        return f"# {self.models[task].name} version {self.models[task].version}\n\nNo card."
 
     def assess(self, records: Sequence[Mapping[str, object]]) -> list[Assessment]:
         """One ``Assessment`` per record (a dict of feature values; ``None`` = not recorded)."""
@@ -358,12 +368,13 @@ def _titles(display: Mapping[str, str] | None, fallback: str) -> dict[str, str]:
     return {"zh": display.get("zh") or display.get("en") or fallback, "en": display.get("en") or fallback}
 
 
-def load_bundle_model(folder: Path, task: str, version: str) -> tuple[TaskModel, str, TierPolicy]:
-    """A downloaded version folder (``bundle/`` plus ``model_card.md``) as a ``TaskModel``."""
+def load_bundle_model(folder: Path, task: str, version: str) -> tuple[TaskModel, dict[str, str], TierPolicy]:
+    """A downloaded version folder (``bundle/`` plus its model cards) as a ``TaskModel``, with its
+    cards (language -> markdown; the languages it has) and its tier policy."""
     from models.bundle import read_bundle
 
     spec, encoding, calibration, policy, flat = read_bundle(Path(folder) / "bundle")
-    card_file = Path(folder) / "model_card.md"
-    card = card_file.read_text(encoding="utf-8") if card_file.exists() else ""
+    cards = {lang: (Path(folder) / name).read_text(encoding="utf-8")
+             for lang, name in CARD_FILES.items() if (Path(folder) / name).is_file()}
     ref = ModelRef(name=f"fenji-{task}", version=version, card_url=f"/api/v1/model/{task}/card")
-    return TaskModel(spec, encoding, flat, calibration, ref), card, policy
+    return TaskModel(spec, encoding, flat, calibration, ref), cards, policy

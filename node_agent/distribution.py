@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from federation.settings import environment
-from models.advisor import TASKS, Advisor, TaskModel, load_bundle_model
+from models.advisor import CARD_FILES, TASKS, Advisor, TaskModel, load_bundle_model
 from models.bundle import bundle_digest
 from models.errors import BundleError, TaskSpecError, first_line
 from models.policy import TierPolicy
@@ -206,7 +206,8 @@ def advisor_from_registry(tracking_uri: str, *, alias: str | None = None, versio
 
 def load_task_model(tracking_uri: str, task: str, *, version: str | None = None, alias: str | None = None,
                     cache_dir: Path | None = None) -> tuple[TaskModel, str, TierPolicy]:
-    """One task's registered model version from MLflow: ``(model, card markdown, tier policy)``.
+    """One task's registered model version from MLflow: ``(model, cards, tier policy)``, the cards
+    language -> markdown (``models.advisor.load_bundle_model``).
 
     The version's bundle is downloaded (into ``cache_dir`` if given) and its digest checked against
     the version's ``bundle-sha256`` tag before anything is loaded from it.
@@ -229,7 +230,9 @@ def load_task_model(tracking_uri: str, task: str, *, version: str | None = None,
         expected = mv.tags.get("bundle-sha256")
         # A version already in the cache and intact is not downloaded again (a reload, a second slot choice).
         if not (cache_dir and (folder / "model_card.md").is_file() and _intact(folder / "bundle", expected)):
-            for artifact in ("bundle", "model_card.md"):  # only what serving needs
+            present = {info.path for info in client.list_artifacts(mv.run_id)}
+            cards = [name for name in CARD_FILES.values() if name in present or name == CARD_FILES["en"]]
+            for artifact in ("bundle", *cards):  # only what serving needs (a version may have no Chinese card)
                 mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=artifact,
                                                     tracking_uri=tracking_uri, dst_path=str(folder))
     except (mlflow.exceptions.MlflowException, ValueError, OSError) as exc:

@@ -39,6 +39,14 @@ __all__ = [
 PERSONAL_DIR = "personalised"
 SETTINGS_FILE = "settings.json"
 INFO_FILE = "personalisation.json"
+# The section the clinic adds to the global version's card, in each card language (models.advisor.CARD_FILES)
+_PERSONALISED_SECTION = {
+    "en": "\n\n## Personalised at this clinic\n\nServed here: version {info.version}, `{info.method}` on {info.rows} "
+          "of this clinic's rows ({info.created_at:%Y-%m-%d %H:%M} UTC), from global version {info.base_version}. "
+          "It never leaves the clinic.\n",
+    "zh-CN": "\n\n## 本院个性化\n\n本院使用：第 {info.version} 版，以 `{info.method}` 在本院 {info.rows} 行数据上拟合"
+             "（{info.created_at:%Y-%m-%d %H:%M} UTC），源自全局模型第 {info.base_version} 版。它从不离开本院。\n",
+}
 
 
 class PersonalisedInfo(BaseModel):
@@ -211,10 +219,10 @@ def apply_personalisation(site_dir: Path, advisor: object) -> tuple[object, dict
         except BundleError as exc:
             notes[task] = f"global model: {exc}"
             continue
-        cards[task] = (advisor.model_card(task) + f"\n\n## Personalised at this clinic\n\nServed here: version "
-                       f"{info.version}, `{info.method}` on {info.rows} of this clinic's rows "
-                       f"({info.created_at:%Y-%m-%d %H:%M} UTC), from global version {info.base_version}. "
-                       "It never leaves the clinic.\n")
+        base_cards = advisor.cards.get(task)
+        languages = list(base_cards) if isinstance(base_cards, dict) and base_cards else ["en"]
+        cards[task] = {lang: advisor.model_card(task, lang) + _PERSONALISED_SECTION[lang].format(info=info)
+                       for lang in languages if lang in _PERSONALISED_SECTION}
         notes[task] = (f"personalised ({info.method}) from global version {info.base_version}"
                        + (f" of {info.task}" if info.task != task else ""))
     if all(tasks[t] is advisor.tasks[t] for t in tasks):

@@ -14,12 +14,18 @@ from pathlib import Path
 from sqlalchemy import ForeignKey, String, Text, UniqueConstraint, create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 
 from federation.errors import SettingsError
 
-__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "Job", "Promotion", "QueryJob",
-           "Site", "open_database"]
+__all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "EngineRun", "Job", "Promotion",
+           "QueryJob", "Site", "open_database"]
 
 
 class Base(DeclarativeBase):
@@ -90,6 +96,21 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(String(100), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     sites_json: Mapped[str] = mapped_column(Text, default="[]")  # sites that refused or failed, and why
+    # Loaded with the job (a separate SELECT, so a job read FOR UPDATE locks no outer join on PostgreSQL).
+    engine_run: Mapped[EngineRun | None] = relationship(lazy="selectin", uselist=False)
+
+
+class EngineRun(Base):
+    """The engine's own id of a job's run (Flower's run id on the deployment engine), stored as soon as
+    the engine reports it: a coordinator that restarts mid-job stops that run instead of leaving it
+    going. A table of its own for the reason ``QueryJob`` has one; text, as Flower's run ids are
+    unsigned 64-bit and PostgreSQL's BIGINT is signed."""
+
+    __tablename__ = "job_engine_runs"
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), primary_key=True)
+    engine: Mapped[str] = mapped_column(String(40))
+    run_id: Mapped[str] = mapped_column(String(40))
+    started_at: Mapped[str] = mapped_column(String(40))
 
 
 class QueryJob(Base):

@@ -8,6 +8,7 @@
         ├── Conflict               409
         │   └── FourEyes                 the same commissioner approving a promotion twice
         ├── Unavailable            503   the model registry or the audit chain refused the change
+        ├── Unprocessable          422   a request the engine cannot honour as asked (DP on the deployment engine)
         ├── JobCancelled                 raised between rounds to stop a job someone cancelled
         └── JobFailed                    a runner's report of a failed job: which sites refused or failed, why
 
@@ -30,7 +31,8 @@ from federation.errors import AuditTamperedError, RegistryError, SettingsError
 from models.errors import FenjiError
 
 __all__ = ["ERROR_RESPONSES", "Conflict", "ErrorBody", "Forbidden", "FourEyes", "JobCancelled", "JobFailed",
-           "NotAuthenticated", "NotFound", "ServiceError", "Unavailable", "install_error_handlers", "status_of"]
+           "NotAuthenticated", "NotFound", "ServiceError", "Unavailable", "Unprocessable", "install_error_handlers",
+           "status_of"]
 
 
 class ServiceError(FenjiError):
@@ -59,6 +61,12 @@ class FourEyes(Conflict):
 
 class Unavailable(ServiceError):
     status_code = 503
+
+
+class Unprocessable(ServiceError):
+    """A well-formed request the service cannot honour as asked (e.g. a job's DP on an engine that never sends it)."""
+
+    status_code = 422
 
 
 class JobCancelled(ServiceError):

@@ -18,7 +18,10 @@ States::
   arrives after the last round lets the job finish (it then ends ``succeeded``).
 - Restart: ``JobQueue.start`` first marks every job left ``running`` failed with the reason
   ``RESTARTED`` (its worker died with the process that ran it), so none is left "running"; queued
-  jobs then run. Only the serving process calls ``start``: a command such as ``fenji coordinator
+  jobs then run. A run the engine itself keeps going (Flower's deployment engine: the SuperLink runs
+  it, not this process) is stopped on the way, best effort, by the id the runner reported when it
+  started (``JobRequest.on_engine_run``, stored in ``job_engine_runs``); the failure's reason and audit
+  entry say whether it stopped. Only the serving process calls ``start``: a command such as ``fenji coordinator
   account add`` opens the same database while a job runs and must not touch it.
 """
 
@@ -39,7 +42,7 @@ from coordinator.service import sites as known_sites  # "sites" is a parameter n
 from coordinator.service.access import Role
 from coordinator.service.accounts import now
 from coordinator.service.anchoring import AnchorClient
-from coordinator.service.db import Account, Job
+from coordinator.service.db import Account, EngineRun, Job
 from coordinator.service.errors import (
     Conflict,
     Forbidden,
@@ -51,7 +54,7 @@ from coordinator.service.sites import Sighting
 from models.errors import first_line
 
 __all__ = ["FINISHED", "RESTARTED", "WORKER", "JobQueue", "JobRequest", "JobResult", "JobRunner", "RoundCallback",
-           "cancel", "submit"]
+           "StopsEngineRuns", "cancel", "dp_epsilon_refusal", "submit"]
 
 log = logging.getLogger("fenji.coordinator")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
@@ -70,6 +73,9 @@ class JobRequest:
     rounds: int
     dp_epsilon: float | None = None
     personalisation: bool = True
+    # Whom a runner tells the engine's own id of the run, once the engine gives one (Flower's run id
+    # on the deployment engine): stored at once, so a restarted coordinator can stop that run.
+    on_engine_run: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -96,6 +102,28 @@ class JobRunner(Protocol):
     refused or failed) or any other error when the run fails."""
 
     def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult: ...
+
+
+class StopsEngineRuns(Protocol):
+    """A runner whose engine keeps a run going without the coordinator's process (the deployment
+    engine): ``stop_run`` stops one by the id it reported, and says in one line how that went.
+    A runner may also set ``sends_dp_epsilon = False`` when its engine never applies a job's
+    ``dp_epsilon`` (``dp_epsilon_refusal``)."""
+
+    def stop_run(self, run_id: str) -> str: ...
+
+
+def dp_epsilon_refusal(runner: object | None) -> str | None:
+    """Why a job asking for ``dp_epsilon`` is refused on ``runner``'s engine; None if it is not.
+
+    On Flower's deployment engine each site's own DP policy sets its noise (issue #13: DP parameters
+    come from the site's policy, never the server's), so a job's epsilon would silently not apply.
+    """
+    if runner is None or getattr(runner, "sends_dp_epsilon", True):
+        return None
+    return (f"dp_epsilon is not sent when jobs run on {runner}. Each site's own DP policy sets its noise "
+            "there (DP parameters come from the site's policy, never the coordinator's): submit the job without "
+            "dp_epsilon; each site's report shows the DP setting and budget it trained with")
 
 
 def submit(session: Session, account: Account, *, task: str, rounds: int, dp_epsilon: float | None = None,
@@ -174,9 +202,10 @@ class JobQueue:
         self._thread: threading.Thread | None = None
 
     def start(self, runner: JobRunner | None) -> list[int]:
-        """Fail the jobs a dead process left running (returns their ids), then, with a ``runner``,
-        start the worker; without one, jobs wait in the queue (no training engine configured)."""
-        recovered = self.recover()
+        """Fail the jobs a dead process left running (returns their ids; ``runner`` stops their engine
+        runs if it can), then, with a ``runner``, start the worker; without one, jobs wait in the queue
+        (no training engine configured)."""
+        recovered = self.recover(runner)
         self.runner = runner
         if runner is not None and self._thread is None:
             self._stopping.clear()
@@ -196,15 +225,24 @@ class JobQueue:
         """Tell the worker a job was queued or cancelled."""
         self._wake.set()
 
-    def recover(self) -> list[int]:
-        """Mark every ``running`` job failed with ``RESTARTED`` (audited, one transaction each)."""
+    def recover(self, runner: JobRunner | None = None) -> list[int]:
+        """Mark every ``running`` job failed with ``RESTARTED`` (audited, one transaction each); a job
+        whose engine run id is stored has that run stopped first by ``runner`` (``StopsEngineRuns``),
+        best effort: the reason and the audit entry say how it went."""
         with self.sessions() as session:
-            ids = session.execute(select(Job.id).where(Job.status == RUNNING).order_by(Job.id)).scalars().all()
-        for job_id in ids:
-            self._finish(job_id, FAILED, "job-failed", error="CoordinatorRestarted", reason=RESTARTED)
-            log.warning("job %s was running when the coordinator stopped: marked failed", job_id)
+            jobs = session.execute(select(Job).where(Job.status == RUNNING).order_by(Job.id)).scalars().all()
+            left = [(job.id, job.engine_run.engine if job.engine_run else None,
+                     job.engine_run.run_id if job.engine_run else None) for job in jobs]
+        for job_id, engine, run_id in left:
+            reason, details = RESTARTED, None
+            if run_id is not None:
+                outcome = _stop_engine_run(runner, engine, run_id)
+                reason = f"{RESTARTED}; {engine} run {run_id}: {outcome}"
+                details = {"engine": engine, "engine_run_id": run_id, "engine_run_stop": outcome}
+            self._finish(job_id, FAILED, "job-failed", error="CoordinatorRestarted", reason=reason, details=details)
+            log.warning("job %s was running when the coordinator stopped: marked failed (%s)", job_id, reason)
         queries.recover(self, reason=RESTARTED)
-        return list(ids)
+        return [job_id for job_id, _, _ in left]
 
     def _loop(self) -> None:
         while not self._stopping.is_set():
@@ -232,9 +270,20 @@ class JobQueue:
             chain.append(session, actor=WORKER, action="job-started", job_id=job.id, task=job.task, rounds=job.rounds)
             session.commit()
             request = JobRequest(id=job.id, task=job.task, rounds=job.rounds, dp_epsilon=job.dp_epsilon,
-                                 personalisation=job.personalisation)
+                                 personalisation=job.personalisation, on_engine_run=self._engine_run_callback(job.id))
         chain.anchor_head(self.sessions, self.anchors)
         return request
+
+    def _engine_run_callback(self, job_id: int) -> Callable[[str], None]:
+        runner = self.runner
+
+        def on_engine_run(run_id: str) -> None:
+            engine = str(getattr(runner, "engine_name", "engine"))
+            with self.sessions() as session:
+                session.merge(EngineRun(job_id=job_id, engine=engine, run_id=str(run_id), started_at=now()))
+                session.commit()
+
+        return on_engine_run
 
     def run_next(self) -> bool:
         """Run the oldest queued job to its end with the runner; False if none was queued (or no runner)."""
@@ -304,6 +353,18 @@ class JobQueue:
             chain.append(session, actor=WORKER, action=action, **entry)
             session.commit()
         chain.anchor_head(self.sessions, self.anchors)
+
+
+def _stop_engine_run(runner: JobRunner | None, engine: str, run_id: str) -> str:
+    """Stop a dead process's engine run with ``runner``, best effort: one line saying how it went."""
+    stop = getattr(runner, "stop_run", None)
+    if stop is None or getattr(runner, "engine_name", "engine") != engine:  # another engine's run
+        now_running = "no training engine is configured now" if runner is None else f"jobs now run on {runner}"
+        return f"not stopped ({now_running}); stop it by hand"
+    try:
+        return str(stop(run_id))
+    except Exception as exc:  # noqa: BLE001 - recovery goes on; the failure is recorded with the job
+        return f"could not stop it ({type(exc).__name__}: {first_line(exc)}); stop it on the engine"
 
 
 def _cancelled(exc: BaseException | None) -> bool:

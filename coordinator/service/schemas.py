@@ -173,7 +173,9 @@ class JobCreate(BaseModel):
     task: str = Field(pattern=r"^[a-z][a-z0-9_]{0,99}$", description="A built-in task, e.g. triage, diagnosis")
     rounds: int = Field(ge=1, le=1000, description="Federated training rounds")
     dp_epsilon: float | None = Field(None, gt=0, le=1000, description="Ask the sites for DP-SGD at this epsilon "
-                                     "per run (each site books it in its own ledger); none: the sites' own policy")
+                                     "per run (each site books it in its own ledger); none: the sites' own policy. "
+                                     "Refused (422) on Flower's deployment engine, where each site's own DP policy "
+                                     "always applies")
     personalisation: bool = Field(True, description="Each site fits a personalised model on its own rows at the "
                                   "end and reports its metrics; false: the sites skip that step")
 
@@ -215,6 +217,8 @@ class JobPublic(BaseModel):
     error: str | None
     reason: str | None
     failed_sites: list[SiteProblem] = Field(description="The sites that refused or failed, and why")
+    engine_run_id: str | None = Field(None, description="The engine's own id of the job's run, once it started "
+                                      "(Flower's run id on the deployment engine, e.g. for `flwr log`)")
 
     @classmethod
     def of(cls, job: Job) -> JobPublic:
@@ -224,4 +228,5 @@ class JobPublic(BaseModel):
                    rounds_done=job.rounds_done, progress=job.rounds_done / job.rounds if job.rounds else 0.0,
                    cancel_requested_by=job.cancel_requested_by, history=_finite(json.loads(job.history_json)),
                    result=_finite(json.loads(job.result_json)) if job.result_json else None, error=job.error,
-                   reason=job.reason, failed_sites=[SiteProblem(**s) for s in json.loads(job.sites_json)])
+                   reason=job.reason, failed_sites=[SiteProblem(**s) for s in json.loads(job.sites_json)],
+                   engine_run_id=job.engine_run.run_id if job.engine_run else None)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from coordinator.model_card import CARD_FILES
 from coordinator.registry import model_name
 from coordinator.service.errors import NotFound
 from federation.errors import RegistryError
@@ -130,8 +131,10 @@ class ModelRegistry:
             raise RegistryError(f"cannot read the rounds of {model_name(task)} version {version}: {exc}") from exc
         return RoundMetrics(task=task, version=str(mv.version), rounds=rounds)
 
-    def card(self, task: str, version: str) -> str:
-        """The version's model card (markdown): its run's ``model_card.md``, else the version's description.
+    def card(self, task: str, version: str, lang: str = "en") -> tuple[str, str]:
+        """The version's model card (markdown) in ``lang`` (``coordinator.model_card.CARD_LANGS``) and the
+        language it is in: its run's card in ``lang``; else (a version registered before the Chinese card
+        existed) its English ``model_card.md``; else the version's description, in English.
 
         Raises
         ------
@@ -144,16 +147,18 @@ class ModelRegistry:
 
         view = self.existing(task, version)
         try:
-            if view.run_id and any(a.path == "model_card.md" for a in self.client.list_artifacts(view.run_id)):
-                with tempfile.TemporaryDirectory() as folder:
-                    path = self.client.download_artifacts(view.run_id, "model_card.md", folder)
-                    return Path(path).read_text(encoding="utf-8")
+            files = {a.path for a in self.client.list_artifacts(view.run_id)} if view.run_id else set()
+            for shown in dict.fromkeys((lang, "en")):
+                if CARD_FILES[shown] in files:
+                    with tempfile.TemporaryDirectory() as folder:
+                        path = self.client.download_artifacts(view.run_id, CARD_FILES[shown], folder)
+                        return Path(path).read_text(encoding="utf-8"), shown
             description = self.client.get_model_version(model_name(task), str(version)).description
         except (mlflow.exceptions.MlflowException, OSError, UnicodeDecodeError) as exc:
             raise RegistryError(f"cannot read the model card of {model_name(task)} version {version}: {exc}") from exc
         if not description:
             raise NotFound(f"{model_name(task)} version {version} carries no model card")
-        return description
+        return description, "en"
 
     def alias_version(self, task: str, alias: str) -> str | None:
         """The version ``alias`` points at, ``None`` if it points nowhere."""

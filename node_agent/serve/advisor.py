@@ -30,8 +30,8 @@ class Scorer(Protocol):
         """One assessment per record; a record maps every feature name to its value, None = not recorded."""
         ...
 
-    def model_card(self, task: str) -> str:
-        """The markdown model card of the model version that answers ``task``."""
+    def model_card(self, task: str, lang: str = "en") -> str:
+        """The markdown model card of the model version that answers ``task``, in ``lang`` if it has one."""
         ...
 
 

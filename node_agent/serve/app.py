@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
+from federation.pages import SHARED_STATIC
 from models.errors import TaskSpecError
 from models.spec import LabelSpec, load_task
 from node_agent.serve.access import ACCESS, API_PREFIX, PUBLIC, check_access_table
@@ -107,7 +108,8 @@ def create_app(
     def workstation() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", media_type="text/html; charset=utf-8")
 
-    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    # The page's own files, then those it shares with the console (the model-card renderer).
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, packages=[SHARED_STATIC]), name="static")
     app.add_middleware(BodyLimit, max_bytes=64 * 1024 + 4 * 1024 * max_batch)
     app.add_middleware(SecurityHeaders)
     return app

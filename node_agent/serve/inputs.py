@@ -158,6 +158,8 @@ class CardQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     version: str | None = Field(None, max_length=64, description="the version the caller was shown")
+    lang: Literal["zh-CN", "en"] = Field("zh-CN", description="the card's language (a version registered before "
+                                         "cards were written in Chinese has only its English card)")
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,11 @@ elif command == "ls":
     (here / "scenario.json").write_text(json.dumps(scenario))
     print(json.dumps({"success": True, "runs": [{"run-id": scenario["run_id"], "status": status,
                                                  "status-details": scenario.get("details", "")}]}))
+elif command == "stop" and "--format" in sys.argv:
+    if scenario.get("stop_fails"):
+        print(json.dumps({"success": False, "error-message": "Run %s couldn't be stopped." % sys.argv[2]}))
+        sys.exit(1)
+    print(json.dumps({"success": True, "run-id": sys.argv[2]}))
 '''
 
 
@@ -67,10 +72,10 @@ def flwr(tmp_path):
     script.write_text(f"#!{sys.executable}\n{FLWR}")
     script.chmod(0o755)
 
-    def scenario(stream, *, statuses=("finished:completed",), log=(), details=""):
+    def scenario(stream, *, statuses=("finished:completed",), log=(), details="", stop_fails=False):
         (tmp_path / "scenario.json").write_text(json.dumps({"run_id": RUN_ID, "stream": list(stream),
                                                             "statuses": list(statuses), "log": list(log),
-                                                            "details": details}))
+                                                            "details": details, "stop_fails": stop_fails}))
 
     runner = DeploymentRunner(tmp_path / "app", "city-superlink", flwr=str(script))
     runner.calls = lambda: [json.loads(line) for line in (tmp_path / "calls.log").read_text().splitlines()]
@@ -169,3 +174,44 @@ def test_a_run_whose_log_cannot_be_followed_is_stopped_not_left_running(flwr):
     with pytest.raises(JobFailed, match="lost the log of run 4242"):
         runner(_request(), lambda r, m: None)
     assert ["stop", str(RUN_ID), "city-superlink"] in runner.calls()
+
+
+def test_the_flower_run_id_is_handed_on_before_the_first_round(flwr):
+    runner, scenario = flwr
+    scenario([ROUND_1, ROUND_2, RESULT])
+    reported: list[str] = []
+    seen_at_round: list[list[str]] = []
+    runner(_request(on_engine_run=reported.append), lambda r, m: seen_at_round.append(list(reported)))
+    assert reported == [str(RUN_ID)] and seen_at_round[0] == [str(RUN_ID)]
+
+
+def test_a_run_id_that_cannot_be_stored_does_not_end_the_run(flwr):
+    runner, scenario = flwr
+    scenario([ROUND_1, ROUND_2, RESULT])
+
+    def broken_store(run_id: str) -> None:
+        raise OSError("database is locked")
+
+    assert runner(_request(on_engine_run=broken_store), lambda r, m: None).version == "3"
+    assert not any(call[0] == "stop" for call in runner.calls())
+
+
+@pytest.mark.parametrize("stop_fails", [False, True])
+def test_stop_run_says_whether_flower_stopped_the_run(flwr, stop_fails):
+    runner, scenario = flwr
+    scenario([], stop_fails=stop_fails)
+    said = runner.stop_run(str(RUN_ID))
+    assert ["stop", str(RUN_ID), "city-superlink", "--format", "json"] in runner.calls()
+    if stop_fails:
+        assert "did not confirm it stopped" in said and "couldn't be stopped" in said
+    else:
+        assert said == "stopped on city-superlink (flwr stop)"
+
+
+def test_a_job_asking_for_dp_epsilon_is_refused_not_run_without_it(flwr, tmp_path):
+    runner, scenario = flwr
+    scenario([ROUND_1, ROUND_2, RESULT])
+    with pytest.raises(JobFailed, match="dp_epsilon is not sent") as refused:
+        runner(_request(dp_epsilon=1.5), lambda r, m: None)
+    assert refused.value.error == "DpEpsilonNotSent" and "own DP policy" in str(refused.value)
+    assert not (tmp_path / "calls.log").exists()  # flwr was never called

@@ -43,6 +43,7 @@ def cache_version(site, version: str, models) -> None:
         digest = write_bundle(folder / "bundle", spec=m.spec, encoding=m.encoding, calibration=m.calibration,
                               policy=load_policy("default"), flat=m.flat)
         (folder / "model_card.md").write_text(f"# fenji-{task} version {version}\n")
+        (folder / "model_card.zh-CN.md").write_text(f"# 模型说明：fenji-{task} 第 {version} 版\n", encoding="utf-8")
         state[task] = {"version": version, "digest": digest}
     state_file.write_text(json.dumps(state))
 
@@ -101,8 +102,11 @@ def test_the_clinics_scoring_service_serves_its_personalised_model(site):
         expected = personal.proba(personal.encode([PATIENT]))[0, 1]
         assert answer["referral_risk"]["probability"] == pytest.approx(expected)
         assert abs(expected - global_advisor.assess([PATIENT])[0].referral_risk.probability) > 1e-3
-        card = client.get(answer["models"]["referral_risk"]["card_url"])
-        assert card.status_code == 200 and "Personalised at this clinic" in card.text
+        card = client.get(answer["models"]["referral_risk"]["card_url"])  # in Chinese unless asked otherwise
+        assert card.status_code == 200 and card.text.startswith("# 模型说明：fenji-referral_risk 第 3 版")
+        assert "## 本院个性化" in card.text and f"本院使用：第 {info.version} 版" in card.text
+        english = client.get(answer["models"]["referral_risk"]["card_url"], params={"lang": "en"})
+        assert english.text.startswith("# fenji-referral_risk version 3") and "Personalised at this clinic" in english.text
         notes = client.get("/api/v1/model").json()["personalisation"]
         assert notes["referral_risk"].startswith("personalised") and notes["triage"].startswith("global model")
 

@@ -116,7 +116,7 @@ function versionCard(view, index) {
     sites.length ? table : el("p", { class: "muted", text: t("no_sites") }),
     el("p", { class: "gap-line small" }, gap ? t("gap_line", { metric: state.metric, best_site: gap.best_site,
       best: fmt(gap.best), worst_site: gap.worst_site, worst: fmt(gap.worst), gap: fmt(gap.gap) }) : t("no_gap")),
-    policyBlock(view), modelCardBlock(view));  // modelCardBlock: markdown.js
+    policyBlock(view), modelCardBlock(view));  // modelCardBlock: model-card.js
   if (isCommissioner()) card.append(actions(v, serving));
   return card;
 }

@@ -13,6 +13,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
+from federation.pages import SHARED_STATIC
+
 __all__ = ["CONSOLE_DIR", "CSP", "mount_console"]
 
 CONSOLE_DIR = Path(__file__).resolve().parents[1] / "console"
@@ -24,10 +26,12 @@ _HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
 
 
 def mount_console(app: FastAPI) -> None:
-    """Serve the console at ``/`` (and ``/console/``) and its static files under ``/console/``."""
+    """Serve the console at ``/`` (and ``/console/``) and its static files under ``/console/``, with
+    the files it shares with the clinic's page (``federation.pages``)."""
 
     @app.get("/", include_in_schema=False)
     def console() -> FileResponse:
         return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html; charset=utf-8", headers=_HEADERS)
 
-    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, html=True), name="console")
+    # The console's own files, then those it shares with the clinic's page (the model-card renderer).
+    app.mount("/console", StaticFiles(directory=CONSOLE_DIR, packages=[SHARED_STATIC], html=True), name="console")

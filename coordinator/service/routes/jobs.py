@@ -11,7 +11,7 @@ from coordinator.service import jobs
 from coordinator.service.chain import anchor_head
 from coordinator.service.db import Job
 from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
-from coordinator.service.errors import ErrorBody, NotFound
+from coordinator.service.errors import ErrorBody, NotFound, Unprocessable
 from coordinator.service.schemas import JobCreate, JobPublic
 from models.spec import builtin_tasks
 
@@ -21,10 +21,16 @@ _NO_JOB = {404: {"model": ErrorBody, "description": "No such job"}}
 
 
 @router.post("", status_code=201, summary="Queue a training job; it runs when the jobs before it have ended",
+             description="On Flower's deployment engine a job with a `dp_epsilon` is refused with 422 (`\"error\": "
+                         "\"Unprocessable\"`): each site's own DP policy sets its noise there (docs/deployment.md).",
              responses={404: {"model": ErrorBody, "description": "No such built-in task"}})
 def submit_job(body: JobCreate, caller: Caller, session: Db, coordinator: CoordinatorDep) -> JobPublic:
     if body.task not in builtin_tasks():
         raise NotFound(f"no built-in task {body.task!r} (tasks: {', '.join(builtin_tasks())})")
+    # Refused rather than accepted and dropped: a job record carrying an epsilon nobody applied would
+    # read, in the jobs list and the audit chain, as if the model had been trained with it.
+    if body.dp_epsilon is not None and (refusal := jobs.dp_epsilon_refusal(coordinator.jobs.runner)):
+        raise Unprocessable(refusal)
     job = jobs.submit(session, caller, task=body.task, rounds=body.rounds, dp_epsilon=body.dp_epsilon,
                       personalisation=body.personalisation)
     anchor_head(coordinator.sessions, coordinator.anchors)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Path
+from fastapi import Path, Query
 from fastapi.responses import Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from coordinator.model_card import DEFAULT_CARD_LANG
 from coordinator.service import governance
 from coordinator.service.chain import anchor_head
 from coordinator.service.curves import VersionCurves, version_curves
@@ -59,8 +60,9 @@ def version_rounds(task: Task, version: Version, coordinator: CoordinatorDep) ->
 
 @router.get("/models/{task}/versions/{version}/curves", summary="ROC and calibration curves per site",
             description="Each site's ROC points and calibration bins for the version, read from the counts the "
-                        "site released with its final evaluation (binary tasks; cells under a site's minimum n "
-                        "withheld, counts rounded).",
+                        "site released with its final evaluation, of the binary view named in `view` (positive "
+                        "class, top-label confidence, or triage level 2 or more urgent; cells under a site's "
+                        "minimum n withheld, counts rounded).",
             responses={404: {"model": ErrorBody, "description": "No such version"},
                        503: {"model": ErrorBody, "description": "The registry refused"}})
 def version_curves_route(task: Task, version: Version, coordinator: CoordinatorDep) -> VersionCurves:
@@ -68,13 +70,19 @@ def version_curves_route(task: Task, version: Version, coordinator: CoordinatorD
 
 
 @router.get("/models/{task}/versions/{version}/card", response_class=Response, summary="The version's model card",
-            description="The markdown model card registered with the version (written in English; the console "
-                        "renders it, with its section headings in Chinese when the page is).",
-            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "The card"},
+            description="The markdown model card registered with the version, in `lang` (zh-CN by default, or en). "
+                        "A version registered before cards were written in Chinese has only its English card: it "
+                        "is served then, and `Content-Language` says which language the card is in.",
+            responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "The card",
+                             "headers": {"Content-Language": {"schema": {"type": "string"},
+                                                              "description": "zh-CN or en"}}},
                        404: {"model": ErrorBody, "description": "No such version, or it carries no card"},
                        503: {"model": ErrorBody, "description": "The registry refused"}})
-def version_card(task: Task, version: Version, coordinator: CoordinatorDep) -> Response:
-    return Response(coordinator.registry.card(task, version), media_type="text/markdown; charset=utf-8")
+def version_card(task: Task, version: Version, coordinator: CoordinatorDep,
+                 lang: Annotated[Literal["zh-CN", "en"], Query(description="The card's language")] = DEFAULT_CARD_LANG,
+                 ) -> Response:
+    markdown, shown = coordinator.registry.card(task, version, lang)
+    return Response(markdown, media_type="text/markdown; charset=utf-8", headers={"Content-Language": shown})
 
 
 @router.post("/models/{task}/versions/{version}/approve", responses=_CHANGE_ERRORS,

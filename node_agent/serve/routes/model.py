@@ -24,8 +24,8 @@ def model_info(advisor: CurrentAdvisor, request: Request) -> ModelInfo:
 
 @router.get(
     "/model/{task}/card", response_class=Response, summary="Model card",
-    description="The markdown model card of the model version answering `task` (each Assessment links to it). "
-    "With `version`, a 404 says that version is no longer the one in use.",
+    description="The markdown model card of the model version answering `task` (each Assessment links to it), "
+    "in `lang` (zh-CN by default, or en). With `version`, a 404 says that version is no longer the one in use.",
     responses={200: {"content": {"text/markdown": {"schema": {"type": "string"}}}, "description": "The model card"},
                404: {"model": ErrorBody, "description": "Unknown task, or a version no longer in use"}},
 )
@@ -40,7 +40,7 @@ def model_card(
     if query.version is not None and query.version != ref.version:
         raise NotFound(f"{task} version {query.version!r} is no longer in use (now {ref.version!r})")
     try:
-        card = advisor.model_card(task)
+        card = advisor.model_card(task, query.lang)
     except Exception as exc:
         raise AdvisorFailed(f"the model card of {task} could not be read") from exc
     return Response(card, media_type="text/markdown; charset=utf-8")

@@ -91,12 +91,14 @@ function renderModelLinks(models) {
   }
 }
 
-// The card is fetched with the token and rendered as DOM nodes (markdown.js).
+// The card is fetched with the token, in the page's language, and rendered as DOM nodes (markdown.js).
 async function showModelCard(task, ref) {
   $("card-title").textContent = `${modelLabel(task, ref)} — ${t("model_card")}`;
   const body = $("card-body");
+  const url = new URL(ref.card_url, location.origin);
+  url.searchParams.set("lang", state.lang === "zh" ? "zh-CN" : "en");
   try {
-    renderMarkdown(body, await api("GET", ref.card_url.replace(API, "")), state.lang);
+    renderMarkdown(body, await api("GET", (url.pathname + url.search).replace(API, "")), state.lang);
   } catch (err) {
     body.replaceChildren(el("p", { class: "error-text", text: t("error") + err.text }));
   }

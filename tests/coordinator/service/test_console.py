@@ -1,5 +1,6 @@
 """The console page without a browser: served at ``/`` in zh-CN, everything it loads from this server
-(no CDN), a CSP that forbids the rest, and every file of it shipped in the package."""
+(no CDN), a CSP that forbids the rest, and every file of it shipped in the package (its own, and the
+model-card renderer it shares with the clinic's page)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from coordinator.service import create_app, open_coordinator
 from coordinator.service.routes.console import CONSOLE_DIR
 from coordinator.settings import load_coordinator_settings
+from federation.pages import SHARED_STATIC_DIR
 
 ROOT = Path(__file__).resolve().parents[3]
 SVG_NAMESPACE = "http://www.w3.org/2000/svg"  # a name in createElementNS, never fetched
@@ -43,6 +45,7 @@ def test_the_page_is_zh_cn_and_loads_only_from_this_server(client):
 def test_no_file_of_the_console_names_another_host():
     files = sorted(CONSOLE_DIR.iterdir())
     assert {f.suffix for f in files} == {".html", ".js", ".css"}
+    files += sorted(SHARED_STATIC_DIR.iterdir())  # served under /console/ too
     for file in files:
         text = file.read_text(encoding="utf-8").replace(SVG_NAMESPACE, "")
         assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}", text, re.IGNORECASE), file.name
@@ -50,6 +53,7 @@ def test_no_file_of_the_console_names_another_host():
 
 
 def test_every_console_file_is_package_data():
-    patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["coordinator.service"]
-    for file in CONSOLE_DIR.iterdir():
-        assert any(fnmatch.fnmatch(f"console/{file.name}", p) for p in patterns), file.name
+    package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    for package, folder in (("coordinator.service", CONSOLE_DIR), ("federation", SHARED_STATIC_DIR)):
+        for file in folder.iterdir():
+            assert any(fnmatch.fnmatch(f"{folder.name}/{file.name}", p) for p in package_data[package]), file.name

@@ -1,7 +1,8 @@
 """The console's sites view and model cards in a real browser: after a job, a commissioner sees each
 clinic's last reply, bucketed rows and quarantine rate, decisions, privacy budget as a bar and the
 released decision-quality review; a data scientist is told the review is withheld; a version's model
-card is rendered (headings in Chinese, tables as tables) and raw HTML in it stays text.
+card is rendered in the page's language (its Chinese card, then its English one after the switch), tables
+as tables, and raw HTML in it stays text.
 Saves docs/console-sites.png."""
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ Decision support at the **first visit**; see `triage`.
 ## Known limits
 - a test's model
 """
+CARD_ZH = """# 模型说明：fenji-triage 第 2 版
+
+## 适用范围
+供**首诊**时辅助决策；见 `triage`。
+
+## 各站点表现（留出数据）
+| 站点 | 测试行数 | 全局模型 |
+|---|---:|---:|
+| clinic_a | 60 | 0.800 |
+| clinic_b | 45 | 0.740 |
+
+<img src=x onerror="document.title='owned'"> <script>document.title='owned'</script>
+
+## 已知局限
+- 测试用模型
+"""
 NOW = datetime.now(timezone.utc)
 REPORT = {"rows-from": 100.0, "rows-to": 200.0, "quarantine-from": 0.02, "quarantine-to": 0.05, "plans-approved": 2.0,
           "runs-accepted": 3.0, "runs-refused": 1.0, "dp-spent": 2.5, "dp-left": 7.5, "dp-budget": 10.0,
@@ -73,7 +90,9 @@ def console(tmp_path_factory):
         client = mlflow.MlflowClient(tracking_uri=service.coordinator.registry.tracking_uri)
         (base / "card").mkdir()
         (base / "card" / "model_card.md").write_text(CARD, encoding="utf-8")
-        client.log_artifact(service.coordinator.registry.version(TASK, "2").run_id, str(base / "card" / "model_card.md"))
+        (base / "card" / "model_card.zh-CN.md").write_text(CARD_ZH, encoding="utf-8")
+        for name in ("model_card.md", "model_card.zh-CN.md"):
+            client.log_artifact(service.coordinator.registry.version(TASK, "2").run_id, str(base / "card" / name))
         with running(create_app(service.coordinator)) as service.base_url:
             service.coordinator.jobs.start(lambda request, on_round: JobResult(sightings=SIGHTINGS))
             try:
@@ -131,11 +150,12 @@ def test_a_versions_model_card_is_rendered_safely_in_either_language(open_page, 
     page.click("#card-v2 details.model-card-block summary")
     page.wait_for_selector("#model-card-v2 table")
     card = page.locator("#model-card-v2")
-    assert card.locator("h3").all_inner_texts()[:1] == ["Model card: fenji-triage version 2"]
+    assert card.locator("h3").all_inner_texts()[:1] == ["模型说明：fenji-triage 第 2 版"]  # its Chinese card
     assert card.locator("h4").all_inner_texts() == ["适用范围", "各站点表现（留出数据）", "已知局限"]
-    assert card.locator("tbody tr").count() == 2 and card.locator("strong").inner_text() == "first visit"
+    assert card.locator("tbody tr").count() == 2 and card.locator("strong").inner_text() == "首诊"
     assert card.locator("img, script").count() == 0 and "<img src=x" in card.inner_text()  # raw HTML stays text
     assert page.title() != "owned"
-    page.click("#lang-toggle")  # the open card is drawn again, in English
+    page.click("#lang-toggle")  # the open card is fetched and drawn again, in English
     page.wait_for_selector("#model-card-v2 h4:has-text('Known limits')")
     assert card.locator("li").inner_text() == "a test's model"
+    assert card.locator("h3").all_inner_texts()[:1] == ["Model card: fenji-triage version 2"]

@@ -233,9 +233,13 @@ def test_the_job_lifecycle_on_postgresql(tmp_path, registry_file, postgres_url):
 
     with running(create_app(service.coordinator)) as service.base_url:
         left_running = submit(service)
-        assert JobQueue(service.coordinator.sessions)._claim().id == left_running["id"]
+        claimed = JobQueue(service.coordinator.sessions)._claim()
+        assert claimed.id == left_running["id"]
+        claimed.on_engine_run(str(2**64 - 1))  # Flower's run ids are unsigned 64-bit: past PostgreSQL's BIGINT
+        assert wait_for(service, left_running["id"], lambda j: True)["engine_run_id"] == str(2**64 - 1)
         queue = service.coordinator.jobs
-        assert queue.start(scripted([], after_round=hold)) == [left_running["id"]]
+        runner = scripted([], after_round=hold)
+        assert queue.start(runner) == [left_running["id"]]
         try:
             cancelled = submit(service)
             assert after_first.wait(60)
@@ -247,6 +251,8 @@ def test_the_job_lifecycle_on_postgresql(tmp_path, registry_file, postgres_url):
             assert wait_for(service, finished["id"])["status"] == "succeeded"
         finally:
             queue.stop(timeout=60)
-        assert wait_for(service, left_running["id"], lambda j: True)["reason"] == RESTARTED
+        # The scripted runner cannot stop an engine's run: the reason says so
+        assert wait_for(service, left_running["id"], lambda j: True)["reason"] == \
+            f"{RESTARTED}; engine run {2**64 - 1}: not stopped (jobs now run on {runner}); stop it by hand"
         assert wait_for(service, finished["id"], lambda j: True)["rounds_done"] == 2
         assert audit_actions(service, finished["id"])[-1] == ("job-succeeded", "coordinator")

@@ -54,10 +54,14 @@ def test_the_derived_version_is_the_base_with_the_new_policy(registered, tmp_pat
         "derived-from": "1", "change": "tier-policy", "change-by": "Commissioner Li", "change-reason": "县级医院床位紧张",
         "task": TASK, "sites": old.tags["sites"]}
     # What a node loads: the digest verified, the same weights, encoding and calibration, the new policy.
-    served, card, policy = load_task_model(uri, TASK, version="2", cache_dir=tmp_path / "node")
+    served, cards, policy = load_task_model(uri, TASK, version="2", cache_dir=tmp_path / "node")
     np.testing.assert_array_equal(served.flat, model.flat)
     assert served.encoding == model.encoding and served.calibration == model.calibration and policy == STRICTER
+    card, zh = cards["en"], cards["zh-CN"]  # the node has the card in both languages
     assert card.startswith(f"# Model card: fenji-{TASK} version 2")
+    assert zh.startswith(f"# 模型说明：fenji-{TASK} 第 2 版") and "## 相对第 1 版的变更：分级策略" in zh
+    assert "由 Commissioner Li 修改（理由：县级医院床位紧张）" in zh and "修改前：分诊等级 ≤ 1 级或风险 ≥ 60%" in zh
+    assert "风险 ≥ 50%" in zh.split("## 分级策略（治理设置）\n", 1)[1].split("\n\n", 1)[0]
     tier_section = card.split("## Tier policy (governance settings)\n", 1)[1].split("\n\n", 1)[0]
     assert "risk ≥ 50%" in tier_section and "60%" not in tier_section
     assert "## Change from version 1: tier policy" in card and "before: Tertiary if triage level ≤ 1 or risk ≥ 60%" in card
@@ -79,6 +83,13 @@ def test_the_derived_version_is_the_base_with_the_new_policy(registered, tmp_pat
     # Loading the version through MLflow gives the base's logged model (the same weights).
     mlflow.set_tracking_uri(uri)
     assert mlflow.pytorch.load_model(f"models:/fenji-{TASK}/2") is not None
+    # The base's cards, as register_outcome logged them: one per language; a second edit keeps the first's note.
+    assert {"model_card.md", "model_card.zh-CN.md"} <= {a.path for a in client.list_artifacts(old.run_id)}
+    third = derive_tier_policy_version(TASK, "2", load_policy(), tracking_uri=uri, editor="Commissioner Wang",
+                                       reason="恢复默认")
+    zh = ModelRegistry(uri).card(TASK, third.version, "zh-CN")[0]
+    assert zh.index("## 相对第 1 版的变更") < zh.index("## 相对第 2 版的变更") and "Commissioner Wang" in zh
+    discard_version(TASK, third.version, tracking_uri=uri)
 
     discard_version(TASK, "2", tracking_uri=uri)
     assert [str(v.version) for v in client.search_model_versions(f"name = 'fenji-{TASK}'")] == ["1"]

@@ -36,8 +36,8 @@ class SpyAdvisor:
         self.calls.append(records)
         return self.inner.assess(records)
 
-    def model_card(self, task: str) -> str:
-        return self.inner.model_card(task)
+    def model_card(self, task: str, lang: str = "en") -> str:
+        return self.inner.model_card(task, lang)
 
 
 @dataclass

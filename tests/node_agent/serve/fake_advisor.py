@@ -95,7 +95,7 @@ class FakeAdvisor:
                 diagnoses=self._diagnoses(record), explanation=explanation, models=dict(self.models)))
         return answers
 
-    def model_card(self, task: str) -> str:
+    def model_card(self, task: str, lang: str = "en") -> str:
         return (f"# fake-{task} v{self.version}\n\nA **test double**, not a clinical model.\n\n"
                 f"- task: {task}\n- version: {self.version}\n- offset: {self.offset}\n")
 

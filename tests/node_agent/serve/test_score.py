@@ -169,10 +169,13 @@ def test_model_versions_and_cards(served):
         card = client.get(f"/api/v1/model/{task}/card", params={"version": ref["version"]})
         stale = client.get(f"/api/v1/model/{task}/card", params={"version": "no-such-version"})
         unknown = client.get("/api/v1/model/no_such_task/card")
+        english = client.get(f"/api/v1/model/{task}/card", params={"lang": "en"})
+        other = client.get(f"/api/v1/model/{task}/card", params={"lang": "fr"})
     assert info["task"] == "referral_risk" and info["models"] == {
         k: v.model_dump() for k, v in served.spy.models.items()}
     assert card.status_code == 200 and card.headers["content-type"].startswith("text/markdown")
-    assert card.text == served.spy.model_card(task)
+    assert card.text == served.spy.model_card(task, "zh-CN") and english.text == served.spy.model_card(task, "en")
+    assert other.status_code == 422
     assert stale.status_code == 404 and "no longer in use" in stale.json()["detail"][0]["msg"]
     assert unknown.status_code == 404
 
