@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord
 
 from models.spec import TaskSpec
-from models.training import TrainConfig, dp_noise_multiplier
+from models.training import TrainConfig, dp_train_config
 from node_agent.analytics import admitted_query
 from node_agent.budget import node_audit
 from node_agent.errors import PolicyRefusal
@@ -128,10 +129,24 @@ def site_train_config(admitted: Admitted, n_rows: int | None = None) -> TrainCon
     dp = admitted.policy.dp
     if n_rows and dp.enabled:
         # The site sets its own noise so that the whole run spends its (epsilon, delta) on its records;
-        # any dp-* value in the server's config is ignored.
-        train_config.dp_max_grad_norm = dp.max_grad_norm
-        train_config.dp_noise_multiplier = dp_noise_multiplier(
-            epsilon=dp.epsilon_per_run, delta=dp.delta, n=n_rows, batch_size=train_config.batch_size,
-            epochs=train_config.epochs * admitted.rounds,
+        # any dp-* value in the server's config is ignored. So is any seed of the server's for the
+        # noise: only a demo site's own ``noise_seed`` seeds it, mixed with the run, round and site.
+        train_config = dp_train_config(
+            train_config, n=n_rows, epsilon=dp.epsilon_per_run, delta=dp.delta, max_grad_norm=dp.max_grad_norm,
+            rounds=admitted.rounds, noise_seed=_noise_seed(admitted),
         )
     return train_config
+
+
+def _noise_seed(admitted: Admitted) -> int | None:
+    """The demo site's DP noise seed for this round of this run at this site (None: from the OS).
+
+    Mixed with the run id, the round and the site, so that no two rounds, runs or sites reuse noise;
+    the server's config chooses only which run and round it is, never the seed itself.
+    """
+    seed = admitted.policy.dp.noise_seed
+    if seed is None:
+        return None
+    config = admitted.config
+    identity = f"{seed}|{config.get('run-id', '')}|{int(config.get('server-round', 0))}|{Path(admitted.site_dir).name}"
+    return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") >> 1

@@ -35,7 +35,7 @@ from rich.markup import escape
 
 from federation.errors import SettingsError
 from models.errors import FenjiError, first_line
-from node_agent.errors import SiteDataError
+from node_agent.errors import DemoNoiseSeedError, SiteDataError
 from node_agent.paths import input_file, site_folder
 from node_agent.policy import load_site_policy
 
@@ -178,8 +178,13 @@ def up_command(
     """Start the clinic's node: its SuperNode (TLS, its key, apps only through the launcher), the launcher
     that runs only app bundles this site approved, and the scoring service. Ctrl-C stops them all."""
     site_dir = site_folder(site_dir, SiteDataError, must_exist=True).resolve()
-    check_tls_files(root_certificates, auth_key)
     policy = load_site_policy(site_dir)  # a broken policy stops the node before it starts
+    if policy.dp.noise_seed is not None:
+        raise DemoNoiseSeedError(
+            f"{site_dir.name}'s policy seeds its DP noise (dp.noise_seed = {policy.dp.noise_seed}), which only the "
+            "synthetic demo and tests may do: whoever knows the seed can predict the noise and subtract it. Remove "
+            "\"noise_seed\" from the \"dp\" section of its policy.json before this clinic joins a federation")
+    check_tls_files(root_certificates, auth_key)
     if not _free("127.0.0.1", runtime_port):
         raise SettingsError(f"port {runtime_port} on 127.0.0.1 is in use: give --runtime-port another one")
     from node_agent.settings import load_node_settings

@@ -9,8 +9,8 @@ from __future__ import annotations
 from federation.errors import PrivacyError, RegistryError, SiteDataError
 from models.errors import ExitCode, FenjiError
 
-__all__ = ["EgressViolation", "IngestError", "MappingError", "PolicyRefusal", "RegistryError", "SiteDataError",
-           "TokenFileError"]
+__all__ = ["DemoNoiseSeedError", "EgressViolation", "IngestError", "MappingError", "PolicyRefusal", "RegistryError",
+           "SiteDataError", "TokenFileError"]
 
 
 class MappingError(FenjiError):
@@ -36,3 +36,9 @@ class EgressViolation(PrivacyError):
 class PolicyRefusal(PrivacyError):
     """A job the site's policy does not allow (plan not approved, out of bounds, budget exhausted,
     too few rows): the node declines it before reading any record, and says why."""
+
+
+class DemoNoiseSeedError(PrivacyError):
+    """A site's policy seeds its DP noise (``dp.noise_seed``, for the synthetic demo and tests only):
+    whoever knows the seed can predict the noise and subtract it, so such a site never joins a real
+    federation."""

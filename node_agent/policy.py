@@ -132,6 +132,10 @@ class DPPolicy(BaseModel):
     max_grad_norm: float = Field(1.0, gt=0)
     budget_epsilon: float = Field(10.0, gt=0, description="Total epsilon this site's records may spend per period.")
     period_days: int = Field(365, ge=1)
+    noise_seed: int | None = Field(None, description=(
+        "For the synthetic demo and tests only: seeds the DP noise (mixed with the run, round and site) so that "
+        "their figures repeat. Whoever knows it can predict the noise and subtract it: `fenji node up` refuses "
+        "to start a clinic whose policy has one. None (the default): the noise is seeded from the OS."))
 
 
 class AnalyticsPolicy(BaseModel):

@@ -99,7 +99,7 @@ def test_leaving_num_rounds_out_does_not_lower_the_noise(site, referral_spec):
         return
     n_rows = len(load_site_data(site, referral_spec).train_frame)
     accepted = dp_noise_multiplier(epsilon=1.0, delta=1e-3, n=n_rows, batch_size=referral_spec.model.batch_size,
-                                   epochs=referral_spec.model.local_epochs * 2)
+                                   epochs=referral_spec.model.local_epochs, rounds=2)
     assert site_train_config(admitted, n_rows).dp_noise_multiplier == pytest.approx(accepted)
 
 

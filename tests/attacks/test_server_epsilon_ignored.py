@@ -64,9 +64,8 @@ def test_a_server_epsilon_does_not_change_the_sites_own_noise(site, referral_spe
     n_rows = len(load_site_data(site, referral_spec).train_frame)
 
     noise = site_train_config(admit(site, config, "train", node_allows_plaintext=True), n_rows)
-    epochs = referral_spec.model.local_epochs * int(config["num-rounds"])
     own = dp_noise_multiplier(epsilon=1.0, delta=1e-3, n=n_rows, batch_size=referral_spec.model.batch_size,
-                              epochs=epochs)
+                              epochs=referral_spec.model.local_epochs, rounds=int(config["num-rounds"]))
     assert noise.dp_noise_multiplier == pytest.approx(own)
     assert noise.dp_noise_multiplier > 1.0  # the server's epsilon would give next to none (about 1e-4)
     assert noise.dp_max_grad_norm == 1.0

@@ -77,7 +77,7 @@ def test_a_missing_or_wrong_tls_file_stops_node_up_before_anything_starts(tmp_pa
     assert not (site / "logs").exists()  # no process was started
 
 
-def _wait_for(predicate, what: str, proc: subprocess.Popen, log: Path, limit: float = 120) -> None:
+def _wait_for(predicate, what: str, proc: subprocess.Popen, log: Path, limit: float = 300) -> None:
     deadline = time.monotonic() + limit
     while not predicate():
         if proc.poll() is not None or time.monotonic() > deadline:

@@ -1,0 +1,77 @@
+"""The demo's site-side DP noise seed (``DPPolicy.noise_seed``): the site's own, never the server's.
+
+- Only the site's policy sets it: whatever a coordinator puts in the round's config (a ``seed``, a
+  ``dp-noise-seed``), a site without a noise seed trains with noise from the OS, and a seeded site's
+  noise seed does not change with the server's ``seed``.
+- It is mixed with the run, the round and the site: no two rounds reuse the same noise.
+- ``fenji node up`` refuses to start a clinic whose policy has one, before anything starts.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from typer.testing import CliRunner
+
+from fenji.cli import app
+from models.encoding import EncodingParams
+from models.errors import ExitCode
+from node_agent.admission import admit, site_train_config
+from node_agent.local import load_site_data, train_update
+from tests.attacks.conftest import job_config, site_admin
+
+SITE_DP = {"epsilon_per_run": 1.0, "delta": 1e-3, "max_grad_norm": 1.0, "budget_epsilon": 100.0}
+SERVER_SEEDS = {"dp-noise-seed": 7, "noise-seed": 7, "dp-seed": 7}
+
+
+def _config(site, spec, *, run_id: str, server_round: int = 1, **extra):
+    config, flat = job_config(spec, site, run_id=run_id, server_round=server_round, **extra)
+    return site_train_config(admit(site, config, "train", node_allows_plaintext=True),
+                             len(load_site_data(site, spec).train_frame)), config, flat
+
+
+def _update(site, spec, config, train_config, flat) -> np.ndarray:
+    """The site's update as its train handler computes it (one message can be answered only once)."""
+    params = EncodingParams.from_dict(json.loads(str(config["encoding"])))
+    return train_update(load_site_data(site, spec), params, flat, train_config)[0]
+
+
+def test_the_server_cannot_seed_the_noise_of_a_site_without_a_seed(site, referral_spec):
+    site_admin(site, referral_spec, dp=SITE_DP)
+    train_config, config, flat = _config(site, referral_spec, run_id="server-seeds", **SERVER_SEEDS)
+    assert train_config.dp_noise_multiplier > 0 and train_config.dp_noise_seed is None
+    # The same round twice: noise from the OS, so two different updates.
+    update = _update(site, referral_spec, config, train_config, flat)
+    assert not np.array_equal(update, _update(site, referral_spec, config, train_config, flat))
+
+
+def test_the_servers_seed_does_not_move_a_seeded_sites_noise(site, referral_spec):
+    site_admin(site, referral_spec, dp=SITE_DP | {"noise_seed": 11})
+    own, config, flat = _config(site, referral_spec, run_id="seeded", seed=0)
+    other, _, _ = _config(site, referral_spec, run_id="seeded", seed=12345, **SERVER_SEEDS)
+    assert own.dp_noise_seed is not None and own.dp_noise_seed == other.dp_noise_seed
+    # Same run, round and site: the very same update, twice.
+    update = _update(site, referral_spec, config, own, flat)
+    np.testing.assert_array_equal(update, _update(site, referral_spec, config, other, flat))
+
+
+def test_the_seed_is_mixed_with_the_round_and_the_run(site, referral_spec):
+    site_admin(site, referral_spec, dp=SITE_DP | {"noise_seed": 11})
+    first, _, _ = _config(site, referral_spec, run_id="mixed", server_round=1)
+    second, _, _ = _config(site, referral_spec, run_id="mixed", server_round=2)
+    other_run, _, _ = _config(site, referral_spec, run_id="another", server_round=1)
+    assert len({first.dp_noise_seed, second.dp_noise_seed, other_run.dp_noise_seed}) == 3
+    site_admin(site, dp=SITE_DP | {"noise_seed": 12})
+    reseeded, _, _ = _config(site, referral_spec, run_id="mixed", server_round=1)
+    assert reseeded.dp_noise_seed != first.dp_noise_seed
+
+
+def test_node_up_refuses_a_clinic_whose_policy_seeds_its_noise(site, tmp_path):
+    site_admin(site, dp=SITE_DP | {"noise_seed": 0})
+    # The refusal comes before any file is read or process started: the TLS files need not exist.
+    result = CliRunner().invoke(app, ["node", "up", "--site-dir", str(site), "--superlink", "127.0.0.1:1",
+                                      "--root-certificates", str(tmp_path / "ca.crt"),
+                                      "--auth-key", str(tmp_path / "key"), "--no-serve"])
+    assert result.exit_code == ExitCode.PRIVACY, result.output
+    assert "noise_seed" in result.output and "predict the noise" in " ".join(result.output.split())
