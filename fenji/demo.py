@@ -25,12 +25,11 @@ __all__ = ["demo_command"]
 DEMO_MARKER = ".fenji-demo"  # written into the folder a demo made: only such a folder is ever cleared
 DEMO_OUTPUTS = ("exports", "sites")
 # With --dp-epsilon, each clinic trains with DP on: six runs (three tasks, with and without the complaint
-# text) at epsilon 1.5 spend 9 of each clinic's default budget of 10 per year, and the demo's clinics seed
-# their DP noise (policy dp.noise_seed, from --seed) so that its figures repeat (`fenji node up` refuses
-# such a clinic: a real one's noise comes from its OS). Off by default: at these clinic sizes DP-SGD
-# (models.training.DP_SGD) costs diagnosis, with and without the text, its gain over the local-only
-# models (bench/dp_utility.py), which the demo's claims (issue 12) rest on; triage and referral risk
-# keep theirs.
+# text) at epsilon 1.5 spend 9 of each clinic's default budget of 10 per year. Off by default: at these
+# clinic sizes DP-SGD (models.training.DP_SGD) costs diagnosis, with and without the text, its gain over
+# the local-only models (bench/dp_utility.py), which the demo's claims rest on; triage and referral risk
+# keep theirs. And DP noise is drawn from the OS at each site (by design), so a DP demo's figures differ
+# from run to run.
 DEMO_DP = (1.5, 1e-4)
 
 
@@ -46,9 +45,8 @@ def demo_command(
                     "after it; default: --rounds; 0: none.")] = None,
     dp_epsilon: Annotated[float, typer.Option(
         min=0, help="Each clinic's DP policy, as its admin sets it: DP-SGD at this epsilon per training run, charged "
-                    "to the clinic's own budget (its policy; 10 per 365 days by default): 1.5 for all six runs spends "
-                    "9. The demo's clinics seed their noise from --seed, so that its figures repeat. 0 (the default) "
-                    "trains without DP.")] = 0.0,
+                    "to the clinic's own budget (its policy; 10 per 365 days by default), e.g. 1.5 for all six runs. "
+                    "0 (the default) trains without DP.")] = 0.0,
     dp_delta: Annotated[float, typer.Option(min=0, max=1, help="DP delta per run.")] = DEMO_DP[1],
     verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
 ) -> None:
@@ -97,7 +95,7 @@ def demo_command(
     if dp_epsilon and not 0 < dp_delta < 1:
         raise FenjiError(f"--dp-delta must be between 0 and 1, not {dp_delta}")
     dp = (dp_epsilon, dp_delta) if dp_epsilon else None
-    _approve_plans(site_dirs, specs, max(rounds_of.values()), dp, noise_seed=seed)
+    _approve_plans(site_dirs, specs, max(rounds_of.values()), dp)
     console.print("3. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
                   "the key holder, a service of its own, decrypts only sums whose tags prove they cover ≥ 3 enrolled sites.")
     results = {}
@@ -183,23 +181,14 @@ def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[st
                   "clinics only under four eyes.", soft_wrap=True, markup=False, highlight=False)
 
 
-def _approve_plans(site_dirs: list[Path], specs: list, rounds: int, dp: tuple[float, float] | None, *,
-                   noise_seed: int) -> None:
-    """Each clinic's admin approves the demo's plans (as `fenji node approve` does) and, with ``dp``,
-    seeds its DP noise with ``noise_seed`` (demo only: see ``DPPolicy.noise_seed``); show each
+def _approve_plans(site_dirs: list[Path], specs: list, rounds: int, dp: tuple[float, float] | None) -> None:
+    """Each clinic's admin approves the demo's plans (as `fenji node approve` does); show each
     clinic's line: the plans it runs, its minimum n, its DP policy and budget."""
-    from node_agent.budget import node_audit, spent
-    from node_agent.policy import load_site_policy, policy_lock, save_site_policy
+    from node_agent.budget import spent
+    from node_agent.policy import load_site_policy
     from simulation.engine import approve_at_sites
 
     digests = {spec.name: approve_at_sites(site_dirs, spec, rounds=rounds, dp=dp) for spec in specs}
-    for site_dir in site_dirs if dp else ():
-        with policy_lock(site_dir):
-            policy = load_site_policy(site_dir)
-            policy.dp.noise_seed = noise_seed  # mixed with the run, round and site (node_agent.admission)
-            save_site_policy(site_dir, policy)
-        node_audit(site_dir).append(actor="demo (as the clinic's admin)", action="policy-changed",
-                                    dp=policy.dp.model_dump())
     table = Table("clinic", *[f"{name} ({digest[:8]})" for name, digest in digests.items()], "min n", "DP (ε per run)",
                   "ε spent / budget", title="2. Each clinic approves the plans it will run; its own policy decides "
                   "what leaves it (fenji node approve / policy)")

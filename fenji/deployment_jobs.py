@@ -134,6 +134,8 @@ class DeploymentRunner:
     def stop_run(self, run_id: str) -> str:
         """Stop run ``run_id``, which a coordinator that has since restarted left going; one line saying
         how that went (``flwr stop --format json``). Never raises: the restart goes on either way."""
+        if not str(run_id).isdigit():  # Flower's run ids are numbers: anything else never reaches flwr's argv
+            return f"the stored run id {str(run_id)[:40]!r} is not a Flower run id; stop the run on {self.superlink}"
         try:
             done = subprocess.run([self.flwr, "stop", str(run_id), self.superlink, "--format", "json"],
                                   capture_output=True, text=True, env=self._env(), timeout=60,

@@ -141,6 +141,11 @@ def build_client_app(
                         _check_packing_bound(config, arrays)
                 except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
                     raise PolicyRefusal(f"a malformed job: {first_line(str(exc))}") from exc
+                if sites is None and admitted.policy.dp.noise_seed is not None:
+                    # A seeded noise is for the simulated demo and tests only: whoever knows the seed can
+                    # predict it. A node on the deployment engine refuses to run with one (as `node up` does).
+                    raise PolicyRefusal("this site's policy seeds its DP noise (dp.noise_seed), which only a "
+                                        "simulation may do; its admin must remove it")
                 if phase == "stats":
                     # A run's first message: outcomes recorded since the last run become training rows
                     # now, before the statistics fix this run's row counts for all its rounds.

@@ -133,9 +133,10 @@ class DPPolicy(BaseModel):
     budget_epsilon: float = Field(10.0, gt=0, description="Total epsilon this site's records may spend per period.")
     period_days: int = Field(365, ge=1)
     noise_seed: int | None = Field(None, description=(
-        "For the synthetic demo and tests only: seeds the DP noise (mixed with the run, round and site) so that "
-        "their figures repeat. Whoever knows it can predict the noise and subtract it: `fenji node up` refuses "
-        "to start a clinic whose policy has one. None (the default): the noise is seeded from the OS."))
+        "For simulated benchmarks and tests only: seeds the DP noise (mixed with the run id, round and site), so "
+        "that a run with the same id repeats (bench/dp_utility.py). Whoever knows it can predict the noise and "
+        "subtract it: `fenji node up` refuses to start a clinic whose policy has one, and a node on the deployment "
+        "engine refuses every job while it has one. None (the default): the noise is seeded from the OS."))
 
 
 class AnalyticsPolicy(BaseModel):
@@ -279,6 +280,8 @@ def save_site_policy(site_dir: Path, policy: SitePolicy) -> Path:
     """Write the policy atomically (a reader sees the old file or the new one, never half of one)."""
     path = Path(site_dir) / POLICY_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(policy.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    # An unset demo noise seed is left out, so that a node agent from before it can still read the file.
+    unset = {"dp": {"noise_seed"}} if policy.dp.noise_seed is None else None
+    tmp.write_text(policy.model_dump_json(indent=2, exclude=unset) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path

@@ -208,6 +208,15 @@ def test_stop_run_says_whether_flower_stopped_the_run(flwr, stop_fails):
         assert said == "stopped on city-superlink (flwr stop)"
 
 
+@pytest.mark.parametrize("stored", ["--help", "12; rm -rf /", ""])
+def test_a_stored_run_id_that_is_not_a_number_never_reaches_flwr(flwr, tmp_path, stored):
+    runner, scenario = flwr
+    scenario([])
+    said = runner.stop_run(stored)
+    assert "is not a Flower run id" in said
+    assert not (tmp_path / "calls.log").exists()  # flwr was never called
+
+
 def test_a_job_asking_for_dp_epsilon_is_refused_not_run_without_it(flwr, tmp_path):
     runner, scenario = flwr
     scenario([ROUND_1, ROUND_2, RESULT])

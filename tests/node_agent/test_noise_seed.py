@@ -75,3 +75,37 @@ def test_node_up_refuses_a_clinic_whose_policy_seeds_its_noise(site, tmp_path):
                                       "--auth-key", str(tmp_path / "key"), "--no-serve"])
     assert result.exit_code == ExitCode.PRIVACY, result.output
     assert "noise_seed" in result.output and "predict the noise" in " ".join(result.output.split())
+
+
+def _deployment_call(site, message):
+    """Run ``message`` through the ClientApp as a SuperNode on the deployment engine does: no
+    simulation partitions, the site folder from the node's own config."""
+    from flwr.app import Context, RecordDict
+
+    from node_agent.client_app import build_client_app
+
+    context = Context(run_id=1, node_id=1, node_config={"site-dir": str(site)}, state=RecordDict(), run_config={})
+    return build_client_app()(message, context)
+
+
+def test_a_node_on_the_deployment_engine_refuses_every_job_while_its_policy_seeds_the_noise(site, referral_spec):
+    from node_agent.client_app import build_client_app
+    from tests.attacks.conftest import call_node, node_message
+
+    site_admin(site, referral_spec, dp=SITE_DP | {"noise_seed": 3})
+    config, _ = job_config(referral_spec, site, run_id="deployed", plaintext=False)
+    reply = _deployment_call(site, node_message("query.stats", config))
+    assert "refusal" in reply.content, reply.content
+    assert "noise_seed" in str(reply.content["refusal"]["reason"])
+    # The same job in a simulation (partition ids) is admitted: the refusal is the deployment engine's.
+    config, _ = job_config(referral_spec, site, run_id="simulated")
+    assert "refusal" not in call_node(build_client_app([site], allow_plaintext=True),
+                                      node_message("query.stats", config)).content
+
+
+def test_an_unset_seed_is_not_written_so_older_node_agents_still_read_the_policy(site):
+    site_admin(site, dp=SITE_DP)
+    written = json.loads((site / "policy.json").read_text(encoding="utf-8"))
+    assert written["dp"]["enabled"] and "noise_seed" not in written["dp"]
+    site_admin(site, dp=SITE_DP | {"noise_seed": 5})
+    assert json.loads((site / "policy.json").read_text(encoding="utf-8"))["dp"]["noise_seed"] == 5
