@@ -213,7 +213,9 @@ def _derived_card(client: object, base_run: object, folder: Path, *, name: str, 
         card = json.loads(read("model_card.json"))
         change = {"kind": POLICY_CHANGE, "derived_from": base_version, "by": editor, "reason": reason,
                   "previous_tier_policy": previous.model_dump()}
-        earlier = card.get("changes") or ([card["change"]] if card.get("change") else [])
+        # A card from before ``changes`` has only its last change: its "after" is the base's own policy.
+        earlier = card.get("changes") or (
+            [card["change"] | {"tier_policy": card.get("tier_policy", previous.model_dump())}] if card.get("change") else [])
         card.setdefault("model", {})["version"] = version
         card["tier_policy"] = policy.model_dump()
         card["change"] = change

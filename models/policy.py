@@ -58,8 +58,8 @@ class TierPolicy(BaseModel):
 def load_policy(path: str | Path | None = None) -> TierPolicy:
     """A policy file or a built-in policy name (None: the built-in default). Which one governs a
     city is the coordinator's setting (``FENJI_TIER_POLICY``, ``coordinator.settings``)."""
-    if path is None:
-        path = "default"
+    if path is None:  # the built-in default, never a file or folder named "default" where the process runs
+        return load_yaml_model(POLICIES_DIR / "default.yaml", TierPolicy, PolicyError, "tier policy")
     candidate = Path(path)
     if not candidate.suffix and not candidate.exists():
         candidate = POLICIES_DIR / f"{path}.yaml"

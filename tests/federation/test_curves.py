@@ -148,6 +148,13 @@ def test_each_built_in_task_declares_its_view():
     assert load_task("triage").label.classes[1] == "2"
 
 
+def test_the_triage_cut_is_the_built_in_policys_whatever_is_in_the_working_folder(tmp_path, monkeypatch):
+    # A file named "default" where the node runs must not become the tier policy the cut is read from.
+    (tmp_path / "default").write_text("county:\n  triage_at_most: 4\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert curve_view(load_task("triage")) == CurveView("at-or-above", 1)
+
+
 def _classes(n: int, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a k-class model: probabilities that favour the true class, and the class."""
     rng = np.random.default_rng(seed)

@@ -114,3 +114,21 @@ def test_refusals(registered):
     with pytest.raises(BundleError, match="no serving bundle"):
         derive_tier_policy_version(TASK, "2", STRICTER, tracking_uri=uri, editor="x", reason="no bundle")
     assert len(client.search_model_versions(f"name = 'fenji-{TASK}'")) == 2
+
+
+def test_an_edit_of_a_version_whose_card_predates_the_change_list_keeps_the_earlier_after(registered):
+    """A version derived before cards kept every change (only ``change``): deriving from it again shows
+    that earlier change's "after" as the policy it set, not the newest one."""
+    import mlflow
+
+    uri, base, _ = registered
+    second = derive_tier_policy_version(TASK, base.version, STRICTER, tracking_uri=uri, editor="Li", reason="床位紧张")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    run_id = client.get_model_version(f"fenji-{TASK}", second.version).run_id
+    old_shape = mlflow.artifacts.load_dict(f"runs:/{run_id}/model_card.json")
+    old_shape.pop("changes")
+    client.log_dict(run_id, old_shape, "model_card.json")
+    third = derive_tier_policy_version(TASK, second.version, load_policy(), tracking_uri=uri, editor="Wang", reason="恢复")
+    card = ModelRegistry(uri).card(TASK, third.version, "en")[0]
+    first_change = card.split("## Change from version 1", 1)[1].split("## Change from version 2", 1)[0]
+    assert "after: Tertiary if triage level ≤ 1 or risk ≥ 50%" in first_change, first_change
