@@ -123,12 +123,16 @@ def register_anchor(workdir: Path, folders: Mapping[str, tuple[Path, str]],
         experiment = client.create_experiment("serving-anchor",
                                               artifact_location=(workdir / "mlflow" / "artifacts").as_uri())
         run = client.create_run(experiment)
-        with _tracking(uri), mlflow.start_run(run_id=run.info.run_id):
-            info = mlflow.pyfunc.log_model(
-                name="advisor", python_model=AdvisorPyfunc(), signature=anchor_signature(folders),
-                input_example=frame, artifacts={task: str(folder) for task, (folder, _) in folders.items()},
-                model_config={"versions": {task: version for task, (_, version) in folders.items()}},
-                pip_requirements=["mlflow"], registered_model_name=MODEL_NAME)
+        with _tracking(uri):
+            # This process's active experiment may be another's (set by earlier work in it, e.g. another
+            # test module on the same pytest-xdist worker): start_run refuses a run outside it.
+            mlflow.set_experiment(experiment_id=experiment)
+            with mlflow.start_run(run_id=run.info.run_id):
+                info = mlflow.pyfunc.log_model(
+                    name="advisor", python_model=AdvisorPyfunc(), signature=anchor_signature(folders),
+                    input_example=frame, artifacts={task: str(folder) for task, (folder, _) in folders.items()},
+                    model_config={"versions": {task: version for task, (_, version) in folders.items()}},
+                    pip_requirements=["mlflow"], registered_model_name=MODEL_NAME)
         client.set_registered_model_alias(MODEL_NAME, ALIAS, str(info.registered_model_version))
     except mlflow.exceptions.MlflowException as exc:
         raise BenchUnavailable(f"cannot register the MLflow anchor model: {exc}") from exc
