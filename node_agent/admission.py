@@ -42,6 +42,7 @@ class Admitted:
     policy: SitePolicy
     digest: str
     rounds: int  # the rounds this run was accepted for
+    ordinal: int = 0  # the site's own count of training runs it accepted before this one (0: the first)
     inputs: str = ""  # digest of what the site was sent for this message (federation.tags.inputs_digest)
 
     @property
@@ -50,12 +51,15 @@ class Admitted:
         return self.policy.dp.epsilon_per_run if self.policy.dp.enabled else 0.0
 
 
-def _accepted_rounds(site_dir: Path, run_id: str) -> int | None:
-    for entry in reversed(node_audit(site_dir).entries()):
-        details = entry["details"]
-        if entry["action"] == "job-accepted" and details.get("run_id") == run_id:
-            return int(details["num_rounds"])
-    return None
+def _accepted_run(site_dir: Path, run_id: str) -> tuple[int | None, int]:
+    """The rounds a training run was accepted for (None: not yet accepted) and its ordinal: how many
+    training runs this site accepted before it (the site's own run identity, which no coordinator sets)."""
+    accepted = [entry["details"] for entry in node_audit(site_dir).entries()
+                if entry["action"] == "job-accepted" and "num_rounds" in entry["details"]]
+    for ordinal, details in enumerate(accepted):
+        if details.get("run_id") == run_id:
+            return int(details["num_rounds"]), ordinal
+    return None, len(accepted)
 
 
 @contextlib.contextmanager
@@ -100,7 +104,7 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
         raise PolicyRefusal("the job does not say how many rounds it runs (num-rounds): the site sets its noise "
                             "for the rounds it accepts")
     with _admission_lock(site_dir):
-        accepted = _accepted_rounds(site_dir, run_id)
+        accepted, ordinal = _accepted_run(site_dir, run_id)
         if accepted is None:
             node_audit(site_dir).append(actor="node", action="job-accepted", run_id=run_id, task=spec.name,
                                         plan=digest, phase=phase, num_rounds=rounds,
@@ -111,7 +115,7 @@ def admit(site_dir: Path, config: ConfigRecord, phase: str, *, node_allows_plain
                             "noise was set for the rounds it accepted")
     if phase == "train" and not 1 <= int(config.get("server-round", 0)) <= accepted:
         raise PolicyRefusal(f"round {config.get('server-round')} of a run accepted for rounds 1 to {accepted}")
-    return Admitted(site_dir, spec, config, policy, digest, accepted)
+    return Admitted(site_dir, spec, config, policy, digest, accepted, ordinal)
 
 
 def refusal_content(site_dir: Path, exc: PolicyRefusal, *, phase: str, config: ConfigRecord) -> dict:
@@ -135,18 +139,24 @@ def site_train_config(admitted: Admitted, n_rows: int | None = None) -> TrainCon
             train_config, n=n_rows, epsilon=dp.epsilon_per_run, delta=dp.delta, max_grad_norm=dp.max_grad_norm,
             rounds=admitted.rounds, noise_seed=_noise_seed(admitted),
         )
+        # DP-SGD's larger step (models.training.DP_SGD) stays within the rate the site approved.
+        plan = admitted.policy.approved_plans.get(admitted.digest)
+        if plan is not None:
+            train_config.learning_rate = min(train_config.learning_rate, plan.bounds.max_learning_rate)
     return train_config
 
 
 def _noise_seed(admitted: Admitted) -> int | None:
     """The demo site's DP noise seed for this round of this run at this site (None: from the OS).
 
-    Mixed with the run id, the round and the site, so that no two rounds, runs or sites reuse noise;
-    the server's config chooses only which run and round it is, never the seed itself.
+    Mixed with the site's own run identity (the ordinal of the run among the training runs it
+    accepted), the round and the site, so that no two rounds, runs or sites reuse noise, and a demo
+    repeats although the coordinator names each run afresh: the server's config chooses only which
+    round it is (within the rounds the site accepted), never the seed or the run's identity.
     """
     seed = admitted.policy.dp.noise_seed
     if seed is None:
         return None
-    config = admitted.config
-    identity = f"{seed}|{config.get('run-id', '')}|{int(config.get('server-round', 0))}|{Path(admitted.site_dir).name}"
+    round_ = int(admitted.config.get("server-round", 0))
+    identity = f"{seed}|run {admitted.ordinal}|{round_}|{Path(admitted.site_dir).name}"
     return int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "big") >> 1

@@ -132,10 +132,12 @@ def enrol_sites(state: KeyHolderState, site_dirs: Sequence[Path]) -> list[str]:
 
 def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
                      dp: tuple[float, float] | None = None, learning_rate: float | None = None,
-                     local_epochs: int | None = None) -> str:
+                     local_epochs: int | None = None, noise_seed: int | None = None) -> str:
     """Put the plan on each site's approved list and set its DP policy, as each site's admin would
     (``fenji node approve``, ``fenji node policy``); returns the plan's digest. ``dp`` is (epsilon
-    per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is."""
+    per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is.
+    ``noise_seed`` (with ``dp``; simulated demos and benchmarks only: ``DPPolicy.noise_seed``) seeds
+    each site's DP noise, so that a simulated run repeats."""
     from node_agent.budget import node_audit
     from node_agent.policy import (
         PlanBounds,
@@ -160,9 +162,11 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
             if changed:
                 policy.approve(spec, by="simulation (acting as the site's admin)", bounds=wanted)
             # DP is set only when asked for: a site's own DP policy is never switched off by a simulation.
-            if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp):
+            if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp
+                           and policy.dp.noise_seed == noise_seed):
                 policy.dp.enabled = True
                 policy.dp.epsilon_per_run, policy.dp.delta = dp
+                policy.dp.noise_seed = noise_seed
                 changed = True
             if changed:
                 save_site_policy(site_dir, policy)

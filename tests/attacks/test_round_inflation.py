@@ -107,14 +107,14 @@ def test_two_messages_at_once_cannot_both_start_a_run(site, referral_spec, monke
     """A coordinator sends round 1 of one run twice at once, announcing 1 round and 50 rounds. The
     lookup is slowed down so both messages are inside admission together, as a busy node would have them."""
     site_admin(site, referral_spec, max_rounds=50, dp=SITE_DP)
-    lookup = admission._accepted_rounds
+    lookup = admission._accepted_run
 
     def slow_lookup(site_dir, run_id):
         found = lookup(site_dir, run_id)
         time.sleep(0.3)
         return found
 
-    monkeypatch.setattr(admission, "_accepted_rounds", slow_lookup)
+    monkeypatch.setattr(admission, "_accepted_run", slow_lookup)
     results: dict[int, object] = {}
 
     def send(rounds: int) -> None:

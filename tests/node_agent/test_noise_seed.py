@@ -109,3 +109,18 @@ def test_an_unset_seed_is_not_written_so_older_node_agents_still_read_the_policy
     assert written["dp"]["enabled"] and "noise_seed" not in written["dp"]
     site_admin(site, dp=SITE_DP | {"noise_seed": 5})
     assert json.loads((site / "policy.json").read_text(encoding="utf-8"))["dp"]["noise_seed"] == 5
+
+
+def test_the_seed_follows_the_sites_own_run_count_not_the_coordinators_run_id(site, referral_spec, tmp_path):
+    """A coordinator names every run afresh; a seeded demo still repeats, because the site mixes in
+    its own count of the training runs it accepted, never the run id the server sends."""
+    import shutil
+
+    twin = tmp_path / "twin" / site.name  # the same clinic, as a second demo makes it again
+    shutil.copytree(site, twin)
+    seeds = {}
+    for folder, run_ids in ((site, ("demo-a-1", "demo-a-2")), (twin, ("other-name", "yet-another"))):
+        site_admin(folder, referral_spec, dp=SITE_DP | {"noise_seed": 11})
+        seeds[folder] = [_config(folder, referral_spec, run_id=run_id)[0].dp_noise_seed for run_id in run_ids]
+    assert seeds[site] == seeds[twin]  # run by run, the same noise at the same site
+    assert len(set(seeds[site])) == 2  # and the site's second run is not its first
