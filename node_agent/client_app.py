@@ -294,8 +294,7 @@ def build_client_app(
             # Local models (personalised, local-only) never leave the site; only their metrics do.
             # A job without personalisation skips that step: no local model is fitted, none is reported.
             if bool(config.get("personalisation", True)):
-                personal = personalise(data, params, flat, calibration, site_train_config(admitted),
-                                       local_epochs=int(config.get("local-only-epochs", 0)) or None)
+                personal = personalise(data, params, flat, calibration, site_train_config(admitted))
                 _, _, x_test, y_test = data.encoded(params)
                 personal_metrics = evaluate_model(personal.model, data.spec, x_test, y_test, personal.calibration)
                 values |= {f"personal-{k}": v for k, v in personal_metrics.items()}

@@ -89,16 +89,11 @@ def calibration_update(data: SiteData, params: EncodingParams, flat: np.ndarray)
     return calibration_statistics(model, data.spec, x, y)
 
 
-# Rounds of a federated run the "local-only" candidate's epochs match when no run says (a clinic's own
-# ``fenji node personalise``): the demo's.
-LOCAL_ONLY_ROUNDS = 15
-
-
 @dataclass
 class Personalisation:
     """The site's own adaptation of the global model; it never leaves the site."""
 
-    choice: str  # "global", "local-calibration", "site-intercepts", "fine-tune (mu=...)", "local-only"
+    choice: str  # "global", "local-calibration", "fine-tune (mu=...)"
     model: nn.Module
     calibration: Calibration
     validation_log_loss: dict[str, float]
@@ -111,7 +106,7 @@ def _validation_mask(frame: pd.DataFrame, fraction: float = 0.2) -> np.ndarray:
 
 def personalise(
     data: SiteData, params: EncodingParams, flat: np.ndarray, calibration: Calibration, config: TrainConfig,
-    *, proximal_mus: tuple[float, ...] = (1.0, 0.1), local_epochs: int | None = None,
+    *, proximal_mus: tuple[float, ...] = (1.0, 0.1),
 ) -> Personalisation:
     """Adapt the global model to this site, if that helps on the site's own validation rows.
 
@@ -119,12 +114,8 @@ def personalise(
     calibration refitted on this site's rows (a site-level intercept and slope, or temperature);
     the global model with only its intercepts (an ordinal model's cut points) refitted here; and the
     global model fine-tuned here with a proximal pull towards it (Ditto-style, one per
-    ``proximal_mus``); and the site's own model alone ("local-only": the global encoding, fresh
-    weights, ``local_epochs`` epochs; default: as many as the federated run's local epochs over
-    ``LOCAL_ONLY_ROUNDS`` rounds), so that a clinic never serves worse than it could alone, e.g. when
-    DP noise costs the federated model more than the other clinics' rows give it. The one with the
-    lowest log loss on a held-back fifth of the site's training rows wins and is then refitted on all
-    of them. Only this site's rows are used.
+    ``proximal_mus``). The one with the lowest log loss on a held-back fifth of the site's training
+    rows wins and is then refitted on all of them. Only this site's rows are used.
     """
     spec = data.spec
     x, y, _, _ = data.encoded(params)
@@ -153,19 +144,12 @@ def personalise(
             parameter.requires_grad_(True)
         return tuned, calibration if spec.label.kind != "binary" else Calibration()
 
-    def local_only(xf: np.ndarray, yf: np.ndarray) -> tuple[nn.Module, Calibration]:
-        own, cfg = build_model(spec, x.shape[1]), copy.copy(config)
-        cfg.epochs, cfg.proximal_mu = local_epochs or config.epochs * LOCAL_ONLY_ROUNDS, 0.0
-        train(own, spec, xf, yf, cfg)
-        return own, Calibration()
-
     makers = {
         "global": lambda xf, yf: (global_model, calibration),
         "site-intercepts": refit_offsets,
         "local-calibration": lambda xf, yf: (
             global_model, fit_calibration(spec, calibration_statistics(global_model, spec, xf, yf))),
         **{f"fine-tune (mu={mu:g})": fine_tune(mu) for mu in proximal_mus},
-        "local-only": local_only,
     }
     scores: dict[str, float] = {}
     choice = "global"

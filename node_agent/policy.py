@@ -133,8 +133,8 @@ class DPPolicy(BaseModel):
     budget_epsilon: float = Field(10.0, gt=0, description="Total epsilon this site's records may spend per period.")
     period_days: int = Field(365, ge=1)
     noise_seed: int | None = Field(None, description=(
-        "For simulated benchmarks and tests only: seeds the DP noise (mixed with the run id, round and site), so "
-        "that a run with the same id repeats (bench/dp_utility.py). Whoever knows it can predict the noise and "
+        "For simulated demos, benchmarks and tests only: seeds the DP noise (mixed with the site's own count of the "
+        "training runs it accepted, the round and the site), so that a simulated demo repeats. Whoever knows it can predict the noise and "
         "subtract it: `fenji node up` refuses to start a clinic whose policy has one, and a node on the deployment "
         "engine refuses every job while it has one. None (the default): the noise is seeded from the OS."))
 
