@@ -3,14 +3,12 @@ the queries, cancel a queued one (``Client.query``; the API's ``/queries``)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from federation.analytics import Count, CrossTab, Histogram, Mean
-from fenji_sdk.errors import JobFailed, WaitTimeout
 
 __all__ = ["QueriesMixin", "QueryResult"]
 
@@ -48,6 +46,9 @@ class QueriesMixin:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - the Client's
         raise NotImplementedError
 
+    def _wait_for(self, record: dict[str, Any], fetch: Any, **how: Any) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError  # the Client's
+
     def submit_query(self, query: Count | Mean | Histogram | CrossTab, *, task: str) -> dict[str, Any]:
         return self._call("POST", "/queries", json={"task": task, "query": query.model_dump(mode="json")})
 
@@ -66,16 +67,8 @@ class QueriesMixin:
             If it failed at the sites (too few answered; the key holder refused the sum), or someone
             cancelled it before it ran (``cancel_query``).
         """
-        record = self.submit_query(query, task=task)
-        end = None if timeout is None else time.monotonic() + timeout
-        while record["status"] not in FINISHED:
-            if end is not None and time.monotonic() > end:
-                raise WaitTimeout(f"query {record['id']} is still {record['status']} after {timeout:g} s")
-            time.sleep(poll)
-            record = self.query_status(record["id"])
-        if record["status"] != "succeeded":
-            ended = "was cancelled" if record["status"] == "cancelled" else "failed"
-            raise JobFailed(f"query {record['id']} {ended}: {record['reason']}", record=record)
+        record = self._wait_for(self.submit_query(query, task=task), self.query_status, what="query", poll=poll,
+                                timeout=timeout)
         result = record["result"]
         return QueryResult(query=record["query"], cells=result["cells"], columns=result["columns"],
                            rows=result["rows"], sites=result["sites"], dp_epsilon=result["dp_epsilon"],

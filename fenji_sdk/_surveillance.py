@@ -3,18 +3,14 @@ DataFrames, plot a series with its alarms (``Client.surveillance``; the API's ``
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
 import pandas as pd
 
-from fenji_sdk.errors import JobFailed, WaitTimeout
-
 __all__ = ["SurveillanceMixin", "SurveillanceRun"]
 
-FINISHED = frozenset({"succeeded", "failed"})
 SERIES_COLUMNS = ["level", "unit", "district", "interval", "period", "syndrome", "count", "suppressed", "visits"]
 
 
@@ -91,6 +87,9 @@ class SurveillanceMixin:
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:  # pragma: no cover - the Client's
         raise NotImplementedError
 
+    def _wait_for(self, record: dict[str, Any], fetch: Any, **how: Any) -> dict[str, Any]:  # pragma: no cover
+        raise NotImplementedError  # the Client's
+
     def submit_surveillance(self, task: str, start: date | str, end: date | str, *,
                             syndromes: list[str] | None = None) -> dict[str, Any]:
         """Queue a surveillance run of ``task``'s visits from ``start`` to ``end`` (inclusive)."""
@@ -119,13 +118,6 @@ class SurveillanceMixin:
         JobFailed
             No district could be summed and no clinic published a series (the reason names the sites).
         """
-        record = self.submit_surveillance(task, start, end, syndromes=syndromes)
-        end_at = None if timeout is None else time.monotonic() + timeout
-        while record["status"] not in FINISHED:
-            if end_at is not None and time.monotonic() > end_at:
-                raise WaitTimeout(f"surveillance run {record['id']} is still {record['status']} after {timeout:g} s")
-            time.sleep(poll)
-            record = self.surveillance_status(record["id"])
-        if record["status"] != "succeeded":
-            raise JobFailed(f"surveillance run {record['id']} failed: {record['reason']}", record=record)
+        record = self._wait_for(self.submit_surveillance(task, start, end, syndromes=syndromes),
+                                self.surveillance_status, what="surveillance run", poll=poll, timeout=timeout)
         return SurveillanceRun(record["id"], record["task"], record["query"], record["result"])

@@ -7,6 +7,7 @@ status with the server's message. ``transport`` is httpx's seam: a test may pass
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -135,25 +136,49 @@ class Client(QueriesMixin, SurveillanceMixin):
             If ``timeout`` seconds passed first (the job goes on).
         """
         line = ProgressLine(f"job {job_id}") if progress else None
-        end = None if timeout is None else time.monotonic() + timeout
+        show = None if line is None else (lambda job: line.update(job["rounds_done"], job["rounds"], job["status"]))
         try:
-            while True:
-                job = self.job(job_id)
-                if line is not None:
-                    line.update(job["rounds_done"], job["rounds"], job["status"])
-                if job["status"] in FINISHED:
-                    break
-                if end is not None and time.monotonic() > end:
-                    raise WaitTimeout(f"job {job_id} is still {job['status']} after {timeout:g} s")
-                time.sleep(poll)
+            return self._wait_for(self.job(job_id), self.job, what="job", poll=poll, timeout=timeout, on_update=show,
+                                  cancelled_is_an_end=True)
         finally:
             if line is not None:
                 line.close()
-        if job["status"] == "failed":
-            sites = ", ".join(f"{s['site']} ({s['reason']})" for s in job.get("failed_sites", []))
-            raise JobFailed(f"job {job_id} failed: {job['reason']}" + (f"; sites: {sites}" if sites else ""),
-                            record=job)
-        return job
+
+    @staticmethod
+    def _wait_for(record: dict[str, Any], fetch: Callable[[int], dict[str, Any]], *, what: str, poll: float,
+                  timeout: float | None, on_update: Callable[[dict[str, Any]], None] | None = None,
+                  cancelled_is_an_end: bool = False) -> dict[str, Any]:
+        """Follow ``record`` (a job, query or surveillance run, as submitted or first fetched) with
+        ``fetch(id)`` every ``poll`` s until it ends, showing each state to ``on_update``; return it.
+        The one poll loop of ``wait``, ``query`` and ``surveillance``, so they time out and fail alike.
+
+        Raises
+        ------
+        WaitTimeout
+            If ``timeout`` seconds passed first (what was waited for goes on).
+        JobFailed
+            If it failed (the server's reason; a job's names the sites that refused or failed), or was
+            cancelled and that is no end for this caller (a query's, a surveillance run's: a result was
+            waited for).
+        """
+        name = f"{what} {record['id']}"
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if on_update is not None:
+                on_update(record)
+            if record["status"] in FINISHED:
+                break
+            if end is not None and time.monotonic() > end:
+                raise WaitTimeout(f"{name} is still {record['status']} after {timeout:g} s")
+            time.sleep(poll)
+            record = fetch(record["id"])
+        if record["status"] == "failed":
+            sites = ", ".join(f"{s['site']} ({s['reason']})" for s in record.get("failed_sites", []))
+            raise JobFailed(f"{name} failed: {record['reason']}" + (f"; sites: {sites}" if sites else ""),
+                            record=record)
+        if record["status"] == "cancelled" and not cancelled_is_an_end:
+            raise JobFailed(f"{name} was cancelled: {record['reason']}", record=record)
+        return record
 
     # --- governance ------------------------------------------------------------------------------
     def promotions(self) -> pd.DataFrame:

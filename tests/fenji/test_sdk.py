@@ -237,3 +237,50 @@ def test_a_query_waited_for_and_cancelled_meanwhile_ends_the_wait_by_saying_so(q
     (failed,) = outcome
     assert isinstance(failed, fenji_sdk.JobFailed) and "was cancelled: cancelled by test data_scientist" in str(failed)
     assert failed.record["status"] == "cancelled"
+
+
+def test_a_job_a_query_and_a_surveillance_run_are_waited_for_alike(capsys):
+    """``wait``, ``query`` and ``surveillance`` share one poll loop: each follows its record to its end,
+    says which record timed out, and raises ``JobFailed`` with the server's reason (a job's with the sites
+    that refused); a cancelled job is an end, not a failure. A scripted transport stands in for the
+    server: each path answers its next record, the last one again and again."""
+    import httpx
+
+    def job(job_id: int, status: str, **extra) -> dict:
+        return {"id": job_id, "status": status, "rounds_done": 1, "rounds": 2, **extra}
+
+    script = {
+        "/api/v1/jobs/7": [job(7, "queued"), job(7, "running"),
+                           job(7, "failed", reason="quorum lost",
+                               failed_sites=[{"site": "clinic_b", "reason": "refused"}])],
+        "/api/v1/jobs/8": [job(8, "running")],
+        "/api/v1/jobs/9": [job(9, "running"), job(9, "cancelled", reason="cancelled by admin")],
+        "/api/v1/queries": [{"id": 3, "status": "queued"}],
+        "/api/v1/queries/3": [{"id": 3, "status": "running"}, {"id": 3, "status": "failed", "reason": "too few sites"}],
+        "/api/v1/surveillance": [{"id": 4, "status": "queued"}, {"id": 5, "status": "queued"}],
+        "/api/v1/surveillance/4": [{"id": 4, "status": "failed", "reason": "no district could be summed"}],
+        "/api/v1/surveillance/5": [{"id": 5, "status": "running"}],
+    }
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        left = script[request.url.path]
+        return httpx.Response(201 if request.method == "POST" else 200, json=left.pop(0) if len(left) > 1 else left[0])
+
+    with Client("http://fenji.test", "fco_scripted", transport=httpx.MockTransport(answer)) as fenji:
+        refused = r"^job 7 failed: quorum lost; sites: clinic_b \(refused\)$"
+        with pytest.raises(fenji_sdk.JobFailed, match=refused) as failed:
+            fenji.wait(7, poll=0)
+        assert failed.value.record["status"] == "failed"
+        bar = "#" * 12 + "." * 12  # round 1 of 2
+        shown = "".join(f"\rjob 7 [{bar}] 1/2 {status}" for status in ("queued", "running", "failed"))
+        assert capsys.readouterr().err == shown + "\n"
+        with pytest.raises(fenji_sdk.WaitTimeout, match=r"^job 8 is still running after 0.05 s$"):
+            fenji.wait(8, progress=False, poll=0.01, timeout=0.05)
+        assert fenji.wait(9, progress=False, poll=0)["reason"] == "cancelled by admin"
+        with pytest.raises(fenji_sdk.JobFailed, match=r"^query 3 failed: too few sites$"):
+            fenji.query(Count(), task=TASK, poll=0)
+        with pytest.raises(fenji_sdk.JobFailed, match=r"^surveillance run 4 failed: no district could be summed$"):
+            fenji.surveillance(TASK, "2025-09-01", "2025-09-28", poll=0)
+        with pytest.raises(fenji_sdk.WaitTimeout, match=r"^surveillance run 5 is still running after 0.05 s$"):
+            fenji.surveillance(TASK, "2025-09-01", "2025-09-28", poll=0.01, timeout=0.05)
+    assert capsys.readouterr().err == ""

@@ -1,6 +1,7 @@
 """Statistics queries through the API: listed newest first with their state, a queued one cancelled (by
-its data scientist or an admin, never by another data scientist), a running one refused with 409 (the
-runner answers a query in one call it cannot interrupt), and every change in the audit chain. The runner
+its data scientist or an admin, never by another data scientist nor a commissioner) and then skipped by
+the worker, a running one refused with 409 (the runner answers a query in one call it cannot
+interrupt), and every change in the audit chain. The runner
 here is the seam's own, as in test_jobs; Flower answers queries for real in tests/fenji/test_sdk.py."""
 
 from __future__ import annotations
@@ -86,16 +87,33 @@ def test_a_data_scientist_cannot_cancel_another_ones_query(service):
     assert cancel(service, "data_scientist", query["id"]).status_code == 200
 
 
+def test_a_commissioner_neither_lists_nor_cancels_queries(service):
+    """Statistics questions are the data scientists' (ACCESS: admins may read and cancel them too); the
+    commission's own federated view is surveillance. A refusal changes nothing and audits nothing."""
+    query = submit(service)
+    with service.client("commissioner") as client:
+        refusals = [client.get("/api/v1/queries"), client.post(f"/api/v1/queries/{query['id']}/cancel")]
+    for refused in refusals:
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["detail"] == ("role 'commissioner' may not call this endpoint "
+                                            "(allowed: coordinator_admin, data_scientist)")
+    assert listed(service) == [(query["id"], "queued")]
+    assert [a for a, _ in audit(service, query["id"])] == ["query-submitted"]
+
+
 class BlockingRunner:
-    """Answers a query only once ``go_on`` is set (``started`` says it has begun); runs no training job."""
+    """Answers a query only once ``go_on`` is set (``started`` says it has begun; ``asked``: the ids of
+    the queries it was asked, in order); runs no training job."""
 
     def __init__(self) -> None:
         self.started, self.go_on = threading.Event(), threading.Event()
+        self.asked: list[int] = []
 
     def __call__(self, request, on_round):  # pragma: no cover - no job is submitted here
         raise AssertionError("no training job here")
 
     def run_query(self, request) -> dict:
+        self.asked.append(request.id)
         self.started.set()
         self.go_on.wait(120)
         return {"columns": ["count"], "cells": [{"count": 42, "suppressed_sites": 0}], "suppressed_sites": [0],
@@ -134,3 +152,16 @@ def test_a_running_query_cannot_be_stopped_it_is_refused_with_409(service, block
     ended = cancel(service, "admin", query["id"])
     assert ended.status_code == 409 and "has succeeded already" in ended.json()["detail"]
     assert [a for a, _ in audit(service, query["id"])] == ["query-submitted", "query-started", "query-succeeded"]
+
+
+def test_a_query_cancelled_while_queued_is_skipped_by_the_worker_and_the_next_one_runs(service, blocking):
+    running_one = submit(service)  # holds the worker while the two behind it are queued
+    assert blocking.started.wait(120)
+    cancelled, after = submit(service), submit(service)
+    assert cancel(service, "data_scientist", cancelled["id"]).status_code == 200
+    blocking.go_on.set()
+    assert wait_for(service, after["id"], "succeeded")["status"] == "succeeded"
+    assert blocking.asked == [running_one["id"], after["id"]]  # the cancelled one never reached the runner
+    skipped = wait_for(service, cancelled["id"], "cancelled")
+    assert (skipped["status"], skipped["started_at"], skipped["result"]) == ("cancelled", None, None)
+    assert [a for a, _ in audit(service, cancelled["id"])] == ["query-submitted", "query-cancelled"]
