@@ -137,7 +137,8 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
     (``fenji node approve``, ``fenji node policy``); returns the plan's digest. ``dp`` is (epsilon
     per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is.
     ``noise_seed`` (with ``dp``; simulated demos and benchmarks only: ``DPPolicy.noise_seed``) seeds
-    each site's DP noise, so that a simulated run repeats."""
+    each site's DP noise, so that a simulated run repeats; ``None`` leaves a seed the site's policy
+    has (a later approval, e.g. the runner's own, never unseeds a demo; an admin's policy edit does)."""
     from node_agent.budget import node_audit
     from node_agent.policy import (
         PlanBounds,
@@ -162,11 +163,12 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
             if changed:
                 policy.approve(spec, by="simulation (acting as the site's admin)", bounds=wanted)
             # DP is set only when asked for: a site's own DP policy is never switched off by a simulation.
+            seed = policy.dp.noise_seed if noise_seed is None else noise_seed
             if dp and not (policy.dp.enabled and (policy.dp.epsilon_per_run, policy.dp.delta) == dp
-                           and policy.dp.noise_seed == noise_seed):
+                           and policy.dp.noise_seed == seed):
                 policy.dp.enabled = True
                 policy.dp.epsilon_per_run, policy.dp.delta = dp
-                policy.dp.noise_seed = noise_seed
+                policy.dp.noise_seed = seed
                 changed = True
             if changed:
                 save_site_policy(site_dir, policy)

@@ -124,3 +124,16 @@ def test_the_seed_follows_the_sites_own_run_count_not_the_coordinators_run_id(si
         seeds[folder] = [_config(folder, referral_spec, run_id=run_id)[0].dp_noise_seed for run_id in run_ids]
     assert seeds[site] == seeds[twin]  # run by run, the same noise at the same site
     assert len(set(seeds[site])) == 2  # and the site's second run is not its first
+
+
+def test_a_runners_own_approval_keeps_the_demos_seed(site, referral_spec):
+    """The demo seeds its clinics' noise when their admins approve the plans; the simulation runner
+    then approves the same plan again without a seed, and the clinics' noise must stay seeded (it
+    did not: every demo run drew fresh noise while the demo said 'seeded')."""
+    from node_agent.policy import load_site_policy
+    from simulation.engine import approve_at_sites
+
+    approve_at_sites([site], referral_spec, rounds=3, dp=(1.5, 1e-4), noise_seed=4)
+    approve_at_sites([site], referral_spec, rounds=3, dp=(1.5, 1e-4))  # run_simulated_federation's own
+    assert load_site_policy(site).dp.noise_seed == 4
+    assert _config(site, referral_spec, run_id="after")[0].dp_noise_seed is not None
