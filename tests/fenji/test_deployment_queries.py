@@ -4,7 +4,7 @@ coordinator service's runner (``fenji.deployment_jobs.DeploymentRunner.run_query
 and the key holder's service (``tests/fenji/flower_processes.py``), with min-sites 3.
 
 Three clinics allow the queries; the fourth has not (its admin approved the tasks' plans only), so it
-declines each one and is named with its reason. The key holder's cohort rule makes that the only possible setup
+declines each one and is named with its reason; a query kind no clinic allows fails, naming all four. The key holder's cohort rule makes that the only possible setup
 for one federation: once a sum over all four were decrypted, a sum over three would give the fourth away.
 The answers are checked against the same statistic on the three clinics' stored rows, pooled here.
 """
@@ -17,8 +17,9 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from coordinator.service.errors import JobFailed
 from coordinator.service.queries import QueryRequest
-from federation.analytics import MISSING, Count, categories
+from federation.analytics import MISSING, Count, Mean, categories
 from federation.surveillance import SyndromeCounts
 from fenji.deployment_jobs import DeploymentRunner
 from models.spec import load_task
@@ -78,6 +79,11 @@ def test_queries_run_on_the_deployment_engine_and_a_site_that_disallows_them_dec
     assert all(c["count"] < groups.get(c["sex"], 0) for c in answer["cells"] if c["suppressed_sites"]), answer
     assert [(e["site"], e["phase"]) for e in answer["excluded"]] == [("clinic_d", "analytics")], answer
     assert "count queries are not allowed by this site's policy" in answer["excluded"][0]["reason"], answer
+    # A kind no clinic allows: the run fails, naming each clinic that declined.
+    with pytest.raises(JobFailed, match="min-sites") as failed:
+        runner.run_query(QueryRequest(id=2, task=SPEC.name, query=Mean(column="age")))
+    assert failed.value.error == "NotEnoughSitesError", failed.value
+    assert sorted((s["site"], s["phase"]) for s in failed.value.sites) == [(n, "analytics") for n in fed.sites]
 
     # Surveillance takes the same path: the clinics' triage rows (complaints) into one district's sum.
     triage = load_task("triage_text")
@@ -87,7 +93,7 @@ def test_queries_run_on_the_deployment_engine_and_a_site_that_disallows_them_dec
     allow_surveillance_at_sites([fed.sites[n] for n in ALLOWING], triage, dict.fromkeys(ALLOWING, "north"))
     approve_at_sites([fed.sites["clinic_d"]], triage, rounds=1)  # its plan approved, surveillance not allowed
     query = SyndromeCounts(start=SERIES_START + timedelta(days=7), end=SERIES_START + timedelta(days=62))
-    report = runner.run_query(QueryRequest(id=2, task=triage.name, query=query))
+    report = runner.run_query(QueryRequest(id=3, task=triage.name, query=query))
     assert report["districts"] == {"north": ALLOWING} and list(report["refused"]) == ["clinic_d"], report
     assert "surveillance is not allowed by this site's policy" in report["refused"]["clinic_d"], report
     assert report["series"] and report["query"]["kind"] == "syndromes", report
