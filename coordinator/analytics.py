@@ -94,14 +94,16 @@ def query_sum(replies: list[Message], running: RunningSum | None, key_holder: De
 
 
 def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec, min_sites: int = 3,
-              timeout: float = 600.0, nodes: list[int] | None = None, audit: AuditLog | None = None
-              ) -> AnalyticsResult:
+              timeout: float = 600.0, nodes: list[int] | None = None, audit: AuditLog | None = None,
+              screen: ReplyScreen | None = None) -> AnalyticsResult:
     """Ask the sites ``query`` about ``task`` and return the decrypted, decoded result.
 
     ``key_holder`` ``None`` runs it in plaintext (sites whose policy allows it only); ``nodes``
     defaults to every node of the grid. min-sites is the key holder's, or more. With ``audit``, the
     query, its cohort, what was suppressed and the sites' audit heads are appended to that log (each
-    site audits its own answer in its node audit log).
+    site audits its own answer in its node audit log). ``screen``, if given, is the query's reply screen
+    (its ``min_sites`` and ``aggregator`` are set here): a caller reads from it the sites left out even
+    when the query fails.
 
     Raises
     ------
@@ -121,7 +123,8 @@ def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec
     nodes = list(nodes if nodes is not None else grid.get_node_ids())
     if len(nodes) < min_sites:
         raise NotEnoughSitesError(f"{len(nodes)} site(s) connected, a query needs at least {min_sites} (min-sites)")
-    screen = ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    screen = screen or ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    screen.min_sites, screen.aggregator = min_sites, aggregator
     replies = screen.usable(_send(grid, nodes, RecordDict({"config": config}), timeout), phase=PHASE, server_round=0,
                             expected_nodes=nodes, length=shape.length, scale_bits=WIDE_SCALE_BITS, into=running)
     epsilons = set(site_dp_of(replies).values())

@@ -10,6 +10,11 @@ The run also reports itself in its own log, one ``fenji-event {json}`` line per 
 (``round``), then ``result`` or ``failed`` (with the sites left out and why). Flower carries that log
 to ``flwr run --stream`` and ``flwr log`` over its Control API; the coordinator service's job runner
 (``fenji.deployment_jobs``) reads these lines (``read_event``) for a job's progress and record.
+
+A run with ``kind="analytics"`` asks the sites one federated-statistics or surveillance query (``query``:
+its canonical JSON) instead of training: the coordinator's own ``run_query`` or ``run_surveillance``,
+with the key holder as above, audited in the coordinator's log; its ``result`` event carries the
+answer as the service stores it (``answer``), the same dict the simulation engine's runner returns.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from coordinator.keyholder_client import KeyHolderClient
 from coordinator.outcome import FederationOutcome, RunSettings
 from coordinator.registry import register_outcome
 from coordinator.server_app import run_federation
-from coordinator.settings import load_coordinator_settings
+from coordinator.settings import CoordinatorSettings, load_coordinator_settings
 from coordinator.strategy import ReplyScreen
 from federation.errors import SettingsError
 from models.errors import FenjiError, first_line
@@ -69,19 +74,63 @@ def _result(outcome: FederationOutcome, model: str, version: str) -> dict[str, A
             "site_reports": outcome.site_reports, "last_seen": outcome.last_seen}
 
 
+def _key_holder(coordinator: CoordinatorSettings, encrypt: bool) -> KeyHolderClient | None:
+    if not encrypt:
+        return None
+    if not coordinator.keyholder_url:
+        raise SettingsError("an encrypted run needs the key holder: set FENJI_KEYHOLDER_URL and "
+                            "FENJI_KEYHOLDER_TOKEN where the SuperLink runs")
+    return KeyHolderClient(coordinator.keyholder_url, coordinator.keyholder_token)
+
+
+def _answer(grid: Grid, settings: RunSettings, text: str, key_holder: KeyHolderClient | None, audit: AuditLog,
+            screen: ReplyScreen) -> dict[str, Any]:
+    """The answer of the query ``text`` about ``settings.task``, as the service stores it
+    (``coordinator.service.queries.result_of``, or a surveillance report); a statistics query screens
+    its replies with ``screen``, which names the sites left out even when it fails."""
+    from coordinator.analytics import run_query
+    from coordinator.quorum import registered_names
+    from coordinator.service.queries import result_of
+    from coordinator.surveillance.report import surveillance_report
+    from coordinator.syndromic import run_surveillance
+    from federation.surveillance import parse_any_query
+
+    query = parse_any_query(text)
+    screen.site_of.update(registered_names(grid))  # a site that never answers is named as registered
+    parties = {"task": settings.task, "min_sites": settings.min_sites, "timeout": settings.timeout, "audit": audit}
+    if query.kind == "syndromes":  # each district's sum, or a clinic's own series (coordinator.syndromic)
+        return surveillance_report(run_surveillance(grid, query, key_holder, **parties))
+    return result_of(run_query(grid, query, key_holder, screen=screen, **parties))
+
+
+def _query_main(grid: Grid, context: Context, coordinator: CoordinatorSettings, run_config: dict[str, Any]) -> None:
+    """A ``kind="analytics"`` run: one query, its answer (or the failure, naming the sites left out) reported."""
+    audit, text = AuditLog(coordinator.audit_path), str(run_config.get("query", ""))
+    screen = ReplyScreen(min_sites=1, aggregator=None)  # run_query completes it
+    try:
+        settings = RunSettings.from_run_config(run_config)
+        answer = _answer(grid, settings, text, _key_holder(coordinator, settings.encrypt), audit, screen)
+    except (FenjiError, ValueError) as exc:  # ValueError: a query that does not parse
+        left_out = [e.to_dict() for e in screen.named()]
+        audit.append(actor="coordinator", action="analytics-query-failed", task=str(run_config.get("task", "")),
+                     query=text, reason=str(exc), error=type(exc).__name__, engine="deployment",
+                     flower_run_id=context.run_id, excluded=left_out)
+        report("failed", error=type(exc).__name__, reason=first_line(exc), excluded=left_out)
+        raise
+    report("result", answer=answer, engine="deployment", flower_run_id=context.run_id)
+
+
 @app.main()
 def _deployment_main(grid: Grid, context: Context) -> None:
     coordinator = load_coordinator_settings()
     run_config = dict(context.run_config)
+    if run_config.get("kind", "training") == "analytics":
+        _query_main(grid, context, coordinator, run_config)
+        return
     screen: ReplyScreen | None = None
     try:
         settings = RunSettings.from_run_config(run_config)
-        key_holder = None
-        if settings.encrypt:
-            if not coordinator.keyholder_url:
-                raise SettingsError("an encrypted run needs the key holder: set FENJI_KEYHOLDER_URL and "
-                                    "FENJI_KEYHOLDER_TOKEN where the SuperLink runs")
-            key_holder = KeyHolderClient(coordinator.keyholder_url, coordinator.keyholder_token)
+        key_holder = _key_holder(coordinator, settings.encrypt)
         screen = ReplyScreen(min_sites=settings.min_sites, aggregator=None)  # run_federation completes it
         outcome = run_federation(grid, settings, key_holder, on_round=_report_round, screen=screen)
     except FenjiError as exc:  # a refused or failed run is part of the record too

@@ -1,5 +1,7 @@
-"""The coordinator's training jobs on Flower's deployment engine: the ``JobRunner`` that submits a job
-with ``flwr run`` to the SuperLink the clinics' SuperNodes are connected to, and follows it there.
+"""The coordinator's training jobs and queries on Flower's deployment engine: the ``JobRunner`` that
+submits a job with ``flwr run`` to the SuperLink the clinics' SuperNodes are connected to, and follows
+it there. A statistics or surveillance query is submitted and followed the same way, as a run of the
+same app with ``kind="analytics"`` (``run_query``).
 
 How a job is followed, and why so: the ServerApp (``fenji.deployment``) writes one ``fenji-event``
 line to its own log after every round and at its end (the result, or the failure with the sites left
@@ -34,10 +36,12 @@ from coordinator.service.jobs import (
     RoundCallback,
     dp_epsilon_refusal,
 )
+from coordinator.service.queries import QueryRequest
 from coordinator.service.sites import Sighting
+from federation.analytics import canonical
 from fenji.deployment import read_event
 
-__all__ = ["DeploymentRunner", "run_config_of"]
+__all__ = ["DeploymentRunner", "query_config_of", "run_config_of"]
 
 _STARTED = re.compile(r"Successfully started run (\d+)")
 _CUT_STREAM_RETRIES = 3
@@ -50,6 +54,22 @@ def run_config_of(request: JobRequest) -> str:
     (the service refuses a job that asks for one: ``coordinator.service.jobs.dp_epsilon_refusal``)."""
     personalisation = "true" if request.personalisation else "false"
     return f"task={json.dumps(request.task)} num-server-rounds={int(request.rounds)} personalisation={personalisation}"
+
+
+def query_config_of(request: QueryRequest) -> str:
+    """The ``--run-config`` of a query: ``kind="analytics"``, its task and its canonical JSON (a TOML
+    literal string: ``flwr`` reads a quoted value up to its closing quote).
+
+    Raises
+    ------
+    JobFailed
+        If the query's JSON holds a single quote (no built-in query's does), which would end that string.
+    """
+    text = canonical(request.query)
+    if "'" in text:
+        raise JobFailed(f"query {request.id} cannot travel in a run config (a quote in {text[:80]!r})",
+                        error="QueryNotSent")
+    return f"kind=\"analytics\" task={json.dumps(request.task)} query='{text}'"
 
 
 def _flwr() -> str:
@@ -152,21 +172,23 @@ class DeploymentRunner:
         said = " ".join(out.split())[-300:] or f"exit code {done.returncode}"
         return f"flwr stop on {self.superlink} did not confirm it stopped (it may have ended already): {said}"
 
-    def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult:
-        if request.dp_epsilon is not None:  # queued before this engine was configured: refused, not dropped
-            raise JobFailed(str(dp_epsilon_refusal(self)), error="DpEpsilonNotSent")
-        progress = _Progress(on_round)
+    def _run(self, run_config: str, read: Callable[[str], None], on_started: Callable[[int], None]
+             ) -> tuple[int, str, str]:
+        """Submit a run of the app with ``run_config`` and follow its log to its end, handing ``read`` each
+        line and ``on_started`` the run's id once ``flwr run`` prints it; the run id, final status and
+        status details. A run whose log is lost, or whose caller cancels (``JobCancelled`` from ``read``),
+        is stopped on the SuperLink."""
         started: list[int] = []
 
-        def read(line: str) -> None:
+        def follow(line: str) -> None:
             if not started and (match := _STARTED.search(line)):
                 started.append(int(match.group(1)))
-                _report_run(request, started[0])
-            progress.feed(line)
+                on_started(started[0])
+            read(line)
 
-        argv = ["run", str(self.app), self.superlink, "--run-config", run_config_of(request), "--stream"]
+        argv = ["run", str(self.app), self.superlink, "--run-config", run_config, "--stream"]
         try:
-            tail = self._follow(argv, read)
+            tail = self._follow(argv, follow)
             if not started:
                 raise JobFailed(f"flwr run did not start the job on {self.superlink}: {tail.strip()[-500:]}",
                                 error="FlowerRunNotStarted")
@@ -174,7 +196,7 @@ class DeploymentRunner:
             for _ in range(_CUT_STREAM_RETRIES):  # the log stream was cut before the run ended: follow it again
                 if status.startswith("finished"):
                     break
-                self._follow(["log", str(started[0]), self.superlink, "--stream"], progress.feed)
+                self._follow(["log", str(started[0]), self.superlink, "--stream"], read)
                 status, details = self.status(started[0])
             if not status.startswith("finished"):  # a run nobody follows is not left running
                 self.stop(started[0])
@@ -184,12 +206,34 @@ class DeploymentRunner:
             if started:
                 self.stop(started[0])
             raise
-        return self._outcome(request, started[0], status, details, progress.end)
+        return started[0], status, details
 
-    def _outcome(self, request: JobRequest, run_id: int, status: str, details: str,
-                 end: dict[str, Any] | None) -> JobResult:
+    def __call__(self, request: JobRequest, on_round: RoundCallback) -> JobResult:
+        if request.dp_epsilon is not None:  # queued before this engine was configured: refused, not dropped
+            raise JobFailed(str(dp_epsilon_refusal(self)), error="DpEpsilonNotSent")
+        progress = _Progress(on_round)
+        run_id, status, details = self._run(run_config_of(request), progress.feed,
+                                            lambda started: _report_run(request, started))
+        return _result(request, run_id, self._ended(run_id, status, details, progress.end))
+
+    def run_query(self, request: QueryRequest) -> dict[str, Any]:
+        """Answer a statistics or surveillance query with a ``kind="analytics"`` run of the app: the same
+        dict as the simulation engine's runner (``fenji.jobs_runner.SimulationRunner.run_query``).
+
+        Raises
+        ------
+        JobFailed
+            If the run failed (too few sites answered, each left out named in ``sites``; the key holder
+            refused the sum) or Flower could not run it.
+        """
+        progress = _Progress(lambda server_round, metrics: None)  # a query has no rounds
+        run_id, status, details = self._run(query_config_of(request), progress.feed, lambda started: None)
+        return dict(self._ended(run_id, status, details, progress.end)["answer"])
+
+    def _ended(self, run_id: int, status: str, details: str, end: dict[str, Any] | None) -> dict[str, Any]:
+        """The run's ``result`` event; its ``failed`` event, or how Flower says it ended, raised as ``JobFailed``."""
         if status == "finished:completed" and end is not None and end["event"] == "result":
-            return _result(request, run_id, end)
+            return end
         if end is not None and end["event"] == "failed":
             raise JobFailed(str(end.get("reason", details)), sites=_left_out(end.get("excluded", [])),
                             error=str(end.get("error", "FederationFailed")))

@@ -224,3 +224,35 @@ def test_a_job_asking_for_dp_epsilon_is_refused_not_run_without_it(flwr, tmp_pat
         runner(_request(dp_epsilon=1.5), lambda r, m: None)
     assert refused.value.error == "DpEpsilonNotSent" and "own DP policy" in str(refused.value)
     assert not (tmp_path / "calls.log").exists()  # flwr was never called
+
+
+ANSWER = {"columns": ["count", "suppressed_sites"], "cells": [{"count": 480.0, "suppressed_sites": 0}],
+          "suppressed_sites": [0], "rows": 480, "sites": ["clinic_a", "clinic_b", "clinic_c"], "dp_epsilon": 0.0,
+          "excluded": [{"round": 0, "phase": "analytics", "node": 9, "site": "clinic_d",
+                        "reason": "refused: count queries are not allowed by this site's policy"}]}
+
+
+def test_a_query_is_a_run_of_the_app_whose_result_is_the_answer(flwr):
+    from coordinator.service.queries import QueryRequest
+    from federation.analytics import Count
+
+    runner, scenario = flwr
+    scenario([_event("result", answer=ANSWER, engine="deployment", flower_run_id=RUN_ID)])
+    assert runner.run_query(QueryRequest(id=5, task="referral_risk", query=Count())) == ANSWER
+    run = runner.calls()[0]
+    assert run[:3] == ["run", str(runner.app), "city-superlink"] and run[-1] == "--stream"
+    assert run[run.index("--run-config") + 1] == \
+        'kind="analytics" task="referral_risk" query=\'{"group_by":null,"kind":"count"}\''
+
+
+def test_a_failed_query_names_the_sites_left_out(flwr):
+    from coordinator.service.queries import QueryRequest
+    from federation.analytics import Count
+
+    runner, scenario = flwr
+    scenario([_event("failed", error="NotEnoughSitesError", reason="analytics (round 0): 2 usable repl(ies) ...",
+                     excluded=ANSWER["excluded"])], statuses=["finished:failed"])
+    with pytest.raises(JobFailed, match="2 usable") as failed:
+        runner.run_query(QueryRequest(id=5, task="referral_risk", query=Count()))
+    assert failed.value.error == "NotEnoughSitesError"
+    assert [(s["site"], s["phase"]) for s in failed.value.sites] == [("clinic_d", "analytics")]
