@@ -7,7 +7,9 @@ So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
 
 - **fixed point**: each value ``w_i * theta_j`` becomes ``round(w_i * theta_j / step)``, with
   ``step = bound / 2^16`` for a per-round ``bound`` on ``|theta_j|`` (``packing_bound``) that every
-  site checks before it encrypts (a site whose model leaves the bound refuses, it never clips);
+  holds before it encrypts: ``encrypt_packed`` refuses values beyond it, so the node agent clips
+  its model to the bound first and records each clip in its own audit log (``packing-clip``), since
+  refusing would tell the coordinator one bit about the site's data each round;
 - **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi`` (the low lane
   is read back within ``+-2^18``, the high one within what ``t`` leaves, about ``+-2^18``);
 - **BFV batching** (TenSEAL ``bfv_vector``): N = 8192 slots per ciphertext, not CKKS's N/2, a
@@ -275,7 +277,7 @@ def encrypt_packed(context: PackedContext, values: np.ndarray, *, weight: float,
     ------
     SiteDataError
         If a value is not finite, ``weight`` is outside [0, 1], or ``|values| > weight * bound``
-        (the site's model left the round's bound: it refuses rather than clip).
+        (never clipped here, silently: the node agent clips first and audits it).
     """
     values = np.asarray(values, dtype=float).ravel()
     if not (np.isfinite(values).all() and math.isfinite(weight)):
