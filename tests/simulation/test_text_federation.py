@@ -21,10 +21,13 @@ CLINICS = [ClinicProfile("text_a", 240, age_mean=45), ClinicProfile("text_b", 20
 
 
 def _store(site_dir, spec: TaskSpec, frame) -> None:
-    """The task's table in the site's DuckDB, as the ingest lays it out.
+    """The task's table in the site's DuckDB with the ingest's columns and types (store.SQL_TYPES), less
+    the visit-day column (the store reads a table without it, as one made before visit days were read)
+    and with no ingest_log entry.
 
-    Written directly: the ingest (node_agent/ingest.py, store.SQL_TYPES) does not know the text
-    kind yet; this test is about training and egress, not about reading exports.
+    Written straight from the generated frame, not through an export and the ingest (which stores and
+    length-checks the text kind too: node_agent/ingest.py, tests/node_agent/test_ingest_text.py): this
+    test is about training and egress, not about reading exports.
     """
     types = {FeatureKind.NUMERIC: "DOUBLE", FeatureKind.CATEGORICAL: "VARCHAR", FeatureKind.BOOLEAN: "BOOLEAN",
              FeatureKind.TEXT: "VARCHAR"}

@@ -1,16 +1,21 @@
 """The clinic's loop on the doctor's page, in a real browser (Debian's Chromium through Playwright): record
 an outcome, refer up and print the slip (A5/A4, zh and en), follow the referral to the follow-up list, see
-a critical alert and an infectious-risk flag, and use the page on a 390 px phone. Also the referral API's
-rules, over HTTP. Saves docs/referral-slip*.png, docs/workstation-alert.png and docs/workstation-phone.png."""
+a critical alert and an infectious-risk flag, use the page on a 390 px phone, and read a model card in zh-CN
+and in English as rendered HTML. Also the referral API's rules, over HTTP. Saves docs/referral-slip*.png,
+docs/workstation-alert.png and docs/workstation-phone.png."""
 
 from __future__ import annotations
 
 import json
 import re
 
+from coordinator.model_card import LIMITS, build_model_cards
+from models.policy import load_policy
 from node_agent.serve.routes.referrals import policy_of
 from node_agent.serve.syndromes import evaluate
+from tests.coordinator.service.test_model_card_languages import _outcome
 from tests.node_agent.serve import test_workstation as workstation
+from tests.node_agent.serve.conftest import SpyAdvisor
 from tests.node_agent.serve.test_score import PATIENT
 from tests.node_agent.serve.test_workstation import CHOICES, DOCS, VISIT, log_in
 
@@ -212,6 +217,49 @@ def test_the_page_on_a_phone(browser, served):
     finally:
         context.close()
     assert errors == []
+
+
+class CardedAdvisor(SpyAdvisor):
+    """The served advisor, with the cards a registered version carries (``coordinator.model_card``: headings,
+    the per-site table, lists) instead of its test double's; keeps the languages the page asked for."""
+
+    def __init__(self, inner, cards: dict[str, str]) -> None:
+        super().__init__(inner)
+        self.cards, self.asked = cards, []
+
+    def model_card(self, task: str, lang: str = "en") -> str:
+        self.asked.append((task, lang))
+        return self.cards[lang]
+
+
+def test_the_model_card_in_english_is_rendered_not_raw_markdown(page, fresh):
+    ref = fresh.spy.models["referral_risk"]
+    cards, _ = build_model_cards(_outcome("referral_risk"), name=ref.name, version=ref.version, policy=load_policy())
+    carded = CardedAdvisor(fresh.spy.inner, cards)
+    fresh.holder.swap(carded)
+    log_in(page, fresh)
+    page.wait_for_selector("#f-heart_rate")
+    page.click("#lang-toggle")
+    assert page.evaluate("document.documentElement.lang") == "en"
+    assess(page, "MZ-loop-card-en")
+    page.click("#model-links a[data-task=referral_risk]")
+    page.wait_for_selector("#card-dialog[open]")
+    assert carded.asked == [("referral_risk", "en")]  # the page's language, not the API's zh-CN default
+
+    body = page.inner_text("#card-body")
+    assert not re.search(r"^\s*(#|\|)|\*\*|-{3}", body, re.MULTILINE), body  # no markdown left as text
+    assert page.text_content("#card-body h2") == f"Model card: {ref.name} version {ref.version}"
+    headings = page.locator("#card-body h3").all_text_contents()  # the card's "##", in English
+    assert headings[:3] == ["Intended use", "Training", "Performance per site (held-out rows)"]
+    assert "Known limits" in headings and "Tier policy (governance settings)" in headings
+    table = page.locator("#card-body table.card-table")
+    assert table.count() == 1
+    assert table.locator("thead th").all_text_contents()[:4] == ["site", "train rows", "test rows", "global"]
+    assert table.locator("tbody tr td:first-child").all_text_contents() == ["clinic_a", "clinic_b"]
+    assert table.locator("tbody tr").first.locator("td.num").first.text_content() == "150"  # |---:| right-aligned
+    assert page.locator("#card-body li").all_text_contents() == LIMITS
+    assert page.locator("#card-body strong").count() >= 1
+    page.click("#card-close")
 
 
 # ---- the referral API's rules, over HTTP ------------------------------------------------------------------
