@@ -1,5 +1,6 @@
 """Syndromic surveillance at the coordinator: EARS C1/C2/C3 on daily or weekly counts per clinic or
-district, and alarms ranked across series. Pure numpy: the counts come in already aggregated."""
+district, Farrington on weekly series with years of history, and alarms ranked across series. numpy
+(and scipy's t distribution for Farrington's trend test): the counts come in already aggregated."""
 
 from __future__ import annotations
 
@@ -15,19 +16,24 @@ from coordinator.surveillance.ears import (
     earsc,
 )
 from coordinator.surveillance.errors import CountSeriesError, DetectorParameterError
+from coordinator.surveillance.farrington import POWERS, WEEKS_PER_YEAR, FarringtonResult, farrington
 
 __all__ = [
     "DEFAULT_ALPHA",
     "METHODS",
+    "POWERS",
+    "WEEKS_PER_YEAR",
     "Alert",
     "AlertDigest",
     "CountSeriesError",
     "DetectorParameterError",
     "EarsDetector",
     "EarsResult",
+    "FarringtonResult",
     "ears_c1",
     "ears_c2",
     "ears_c3",
     "earsc",
+    "farrington",
     "rank_alerts",
 ]

@@ -19,6 +19,7 @@ import csv
 import math
 import shutil
 import subprocess
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -90,31 +91,43 @@ def _series() -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module")
-def r_earsc(tmp_path_factory) -> tuple[dict[str, np.ndarray], dict[tuple[str, int, str], tuple]]:
+def run_r(work: Path, script: str, what: str) -> Path:
+    """Run ``script`` with ``Rscript`` in ``work`` on ``series.csv`` and ``settings.csv`` there, print the R
+    and package versions it reports, and return its ``out.csv``. Fails (never skips) without R: the
+    comparison with R's surveillance package is the independent check the issue asks for."""
     rscript = shutil.which("Rscript")
     if rscript is None:
-        pytest.fail("Rscript not found: the EARS check needs R and its surveillance package "
+        pytest.fail(f"Rscript not found: the {what} check needs R and its surveillance package "
                     "(apt-get install r-cran-surveillance); it must run, so it fails instead of skipping")
-    work = tmp_path_factory.mktemp("earsc")
-    series = _series()
+    (work / "run.R").write_text(script)
+    done = subprocess.run([rscript, str(work / "run.R"), str(work / "series.csv"), str(work / "settings.csv"),
+                           str(work / "out.csv")], check=False, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"R's {what} run failed (is r-cran-surveillance installed?):\n{done.stderr[-2000:]}")
+    print(done.stdout.strip())  # the R and package versions, in the test log
+    return work / "out.csv"
+
+
+def write_series(work: Path, series: dict[str, np.ndarray]) -> None:
+    """``series.csv``: one row per (series, 1-based t, count), the layout both R scripts read."""
     with open(work / "series.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["series", "t", "count"])
         for name, y in series.items():
             w.writerows([name, t + 1, int(c)] for t, c in enumerate(y))
+
+
+@pytest.fixture(scope="module")
+def r_earsc(tmp_path_factory) -> tuple[dict[str, np.ndarray], dict[tuple[str, int, str], tuple]]:
+    work = tmp_path_factory.mktemp("earsc")
+    series = _series()
+    write_series(work, series)
     with open(work / "settings.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["baseline", "min_sigma", "alpha"])
         w.writerows([b, m, "NA" if a is None else a] for b, m, a in SETTINGS)
-    (work / "earsc.R").write_text(R_SCRIPT)
-    done = subprocess.run([rscript, str(work / "earsc.R"), str(work / "series.csv"), str(work / "settings.csv"),
-                           str(work / "out.csv")], check=False, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        pytest.fail(f"R's earsC run failed (is r-cran-surveillance installed?):\n{done.stderr[-2000:]}")
-    print(done.stdout.strip())  # the R and package versions, in the test log
     rows: dict[tuple[str, int, str], list] = {}
-    with open(work / "out.csv") as f:
+    with open(run_r(work, R_SCRIPT, "earsC")) as f:
         for r in csv.DictReader(f):
             rows.setdefault((r["series"], int(r["setting"]), r["method"]), []).append(
                 (int(r["t"]) - 1, float(r["upperbound"]) if r["upperbound"] != "NA" else math.nan,
