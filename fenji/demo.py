@@ -24,12 +24,14 @@ __all__ = ["demo_command"]
 
 DEMO_MARKER = ".fenji-demo"  # written into the folder a demo made: only such a folder is ever cleared
 DEMO_OUTPUTS = ("exports", "sites")
-# With --dp-epsilon, each clinic trains with DP on: six runs (three tasks, with and without the complaint
-# text) at epsilon 1.5 spend 9 of each clinic's default budget of 10 per year. Off by default: at these
-# clinic sizes DP-SGD (models.training.DP_SGD) costs diagnosis, with and without the text, its gain over
-# the local-only models (bench/dp_utility.py), which the demo's claims rest on; triage and referral risk
-# keep theirs. And DP noise is drawn from the OS at each site (by design), so a DP demo's figures differ
-# from run to run.
+# Each clinic trains with DP on, as its admin sets it: six runs (three tasks, with and without the complaint
+# text) at epsilon 1.5 spend 9 of each clinic's default budget of 10 per year (--dp-epsilon 0: no DP). At
+# these clinic sizes DP-SGD (models.training.DP_SGD) costs diagnosis, with and without the text, its gain
+# over the clinics' local-only models; triage and referral risk keep theirs (bench/dp_utility.py, and the
+# README's block). The demo's clinics seed
+# their noise with --seed (DPPolicy.noise_seed, mixed with each clinic's own run count, the round and the
+# clinic), so a demo repeats and the README can quote it; a clinic whose policy seeds its noise never
+# joins a real federation (`fenji node up` and the deployment engine's nodes refuse it).
 DEMO_DP = (1.5, 1e-4)
 
 
@@ -45,8 +47,9 @@ def demo_command(
                     "after it; default: --rounds; 0: none.")] = None,
     dp_epsilon: Annotated[float, typer.Option(
         min=0, help="Each clinic's DP policy, as its admin sets it: DP-SGD at this epsilon per training run, charged "
-                    "to the clinic's own budget (its policy; 10 per 365 days by default), e.g. 1.5 for all six runs. "
-                    "0 (the default) trains without DP.")] = 0.0,
+                    "to the clinic's own budget (its policy; 10 per 365 days by default): the six runs at 1.5 spend "
+                    "9. The demo's clinics seed their noise with --seed, so a demo repeats. 0 trains without DP.")
+    ] = DEMO_DP[0],
     dp_delta: Annotated[float, typer.Option(min=0, max=1, help="DP delta per run.")] = DEMO_DP[1],
     verbose: Annotated[bool, typer.Option(help="Show Flower's log.")] = False,
 ) -> None:
@@ -95,7 +98,7 @@ def demo_command(
     if dp_epsilon and not 0 < dp_delta < 1:
         raise FenjiError(f"--dp-delta must be between 0 and 1, not {dp_delta}")
     dp = (dp_epsilon, dp_delta) if dp_epsilon else None
-    _approve_plans(site_dirs, specs, max(rounds_of.values()), dp)
+    _approve_plans(site_dirs, specs, max(rounds_of.values()), dp, noise_seed=seed)
     console.print("3. Federated statistics, training and calibration: sites send only CKKS ciphertexts; "
                   "the key holder, a service of its own, decrypts only sums whose tags prove they cover ≥ 3 enrolled sites.")
     results = {}
@@ -181,14 +184,17 @@ def _demo_login(settings: CoordinatorSettings, site_dir: Path, versions: dict[st
                   "clinics only under four eyes.", soft_wrap=True, markup=False, highlight=False)
 
 
-def _approve_plans(site_dirs: list[Path], specs: list, rounds: int, dp: tuple[float, float] | None) -> None:
-    """Each clinic's admin approves the demo's plans (as `fenji node approve` does); show each
-    clinic's line: the plans it runs, its minimum n, its DP policy and budget."""
+def _approve_plans(site_dirs: list[Path], specs: list, rounds: int, dp: tuple[float, float] | None,
+                   *, noise_seed: int) -> None:
+    """Each clinic's admin approves the demo's plans (as `fenji node approve` does) and sets its DP
+    policy (noise seeded: a simulated demo only); show each clinic's line: the plans it runs, its
+    minimum n, its DP policy and budget."""
     from node_agent.budget import spent
     from node_agent.policy import load_site_policy
     from simulation.engine import approve_at_sites
 
-    digests = {spec.name: approve_at_sites(site_dirs, spec, rounds=rounds, dp=dp) for spec in specs}
+    digests = {spec.name: approve_at_sites(site_dirs, spec, rounds=rounds, dp=dp, noise_seed=noise_seed if dp else None)
+               for spec in specs}
     table = Table("clinic", *[f"{name} ({digest[:8]})" for name, digest in digests.items()], "min n", "DP (ε per run)",
                   "ε spent / budget", title="2. Each clinic approves the plans it will run; its own policy decides "
                   "what leaves it (fenji node approve / policy)")
@@ -196,7 +202,8 @@ def _approve_plans(site_dirs: list[Path], specs: list, rounds: int, dp: tuple[fl
         policy = load_site_policy(site_dir)
         dp = policy.dp
         table.add_row(site_dir.name, *["approved" if d in policy.approved_plans else "–" for d in digests.values()],
-                      str(policy.min_n), f"on ({dp.epsilon_per_run:g})" if dp.enabled else "off",
+                      str(policy.min_n), (f"on ({dp.epsilon_per_run:g}{', seeded' if dp.noise_seed is not None else ''})"
+                                          if dp.enabled else "off"),
                       f"{spent(site_dir, period_days=dp.period_days):g} / {dp.budget_epsilon:g}")
     console.print(table)
 

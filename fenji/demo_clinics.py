@@ -86,7 +86,10 @@ def summary_markdown(reports: Mapping[str, dict], served: Mapping[str, Mapping[s
     ``reports`` maps a task name to its run report (``demo-<task>.json``); ``served`` maps a clinic to
     its slots (``serve_at_clinics``).
     """
-    lines = ["Each cell: without → with the complaint text (the task's `*_text` variant).", "",
+    dp = next(iter(reports.values()), {}).get("differential_privacy")
+    lines = [(f"Each clinic trained with differential privacy, its own policy and noise: DP-SGD at ε {dp['epsilon']:g}, "
+              f"δ {dp['delta']:g} per run." if dp else "Without differential privacy (`--dp-epsilon 0`)."),
+             "Each cell: without → with the complaint text (the task's `*_text` variant).", "",
              "| task | metric | " + " | ".join(TITLES[m] for m in MODELS) + " |", "|---|---|" + "---:|" * len(MODELS)]
     sentences = []
     for base in _bases(reports):
