@@ -32,6 +32,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import ArrayLike
 
 from coordinator.surveillance.errors import CountSeriesError, DetectorParameterError
+from coordinator.surveillance.series import check_series, is_real
 
 __all__ = ["DEFAULT_ALPHA", "METHODS", "EarsDetector", "EarsResult", "ears_c1", "ears_c2", "ears_c3", "earsc"]
 
@@ -86,39 +87,16 @@ class EarsResult:
         return self.statistic - self.threshold
 
 
-def _check_series(series: ArrayLike) -> np.ndarray:
-    try:
-        y = np.asarray(series)
-    except (TypeError, ValueError) as exc:  # ragged lists
-        raise CountSeriesError(f"a count series must be a 1-D array of numbers: {exc}") from exc
-    if y.ndim != 1:
-        raise CountSeriesError(f"a count series must be one-dimensional, got shape {y.shape}")
-    if y.dtype == bool or not np.issubdtype(y.dtype, np.number) or np.issubdtype(y.dtype, np.complexfloating):
-        raise CountSeriesError(f"a count series must hold real numbers, got dtype {y.dtype}")
-    y = y.astype(np.float64)
-    bad = np.flatnonzero(~np.isfinite(y))
-    if bad.size:
-        raise CountSeriesError(f"a count series has {bad.size} missing or infinite value(s), first at index {bad[0]}")
-    neg = np.flatnonzero(y < 0)
-    if neg.size:
-        raise CountSeriesError(f"a count series has {neg.size} negative count(s), first {y[neg[0]]:g} at index {neg[0]}")
-    return y
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _check_parameters(method: str, baseline: int, min_sigma: float, alpha: float | None) -> tuple[str, int, float, float]:
     if method not in METHODS:
         raise DetectorParameterError(f"unknown EARS method {method!r}: use one of {', '.join(METHODS)}")
     if isinstance(baseline, bool) or not isinstance(baseline, (int, np.integer)) or baseline < MIN_BASELINE:
         raise DetectorParameterError(f"baseline must be an integer >= {MIN_BASELINE}, got {baseline!r}")
-    if not _is_real(min_sigma) or not np.isfinite(min_sigma) or min_sigma < 0:
+    if not is_real(min_sigma) or not np.isfinite(min_sigma) or min_sigma < 0:
         raise DetectorParameterError(f"min_sigma must be a finite number >= 0, got {min_sigma!r}")
     alpha = DEFAULT_ALPHA[method] if alpha is None else alpha
     # alpha >= 0.5 would put the threshold at or below the baseline mean: every ordinary day alarms
-    if not _is_real(alpha) or not 0 < alpha < 0.5:
+    if not is_real(alpha) or not 0 < alpha < 0.5:
         raise DetectorParameterError(f"alpha must lie in (0, 0.5), got {alpha!r}")
     return method, int(baseline), float(min_sigma), float(alpha)
 
@@ -176,7 +154,7 @@ def earsc(
         A parameter is out of its domain.
     """
     method, baseline, min_sigma, alpha = _check_parameters(method, baseline, min_sigma, alpha)
-    y = _check_series(series)
+    y = check_series(series)
     first = baseline + _FIRST_OFFSET[method]
     if y.size <= first:
         raise CountSeriesError(

@@ -12,9 +12,11 @@ for ``i = 1 .. b``: ``b (2w + 1)`` counts from the same season of the ``b`` prev
 3. ``reweight=True``: Anscombe residuals ``s = 3/2 (y^(2/3) mu^(-1/6) - mu^(1/2)) / sqrt(phi (1 - h))``
    (``h`` the hat values), weights ``gamma s^-2`` where ``s > 1`` and ``gamma`` elsewhere, ``gamma`` making
    them sum to ``n``; the GLM is refitted with them as prior weights and ``phi`` re-estimated.
-4. The trend is kept only if ``b >= 3``, its t-test (quasi-likelihood dispersion, ``n - 2`` degrees of
-   freedom) gives ``p < 0.05`` and the predicted ``mu0`` does not exceed the largest reference count;
-   otherwise steps 1-3 are redone without it.
+4. The trend is kept only if ``b >= 3``, its t-test gives ``p < 0.05`` and the predicted ``mu0`` does
+   not exceed the largest reference count; otherwise steps 1-3 are redone without it. The t-test
+   (``n - 2`` degrees of freedom) scales the slope's variance by the *unfloored* dispersion, Pearson
+   ``X^2 / (n - p)`` of the fit after step 3 as R's ``summary.glm(model)`` re-estimates it, not by
+   ``phi``: an underdispersed fit (below 1) tests its trend on its own, smaller scale.
 5. ``mu0`` is predicted at ``t`` with its standard error ``se`` (``phi`` as dispersion), ``tau = phi +
    se^2 / mu0``, and the upper limit of the two-sided ``1 - alpha`` prediction interval on the
    transformed scale is ``U = (mu0^e + z sqrt(c tau))^(1/e)``, ``z = qnorm(1 - alpha/2)``: ``e = 2/3, c =
@@ -31,6 +33,11 @@ explicit ``range`` and also runs earlier weeks on the reference values that exis
 is ``U`` at every judged week; R reports 0 where ``limit54`` bites, which ``few_cases`` marks. (c) A
 year is 52 weeks (R's ``freq = 52``; no date-based reference weeks). (d) R's ``glm.fit`` step halving
 is not reproduced: log-link fits to counts inside their own range never produce a non-finite deviance.
+(e) Counts must be whole numbers (R's quasi-Poisson ``glm`` takes any non-negative value): the
+dispersion floor ``phi >= 1`` (variance at least the mean) and ``limit54``'s number of cases only mean
+something on the scale of counts, so rates or averages would get silently wrong bounds. (f) ``w <= 25``
+(R does not check): a window of ``2w + 1`` weeks must fit in a 52-week year, or it reaches the judged
+week itself (``w >= 52``) or counts weeks of consecutive years twice (``26 <= w <= 51``).
 Needs scipy (Student's t), which scikit-learn brings; ``qnorm`` is ``statistics.NormalDist``, R's AS241.
 """
 
@@ -44,8 +51,8 @@ from numpy.typing import ArrayLike
 from scipy.linalg import solve_triangular
 from scipy.stats import t as student_t
 
-from coordinator.surveillance.ears import _check_series, _is_real
 from coordinator.surveillance.errors import CountSeriesError, DetectorParameterError
+from coordinator.surveillance.series import check_series, is_real
 
 __all__ = ["POWERS", "WEEKS_PER_YEAR", "FarringtonResult", "farrington"]
 
@@ -185,9 +192,14 @@ def _check_parameters(b, w, alpha, reweight, trend, powertrans, limit54) -> tupl
     for name, value, low in (("b", b, 1), ("w", w, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise DetectorParameterError(f"{name} must be an integer >= {low}, got {value!r}")
+    if 2 * w + 1 > WEEKS_PER_YEAR:
+        raise DetectorParameterError(
+            f"w must be at most {(WEEKS_PER_YEAR - 1) // 2}, got {w}: the reference window of 2w + 1 weeks around the"
+            f" same week of each past year must fit in a {WEEKS_PER_YEAR}-week year, or the windows of consecutive"
+            " years overlap and count weeks twice (w >= 26) and the last year's reaches the judged week (w >= 52)")
     if b * (2 * w + 1) < 3:  # the trend model needs a residual degree of freedom for its dispersion
         raise DetectorParameterError(f"b (2w + 1) reference weeks must be at least 3, got {b * (2 * w + 1)}")
-    if not _is_real(alpha) or not 0 < alpha < 1:
+    if not is_real(alpha) or not 0 < alpha < 1:
         raise DetectorParameterError(f"alpha must lie in (0, 1), got {alpha!r}")
     for name, flag in (("reweight", reweight), ("trend", trend)):
         if not isinstance(flag, bool):
@@ -226,7 +238,8 @@ def farrington(
     b
         Years back to take reference weeks from (R's ``b``).
     w
-        Half-width of the reference window around the same week of each past year (R's ``w``).
+        Half-width of the reference window around the same week of each past year (R's ``w``), at most
+        25 so that the ``2w + 1`` weeks fit in one year.
     alpha
         The prediction interval is two-sided at ``1 - alpha`` (R's ``alpha``).
     reweight
@@ -245,12 +258,18 @@ def farrington(
     Raises
     ------
     CountSeriesError
-        The series is not 1-D real non-negative finite numbers, or is too short to judge one week.
+        The series is not 1-D whole non-negative finite numbers, or is too short to judge one week.
     DetectorParameterError
         A parameter is out of its domain.
     """
     b, w, alpha, limit54 = _check_parameters(b, w, alpha, reweight, trend, powertrans, limit54)
-    y = _check_series(series)
+    y = check_series(series)
+    fractional = np.flatnonzero(y != np.floor(y))
+    if fractional.size:
+        raise CountSeriesError(
+            f"Farrington needs whole counts of cases, the series has {fractional.size} non-integer value(s), first"
+            f" {y[fractional[0]]:g} at index {fractional[0]}: its dispersion floor of 1 and limit54 assume the"
+            " scale of counts")
     first = WEEKS_PER_YEAR * b + w
     if y.size <= first:
         raise CountSeriesError(

@@ -109,8 +109,8 @@ def test_upper_bounds_and_alarms_match_r_week_by_week(r_farrington, k):
         # R writes 0 where limit54 bites; its bound is positive everywhere else
         assert (ours.few_cases[t] == (theirs["upperbound"] == 0)).all(), (name, setting)
         np.testing.assert_allclose(np.where(ours.few_cases[t], 0.0, ours.upperbound[t]), theirs["upperbound"],
-                                   rtol=1e-6, atol=0, err_msg=f"{name} {setting}")
-        np.testing.assert_allclose(ours.expected[t], theirs["mu0"], rtol=1e-6, atol=0, err_msg=f"{name} {setting}")
+                                   rtol=1e-10, atol=0, err_msg=f"{name} {setting}")
+        np.testing.assert_allclose(ours.expected[t], theirs["mu0"], rtol=1e-10, atol=0, err_msg=f"{name} {setting}")
         assert (ours.alarm[t] == theirs["alarm"]).all(), (name, setting, np.flatnonzero(ours.alarm[t] != theirs["alarm"]))
         assert (ours.trend_kept[t] == theirs["trend"]).all(), (name, setting)
         assert not ours.alarm[: ours.first].any() and np.isnan(ours.upperbound[: ours.first]).all()
@@ -139,7 +139,7 @@ def test_limit54_counts_the_current_week():
     assert not loud.few_cases[-1] and loud.alarm[-1] and loud.upperbound[-1] < 40
 
 
-@pytest.mark.parametrize(("b", "w", "needed"), [(5, 3, 264), (1, 2, 55), (3, 0, 157)])
+@pytest.mark.parametrize(("b", "w", "needed"), [(5, 3, 264), (1, 2, 55), (3, 0, 157), (1, 25, 78)])
 def test_too_short_a_series_names_the_weeks_it_needs(b, w, needed):
     with pytest.raises(CountSeriesError, match=f"needs at least {needed} weeks .* the series has {needed - 1}"):
         farrington(np.ones(needed - 1), b=b, w=w)
@@ -147,16 +147,38 @@ def test_too_short_a_series_names_the_weeks_it_needs(b, w, needed):
     assert result.first == needed - 1 and not np.isnan(result.upperbound[-1])
 
 
-@pytest.mark.parametrize("bad", [[1.0, math.nan] * 150, [-1] * 300, [[1, 2]] * 300, ["a"] * 300])
-def test_bad_series_raise_a_count_series_error(bad):
-    with pytest.raises(CountSeriesError):
+@pytest.mark.parametrize(("bad", "reason"), [
+    ([1.0, math.nan] * 150, r"150 missing or infinite value\(s\), first at index 1"),
+    ([2] * 299 + [-1], r"1 negative count\(s\), first -1 at index 299"),
+    (np.r_[np.ones(150), 2.5, np.ones(149)], r"whole counts .* 1 non-integer value\(s\), first 2.5 at index 150"),
+    ([[1, 2]] * 300, "one-dimensional"),
+    (["a"] * 300, "real numbers"),
+])
+def test_bad_series_raise_a_count_series_error(bad, reason):
+    with pytest.raises(CountSeriesError, match=reason):
         farrington(bad)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("limit54", [(5, 4), (0, 1)])
+def test_an_all_zero_series_is_defined_and_quiet(limit54):
+    """Years without a case: every reference window is zeros, ``mu0`` sits at the log link's floor and
+    the bound just above it, as R 1.20.3's ``algo.farrington`` gives on the same series (mu0
+    3.7751345442794609e-12 and, with limit54 (0, 1) where it reports a bound, U 2.0983361033646117e-03;
+    no alarm, no trend); no NaN, no warning. With ``limit54 = (0, 1)`` the score is computed, negative."""
+    result = farrington(np.zeros(300, dtype=int), limit54=limit54)
+    judged = slice(result.first, None)
+    np.testing.assert_allclose(result.expected[judged], 3.7751345442794609e-12, rtol=1e-10, atol=0)
+    np.testing.assert_allclose(result.upperbound[judged], 2.0983361033646117e-03, rtol=1e-10, atol=0)
+    assert (result.dispersion[judged] == 1.0).all() and not result.trend_kept.any() and not result.alarm.any()
+    assert (result.few_cases[judged] == (limit54 == (5, 4))).all()
+    assert ((result.score[judged] == 0) if limit54 == (5, 4) else (result.score[judged] < 0)).all()
 
 
 @pytest.mark.parametrize("kwargs", [{"b": 0}, {"b": 2.0}, {"w": -1}, {"b": 1, "w": 0}, {"alpha": 0.0},
                                     {"alpha": 1.0}, {"reweight": 1}, {"trend": "yes"}, {"powertrans": "1/3"},
                                     {"limit54": (5,)}, {"limit54": (-1, 4)}, {"limit54": (5, 0)},
-                                    {"limit54": (5, 400)}])
+                                    {"limit54": (5, 400)}, {"w": 26}, {"b": 1, "w": 60}])
 def test_bad_parameters_raise_a_usage_error(kwargs):
     with pytest.raises(DetectorParameterError):
         farrington(np.ones(400, dtype=int), **kwargs)
