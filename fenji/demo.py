@@ -30,8 +30,10 @@ DEMO_OUTPUTS = ("exports", "sites")
 # over the clinics' local-only models; triage and referral risk keep theirs (bench/dp_utility.py, and the
 # README's block). The demo's clinics seed
 # their noise with --seed (DPPolicy.noise_seed, mixed with each clinic's own run count, the round and the
-# clinic), so a demo repeats and the README can quote it; a clinic whose policy seeds its noise never
-# joins a real federation (`fenji node up` and the deployment engine's nodes refuse it).
+# clinic), so a demo repeats and the README can quote it; once its runs are done the demo removes the
+# seed, so a job run later on its clinics (from the console) draws its noise from the OS. A clinic whose
+# policy seeds its noise never joins a real federation (`fenji node up` and the deployment engine's
+# nodes refuse it).
 DEMO_DP = (1.5, 1e-4)
 
 
@@ -109,6 +111,10 @@ def demo_command(
             json_out=workdir / f"demo-{spec.name}.json", register=True, settings=settings, verbose=verbose,
             title=f"{spec.name}, held-out", dp=dp,
         )
+    if dp:  # the seed was for the demo's own runs: later jobs on these clinics draw fresh noise
+        from simulation.engine import unseed_sites
+
+        unseed_sites(site_dirs)
     _show_budgets(site_dirs)
     versions = {t: r["registered"]["version"] for t, r in results.items()}
     for task, version in versions.items():  # approved for the clinics ('production'), audited

@@ -96,6 +96,12 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
     return ArrayRecord({"ciphertext": Array(np.frombuffer(blob, dtype=np.uint8))})
 
 
+# The phases whose answer leaves the site once per (run, phase, round): the train round's update, and
+# the run's statistics, calibration, analytics and surveillance answers (round 0). Evaluation has its
+# own rule (one per round and one final).
+RELEASED_ONCE = frozenset({"train", "stats", "calibrate", "analytics", "surveillance"})
+
+
 def _packed(config: ConfigRecord) -> bool:
     """Whether a training message asks for a packed update (it names or carries the packed context)."""
     return "packed-context-sha256" in config or "packed-context" in config
@@ -156,6 +162,13 @@ def build_client_app(
                     raise PolicyRefusal(f"fewer training rows than this site's minimum n ({min_n})")
                 if phase == "evaluate" and len(data.test_frame) < min_n:
                     raise PolicyRefusal(f"fewer held-out rows than this site's minimum n ({min_n}): metrics withheld")
+                if phase in RELEASED_ONCE:
+                    # Each (run, phase, round) leaves the site once, encrypted or in plaintext, whoever asks:
+                    # a second answer would be another release (fresh noise on a charge already made, or
+                    # the same seeded noise on another input), which no budget counted.
+                    claim_query(site_dir, "release", QueryLabel(
+                        run_id=str(config.get("run-id", "")), phase=phase,
+                        round=int(config.get("server-round", 0)) if phase == "train" else 0, task=admitted.spec.name))
                 if phase == "evaluate":
                     # One evaluation per round and one final one: the coordinator chooses the model
                     # evaluated, so every extra evaluation is another release of exact metrics.
@@ -232,8 +245,6 @@ def build_client_app(
         site = {"site-id": data.site_id, "dp-epsilon": 0.0, "inputs": admitted.inputs, "district": answer.district,
                 "audit-head": node_audit(admitted.site_dir).head()}
         if answer.vector is None:  # its own series, in the clear: the egress guard checks every count
-            claim_query(admitted.site_dir, "plaintext", QueryLabel(run_id=run_id, phase="surveillance", round=0,
-                                                                   task=data.spec.name))
             series = ArrayRecord({"counts": Array(answer.counts), "suppressed": Array(answer.suppressed)})
             return reply(message, {CLINIC_SERIES: series, "site": ConfigRecord(site | {"series-interval": answer.interval})})
         n = MetricRecord({"num-examples": answer.rows})
@@ -250,10 +261,7 @@ def build_client_app(
         flat, n, loss = train_update(data, params, global_flat, site_train_config(admitted, len(data.train_frame)))
         metrics = MetricRecord({"num-examples": n, "train-loss": float(loss)})
         site = site_record(admitted, data, "train")
-        if config.get("plaintext", False):
-            # Each round leaves the site once, encrypted or not (a repeat would be another release).
-            claim_query(admitted.site_dir, "plaintext", QueryLabel(run_id=str(config["run-id"]), phase="train",
-                                                                   round=int(config["server-round"]), task=data.spec.name))
+        if config.get("plaintext", False):  # claimed once, as every release is (RELEASED_ONCE)
             return reply(message, {"arrays": ArrayRecord([flat]), "metrics": metrics, "site": site})
         # Weighting is applied at the site, with w_i = n_i / N (N from the federated statistics):
         # the sums of w_i * theta_i and of w_i are all that is decrypted, and stay small for CKKS.

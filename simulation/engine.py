@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from flwr.clientapp.typing import Mod
 
 __all__ = ["approve_at_sites", "enrol_sites", "pooled_reference", "run_key_holder", "run_simulated_federation", "simulate",
-           "simulate_query", "site_dirs_of"]
+           "simulate_query", "site_dirs_of", "unseed_sites"]
 
 T = TypeVar("T")  # what a simulated query returns
 
@@ -138,7 +138,7 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
     per run, delta) to switch DP on at every site; ``None`` leaves each site's DP policy as it is.
     ``noise_seed`` (with ``dp``; simulated demos and benchmarks only: ``DPPolicy.noise_seed``) seeds
     each site's DP noise, so that a simulated run repeats; ``None`` leaves a seed the site's policy
-    has (a later approval, e.g. the runner's own, never unseeds a demo; an admin's policy edit does)."""
+    has (a later approval, e.g. the runner's own, never unseeds a demo; ``unseed_sites`` does)."""
     from node_agent.budget import node_audit
     from node_agent.policy import (
         PlanBounds,
@@ -175,6 +175,23 @@ def approve_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, *, rounds: int,
                 node_audit(site_dir).append(actor="simulation", action="policy-changed", plan=digest,
                                             task=spec.name, dp=policy.dp.model_dump() if policy.dp.enabled else None)
     return digest
+
+
+def unseed_sites(site_dirs: Sequence[Path]) -> None:
+    """Remove a demo's ``dp.noise_seed`` from each site's policy (audited), so that whatever runs on
+    these sites later (a job from the coordinator's console) draws its DP noise from the OS."""
+    from node_agent.budget import node_audit
+    from node_agent.policy import load_site_policy, policy_lock, save_site_policy
+
+    for site_dir in site_dirs:
+        with policy_lock(site_dir):
+            policy = load_site_policy(site_dir)
+            if policy.dp.noise_seed is None:
+                continue
+            policy.dp.noise_seed = None
+            save_site_policy(site_dir, policy)
+            node_audit(site_dir).append(actor="simulation", action="policy-changed", dp=policy.dp.model_dump(),
+                                        reason="the demo's seeded noise ends with its runs")
 
 
 def run_key_holder(stack: ExitStack, site_dirs: Sequence[Path], keyholder_home: Path | None = None):

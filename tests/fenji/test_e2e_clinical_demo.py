@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from fenji.cli import app
 from models.policy import load_policy
+from node_agent.policy import load_site_policy as load_policy_of
 from node_agent.distribution import advisor_from_registry
 
 TASKS = ("triage", "diagnosis", "referral_risk")
@@ -72,6 +73,14 @@ def test_federated_clinical_models_match_pooled_and_help_the_sites(demo, task):
     for name in losers:
         local, mine, pooled = table[name]
         assert mine > local - 0.05 and (pooled < local + 0.01 or mine > local - 0.015), (name, table[name])
+
+
+def test_the_clinics_keep_dp_on_but_not_the_demos_seed(demo):
+    """The seed made the demo repeat; a job run later on its clinics (from the console) draws fresh noise."""
+    workdir, _, _ = demo
+    policies = [load_policy_of(site) for site in sorted((workdir / "sites").iterdir()) if site.is_dir()]
+    assert len(policies) == 8
+    assert all(p.dp.enabled and p.dp.noise_seed is None for p in policies)
 
 
 def test_the_never_oximeter_site_trains_and_scores(demo):

@@ -137,3 +137,15 @@ def test_a_runners_own_approval_keeps_the_demos_seed(site, referral_spec):
     approve_at_sites([site], referral_spec, rounds=3, dp=(1.5, 1e-4))  # run_simulated_federation's own
     assert load_site_policy(site).dp.noise_seed == 4
     assert _config(site, referral_spec, run_id="after")[0].dp_noise_seed is not None
+
+
+def test_the_demo_unseeds_its_clinics_once_its_runs_are_done(site, referral_spec):
+    """A job run later on the demo's clinics (from the console) must not reuse the demo's known seed."""
+    from node_agent.policy import load_site_policy
+    from simulation.engine import approve_at_sites, unseed_sites
+
+    approve_at_sites([site], referral_spec, rounds=3, dp=(1.5, 1e-4), noise_seed=0)
+    unseed_sites([site])
+    policy = load_site_policy(site)
+    assert policy.dp.enabled and policy.dp.noise_seed is None
+    assert _config(site, referral_spec, run_id="console-job")[0].dp_noise_seed is None
