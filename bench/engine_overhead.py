@@ -18,23 +18,27 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import environment, save_figure, spread, subplots
+from bench.errors import BenchUnavailable
 
-__all__ = ["MODES", "plot", "run"]
+__all__ = ["MODES", "plot", "run", "run_mode", "sites"]
 
 MODES = ("plaintext", "ckks", "packed")
 MLP_100K = [256, 256, 88]  # with the referral task's inputs: about 100k parameters (bench.scale)
 
 
-def _sites(root: Path, spec) -> list[Path]:
+def sites(root: Path, *specs, clinics=None, seed: int = 0) -> list[Path]:
+    """The synthetic clinics (``simulation.synth``; the demo's eight unless ``clinics`` is given), each
+    ingested for every task in ``specs`` into its own site store under ``root / "sites"``, as the demo does."""
     from node_agent.ingest import ingest_file
     from node_agent.mapping import load_mapping
     from node_agent.store import SiteStore
     from simulation.synth import write_federation
 
     site_dirs = []
-    for name, path, mapping in write_federation(root / "exports", seed=0):
+    for name, path, mapping in write_federation(root / "exports", clinics=clinics, seed=seed):
         with SiteStore(root / "sites" / name) as store:
-            ingest_file(store, spec, path, load_mapping(mapping))
+            for spec in specs:
+                ingest_file(store, spec, path, load_mapping(mapping))
         site_dirs.append(root / "sites" / name)
     return site_dirs
 
@@ -48,13 +52,21 @@ def _spec(task: str, model: str):
     return spec
 
 
-def _one(spec, site_dirs: Sequence[Path], mode: str, rounds: int, home: Path) -> dict:
+def run_mode(spec, site_dirs: Sequence[Path], mode: str, rounds: int, home: Path, **options):
+    """One whole run in ``mode`` (one of ``MODES``) on Flower's engine, with the key holder's folder
+    under ``home``; ``options`` go to ``run_simulated_federation``. Returns (outcome, seconds)."""
     from simulation.engine import run_simulated_federation
 
+    if mode not in MODES:
+        raise BenchUnavailable(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     started = time.perf_counter()
     outcome = run_simulated_federation(spec, site_dirs, rounds=rounds, encrypt=mode != "plaintext",
-                                       packed=mode == "packed", keyholder_home=home / f"keyholder-{mode}")
-    total = time.perf_counter() - started
+                                       packed=mode == "packed", keyholder_home=home / f"keyholder-{mode}", **options)
+    return outcome, time.perf_counter() - started
+
+
+def _one(spec, site_dirs: Sequence[Path], mode: str, rounds: int, home: Path) -> dict:
+    outcome, total = run_mode(spec, site_dirs, mode, rounds, home)
     later = outcome.rounds[1:] or outcome.rounds
     n_params = int(outcome.flat.size)
     update_bytes = float(np.median([r["update-bytes"] for r in outcome.rounds]))
@@ -76,7 +88,7 @@ def run(*, task: str = "referral_risk", models: Sequence[str] = ("task", "mlp-10
         root = Path(tmp)
         for model in models:
             spec = _spec(task, model)
-            site_dirs = _sites(root / model, spec)
+            site_dirs = sites(root / model, spec)
             for mode in MODES:
                 point = {"model": model, **_one(spec, site_dirs, mode, rounds, root / model)}
                 points.append(point)
