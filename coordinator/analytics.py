@@ -13,8 +13,10 @@ was suppressed.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -38,7 +40,7 @@ from federation.keyholder_api import Decryptor, DecryptRequest
 from federation.tags import QueryLabel
 from models.spec import TaskSpec
 
-__all__ = ["PHASE", "query_run", "query_sum", "run_query"]
+__all__ = ["PHASE", "audit_failure", "query_run", "query_sum", "run_query"]
 
 PHASE = "analytics"
 MESSAGE_TYPE = "query.analytics"
@@ -123,7 +125,7 @@ def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec
     nodes = list(nodes if nodes is not None else grid.get_node_ids())
     if len(nodes) < min_sites:
         raise NotEnoughSitesError(f"{len(nodes)} site(s) connected, a query needs at least {min_sites} (min-sites)")
-    screen = screen or ReplyScreen(min_sites=min_sites, aggregator=aggregator)
+    screen = screen if screen is not None else ReplyScreen(min_sites=min_sites, aggregator=aggregator)
     screen.min_sites, screen.aggregator = min_sites, aggregator
     replies = screen.usable(_send(grid, nodes, RecordDict({"config": config}), timeout), phase=PHASE, server_round=0,
                             expected_nodes=nodes, length=shape.length, scale_bits=WIDE_SCALE_BITS, into=running)
@@ -140,3 +142,19 @@ def run_query(grid: Grid, query, key_holder: Decryptor | None, *, task: TaskSpec
                      suppressed_cells=int((result.suppressed_sites > 0).sum()),
                      excluded=[e.to_dict() for e in result.excluded], site_audit_heads=result.audit_heads)
     return result
+
+
+def audit_failure(audit: AuditLog, query: str, error: BaseException, *, task: str, excluded: list[dict[str, Any]],
+                  **details: Any) -> None:
+    """Append the coordinator's record of a query that failed, with the sites it left out (``excluded``):
+    ``surveillance-query-failed`` for a surveillance query (kind ``syndromes``), else
+    ``analytics-query-failed`` (a query text that does not parse too). ``run_query`` and
+    ``coordinator.syndromic.run_surveillance`` audit only the queries they answer: their callers, which
+    see every way a query ends, audit the failures."""
+    try:
+        kind = json.loads(query).get("kind")
+    except (ValueError, AttributeError):  # not JSON, or not an object: no query at all
+        kind = None
+    action = "surveillance-query-failed" if kind == "syndromes" else "analytics-query-failed"
+    audit.append(actor="coordinator", action=action, task=task, query=query, reason=str(error),
+                 error=type(error).__name__, excluded=excluded, **details)

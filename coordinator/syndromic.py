@@ -41,9 +41,10 @@ from federation.surveillance import (
 from models.errors import first_line
 from models.spec import TaskSpec
 
-__all__ = ["MESSAGE_TYPE", "run_surveillance"]
+__all__ = ["MESSAGE_TYPE", "PHASE", "run_surveillance"]
 
 MESSAGE_TYPE = "query.surveillance"
+PHASE = "surveillance"  # the phase of its replies left out, as a reply screen names it
 
 
 def _send(grid: Grid, nodes: list[int], content: RecordDict, timeout: float) -> Iterable[Message]:
@@ -85,41 +86,50 @@ def _district_sum(replies: list[Message], district: str, query: SyndromeCounts, 
 
 def run_surveillance(grid: Grid, query: SyndromeCounts, key_holder: Decryptor | None, *, task: TaskSpec,
                      min_sites: int = 3, timeout: float = 600.0, nodes: list[int] | None = None,
-                     audit: AuditLog | None = None) -> SurveillanceResult:
+                     audit: AuditLog | None = None, screen: ReplyScreen | None = None) -> SurveillanceResult:
     """Ask every site for ``query``'s daily syndrome counts about ``task``; one sum per district.
 
     ``key_holder`` ``None`` runs in plaintext (sites whose policy allows it only). min-sites is the
-    key holder's, or more. With ``audit``, the query, each district's cohort, the published series,
-    the refusals and the sites' audit heads are appended to that log.
+    key holder's, or more. With ``audit``, an answered query, each district's cohort, the published
+    series, the refusals and the sites' audit heads are appended to that log (a failed one is its
+    caller's to audit: ``coordinator.analytics.audit_failure``). ``screen``, if given, records the
+    replies left out, named as its ``site_of`` knows them (as ``run_query``'s does): a caller reads from
+    it the sites left out even when the query fails, those that declined included.
 
     Raises
     ------
     NotEnoughSitesError
-        If no district could be summed and no clinic published its own series.
+        If no district could be summed and no clinic published its own series; its message lists the
+        sites left out as a reply screen's does (``Left out: <site>: <reason>; ...``).
     """
     grid = StreamingGrid(grid)
     # One run per query: the key holder decrypts each district's sum once.
     run_id, config, aggregator, min_sites = query_run(task, key_holder, min_sites, "surveillance-query",
                                                       query_text(query))
+    screen = screen if screen is not None else ReplyScreen(min_sites=min_sites, aggregator=aggregator)
     nodes = list(nodes if nodes is not None else grid.get_node_ids())
     result = SurveillanceResult(query=query)
     by_district: dict[str, list[Message]] = defaultdict(list)
-    answered = set()
+    answered, declined = set(), []
     for reply in _send(grid, nodes, RecordDict({"config": config}), timeout):
-        answered.add(reply.metadata.src_node_id)
+        node = reply.metadata.src_node_id
+        answered.add(node)
         content = None if reply.has_error() else reply.content
+        if content is not None and ("site" in content or "refusal" in content):
+            record = content["site"] if "site" in content else content["refusal"]
+            screen.site_of[node] = str(record.get("site-id", screen.site_of.get(node, node)))
         if content is None or ("site" not in content and "refusal" not in content):
             reason = first_line(reply.error.reason) if reply.has_error() else "no site record"
-            result.excluded.append(ExcludedReply(0, "surveillance", reply.metadata.src_node_id, reason))
+            screen.excluded.append(ExcludedReply(0, PHASE, node, reason))
         elif "refusal" in content:
-            refusal = content["refusal"]
-            result.refused[str(refusal.get("site-id", reply.metadata.src_node_id))] = str(refusal.get("reason", ""))
+            reason = str(content["refusal"].get("reason", ""))
+            result.refused[screen.site_of[node]] = reason
+            declined.append(ExcludedReply(0, PHASE, node, f"declined: {reason}"))
         elif "clinic-series" in content:
             try:
                 release = _published(reply, query)
             except (KeyError, TypeError, ValueError) as exc:
-                result.excluded.append(ExcludedReply(0, "surveillance", reply.metadata.src_node_id,
-                                                     f"a published series that does not fit: {exc}"))
+                screen.excluded.append(ExcludedReply(0, PHASE, node, f"a published series that does not fit: {exc}"))
                 continue
             result.clinics[release.site] = release
         else:
@@ -127,23 +137,26 @@ def run_surveillance(grid: Grid, query: SyndromeCounts, key_holder: Decryptor | 
         if content is not None and "site" in content:
             result.audit_heads[str(content["site"]["site-id"])] = str(content["site"].get("audit-head", ""))
     for node in sorted(set(nodes) - answered):
-        result.excluded.append(ExcludedReply(0, "surveillance", node, "no reply before the timeout"))
+        screen.excluded.append(ExcludedReply(0, PHASE, node, "no reply before the timeout"))
     for district, replies in sorted(by_district.items()):
         try:
             result.sums[district] = _district_sum(replies, district, query, key_holder, aggregator, run_id=run_id,
-                                                  task=task, min_sites=min_sites, excluded=result.excluded)
+                                                  task=task, min_sites=min_sites, excluded=screen.excluded)
         except PrivacyError as exc:  # too few clinics in the sum, or the key holder's refusal
             result.unavailable[district] = first_line(exc)
+    result.excluded = screen.named()
+    if not result.sums and not result.clinics:
+        screen.excluded.extend(declined)  # nothing came back: a site that declined is left out too
+        # Each district's own reason without its screen's "Left out" list: those replies are in the one below.
+        districts = "; ".join(f"{d}: {r.partition('. Left out: ')[0]}" for d, r in result.unavailable.items())
+        left_out = "; ".join(f"{e.label}: {e.reason}" for e in screen.named())
+        raise NotEnoughSitesError(f"{PHASE} (round 0): no district could be summed"
+                                  f"{f' ({districts})' if districts else ''} and no clinic published a series. "
+                                  f"Left out: {left_out or 'none'}")
     if audit is not None:
         audit.append(actor="coordinator", action="surveillance-query", run_id=run_id, task=task.name,
                      query=query_text(query), districts={d: s[2] for d, s in result.sums.items()},
                      published={s: r.interval for s, r in result.clinics.items()}, unavailable=result.unavailable,
                      refused=result.refused, excluded=[e.to_dict() for e in result.excluded],
                      site_audit_heads=result.audit_heads)
-    if not result.sums and not result.clinics:
-        why = "; ".join([*(f"{d}: {r}" for d, r in result.unavailable.items()),
-                         *(f"{s}: declined: {r}" for s, r in result.refused.items()),
-                         *(f"{e.label}: {e.reason}" for e in result.excluded)])
-        raise NotEnoughSitesError(f"surveillance: no district could be summed and no clinic published a series "
-                                  f"({why or 'no site answered'})")
     return result

@@ -44,6 +44,7 @@ from fenji.deployment import read_event
 __all__ = ["DeploymentRunner", "query_config_of", "run_config_of"]
 
 _STARTED = re.compile(r"Successfully started run (\d+)")
+_NOT_IN_LITERAL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f']")  # what a TOML literal string cannot hold
 _CUT_STREAM_RETRIES = 3
 log = logging.getLogger("fenji.coordinator")
 
@@ -63,11 +64,13 @@ def query_config_of(request: QueryRequest) -> str:
     Raises
     ------
     JobFailed
-        If the query's JSON holds a single quote (no built-in query's does), which would end that string.
+        If the query's JSON holds a single quote, which would end that string, or a character a TOML
+        literal string may not hold (a control character other than tab, or DEL; JSON escapes all
+        but DEL): none of a built-in task's columns or values does.
     """
     text = canonical(request.query)
-    if "'" in text:
-        raise JobFailed(f"query {request.id} cannot travel in a run config (a quote in {text[:80]!r})",
+    if (bad := _NOT_IN_LITERAL.search(text)) is not None:
+        raise JobFailed(f"query {request.id} cannot travel in a run config ({bad.group()!r} in {text[:80]!r})",
                         error="QueryNotSent")
     return f"kind=\"analytics\" task={json.dumps(request.task)} query='{text}'"
 

@@ -1,4 +1,4 @@
-"""The coordinator's training jobs on Flower's simulation engine, over local site folders: the
+"""The coordinator's training jobs and queries on Flower's simulation engine, over local site folders: the
 ``JobRunner`` the embedded demo's ``fenji coordinator serve`` injects (``coordinator.service.jobs``).
 With ``FENJI_SUPERLINK`` set, jobs run on the deployment engine instead (``fenji.deployment_jobs``).
 
@@ -13,11 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coordinator.audit import AuditLog
 from coordinator.service.errors import JobCancelled, JobFailed
 from coordinator.service.jobs import JobRequest, JobResult, JobRunner, RoundCallback
 from coordinator.service.queries import QueryRequest, result_of
 from coordinator.service.sites import sightings_of
 from coordinator.settings import CoordinatorSettings
+from federation.analytics import canonical
 from federation.errors import SettingsError
 from fenji import surveillance_jobs
 from models.errors import FenjiError
@@ -55,16 +57,20 @@ class SimulationRunner:
     ``approve`` puts the job's plan on each site's approved list, as ``fenji sim`` does for a demo;
     without it each site's own policy decides, and a site that has not approved the plan refuses.
     ``client_mods`` are Flower mods around every site's ClientApp (a test stages a failing site).
+    ``audit_log`` is the coordinator's audit log file, where each query is recorded as on the deployment
+    engine (``fenji.deployment``).
     """
 
     def __init__(self, sites_dir: Path, *, keyholder_home: Path, tracking_uri: str | None = None,
-                 approve: bool = True, encrypt: bool = True, client_mods: Sequence[Mod] = ()) -> None:
+                 approve: bool = True, encrypt: bool = True, client_mods: Sequence[Mod] = (),
+                 audit_log: Path | None = None) -> None:
         self.sites_dir = Path(sites_dir)
         self.keyholder_home = Path(keyholder_home)
         self.tracking_uri = tracking_uri
         self.approve = approve
         self.encrypt = encrypt
         self.client_mods = list(client_mods)
+        self.audit_log = None if audit_log is None else Path(audit_log)
 
     def __str__(self) -> str:
         return f"Flower's simulation engine over the site folders in {self.sites_dir}"
@@ -83,8 +89,7 @@ class SimulationRunner:
         except JobCancelled:
             raise
         except FenjiError as exc:
-            names = [p.name for p in Path(self.sites_dir).iterdir() if p.is_dir()] if self.sites_dir.is_dir() else []
-            raise JobFailed(str(exc), sites=left_out_sites(str(exc), names), error=type(exc).__name__) from exc
+            raise self._failed(exc) from exc
         result = JobResult(
             sites=outcome.sites, excluded=[e.to_dict() for e in outcome.excluded],
             details={"seconds": round(outcome.seconds, 2), "encrypted": outcome.encrypted,
@@ -102,8 +107,35 @@ class SimulationRunner:
             result.model, result.version = registered.name, str(registered.version)
         return result
 
+    def _failed(self, exc: FenjiError) -> JobFailed:
+        """``exc`` as the service records a failure, with the sites it left out (read from its message)."""
+        names = [p.name for p in self.sites_dir.iterdir() if p.is_dir()] if self.sites_dir.is_dir() else []
+        return JobFailed(str(exc), sites=left_out_sites(str(exc), names), error=type(exc).__name__)
+
     def run_query(self, request: QueryRequest) -> dict[str, Any]:
-        """Answer a statistics query over the same site folders (``simulation.analytics``); with
+        """Answer a statistics or surveillance query over the same site folders; a failure is audited in
+        ``audit_log`` (``coordinator.analytics.audit_failure``), as on the deployment engine.
+
+        Raises
+        ------
+        JobFailed
+            If a Fenji error failed it (too few sites: each left out named in ``sites``).
+        """
+        try:
+            return self._answer(request)
+        except Exception as exc:  # noqa: BLE001 - every failure is audited, then raised on
+            failed = self._failed(exc) if isinstance(exc, FenjiError) else None
+            if self.audit_log is not None:
+                from coordinator.analytics import audit_failure
+
+                audit_failure(AuditLog(self.audit_log), canonical(request.query), exc, task=request.task,
+                              excluded=failed.sites if failed is not None else [], engine="simulation")
+            if failed is None:
+                raise
+            raise failed from exc
+
+    def _answer(self, request: QueryRequest) -> dict[str, Any]:
+        """The answer over the site folders (``simulation.analytics``, or ``fenji.surveillance_jobs``); with
         ``approve`` the query's kind is first allowed at each site, as ``fenji sim`` does for a demo."""
         from models.spec import load_task
         from simulation.analytics import run_simulated_query
@@ -112,9 +144,10 @@ class SimulationRunner:
         if surveillance_jobs.is_surveillance(request.query):  # syndromic surveillance (fenji.surveillance_jobs)
             return surveillance_jobs.answer(request.query, site_dirs_of(self.sites_dir), task=request.task,
                                             keyholder_home=self.keyholder_home, encrypt=self.encrypt,
-                                            approve=self.approve)
+                                            approve=self.approve, audit_log=self.audit_log)
         result = run_simulated_query(request.query, site_dirs_of(self.sites_dir), task=load_task(request.task),
-                                     keyholder_home=self.keyholder_home, encrypt=self.encrypt, allow=self.approve)
+                                     keyholder_home=self.keyholder_home, encrypt=self.encrypt, allow=self.approve,
+                                     audit_log=self.audit_log)
         return result_of(result)
 
 
@@ -145,4 +178,5 @@ def runner_from_settings(settings: CoordinatorSettings) -> JobRunner | None:
     if sites_dir is None:
         return None
     keyholder = load_keyholder_settings(home=settings.home)
-    return SimulationRunner(sites_dir, keyholder_home=keyholder.state_dir, tracking_uri=settings.tracking_uri)
+    return SimulationRunner(sites_dir, keyholder_home=keyholder.state_dir, tracking_uri=settings.tracking_uri,
+                            audit_log=settings.audit_path)

@@ -39,10 +39,11 @@ def allow_analytics_at_sites(site_dirs: Sequence[Path], spec: TaskSpec, kinds: S
 
 
 def run_simulated_query(query, site_dirs: Sequence[Path], *, task: TaskSpec, keyholder_home: Path | None = None,
-                        encrypt: bool = True, allow: bool = True, verbose: bool = False, egress_log: Path | None = None):
+                        encrypt: bool = True, allow: bool = True, verbose: bool = False, egress_log: Path | None = None,
+                        audit_log: Path | None = None):
     """The ``AnalyticsResult`` of ``query`` about ``task`` over the site folders (``run_simulated_queries``)."""
     return run_simulated_queries([query], site_dirs, task=task, keyholder_home=keyholder_home, encrypt=encrypt,
-                                 allow=allow, verbose=verbose, egress_log=egress_log)[0]
+                                 allow=allow, verbose=verbose, egress_log=egress_log, audit_log=audit_log)[0]
 
 
 def run_simulated_queries(queries: Sequence, site_dirs: Sequence[Path], *, task: TaskSpec,

@@ -25,7 +25,7 @@ from sqlalchemy.orm import (
 from federation.errors import SettingsError
 
 __all__ = ["Account", "Approval", "AuditAnchor", "AuditHead", "AuditRow", "Base", "EngineRun", "Job", "Promotion",
-           "QueryJob", "Site", "open_database"]
+           "QueryJob", "QueryLeftOut", "Site", "open_database"]
 
 
 class Base(DeclarativeBase):
@@ -130,6 +130,18 @@ class QueryJob(Base):
     result_json: Mapped[str | None] = mapped_column(Text, default=None)
     error: Mapped[str | None] = mapped_column(String(100), default=None)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
+    # Loaded with the query (a separate SELECT, as ``Job.engine_run``); None unless it failed naming sites.
+    left_out: Mapped[QueryLeftOut | None] = relationship(lazy="selectin", uselist=False)
+
+
+class QueryLeftOut(Base):
+    """The sites a failed query left out, and why (``Job.sites_json``'s ``{"site", "reason", "phase"}``
+    dicts). A table of its own for the reason ``QueryJob`` has one: a database made before it gains
+    it on its next start."""
+
+    __tablename__ = "query_left_out"
+    query_id: Mapped[int] = mapped_column(ForeignKey("query_jobs.id"), primary_key=True)
+    sites_json: Mapped[str] = mapped_column(Text, default="[]")
 
 
 class Site(Base):

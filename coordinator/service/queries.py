@@ -12,7 +12,10 @@ failed. Submitting, starting, cancelling and ending are each written with their 
 transaction (``query-submitted``, ``query-started``, ``query-cancelled``, ``query-succeeded`` /
 ``query-failed``), then the head is anchored. The runner answers ``run_query(QueryRequest) -> dict``
 (``result_of`` builds that dict from an ``AnalyticsResult``); a runner without ``run_query`` fails
-every query, by name.
+every query, by name. A runner's ``JobFailed`` names the sites the query left out: they are stored
+(``QueryLeftOut``) and in the ``query-failed`` entry (``failed_sites``), as a job's are. The answer's
+``site_audit_heads`` (each site's node audit head after it answered) go in the ``query-succeeded``
+entry, not in the stored result: an auditor checks them against the sites' own logs.
 """
 
 from __future__ import annotations
@@ -30,20 +33,21 @@ from coordinator.service import chain
 from coordinator.service.access import Role
 from coordinator.service.accounts import now
 from coordinator.service.anchoring import AnchorClient
-from coordinator.service.db import Account, QueryJob
-from coordinator.service.errors import Conflict, Forbidden, NotFound
+from coordinator.service.db import Account, QueryJob, QueryLeftOut
+from coordinator.service.errors import Conflict, Forbidden, JobFailed, NotFound
 from federation.analytics import canonical
 from federation.surveillance import parse_any_query
 from models.errors import first_line
 
-__all__ = ["FINISHED", "SURVEILLANCE", "QueryRequest", "Worker", "cancel", "get", "latest", "recover", "result_of",
-           "run_next", "submit"]
+__all__ = ["FINISHED", "HEADS", "SURVEILLANCE", "QueryRequest", "Worker", "cancel", "get", "latest", "recover",
+           "result_of", "run_next", "submit"]
 
 log = logging.getLogger("fenji.coordinator")
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 WORKER = "coordinator"
 SURVEILLANCE = '"kind":"syndromes"'  # in every stored surveillance query's canonical JSON (not in a statistics query's)
+HEADS = "site_audit_heads"  # the key of an answer's sites' audit heads (result_of; a surveillance report's too)
 
 
 class Worker(Protocol):
@@ -133,14 +137,16 @@ def _plain(value: Any) -> Any:
 
 
 def result_of(result: Any) -> dict[str, Any]:
-    """What is stored and returned of an ``AnalyticsResult``: its frame's columns and records, the
-    cohort, the rows, the noise, and at how many sites each cell was suppressed."""
+    """What a runner returns of an ``AnalyticsResult``: its frame's columns and records, the cohort, the
+    rows, the noise, at how many sites each cell was suppressed, the replies left out, and the sites'
+    audit heads (``HEADS``: audited, not stored with the result)."""
     frame = result.to_frame()
     return {"columns": [str(c) for c in frame.columns],
             "cells": [{str(k): _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")],
             "suppressed_sites": [int(s) for s in result.suppressed_sites], "rows": int(result.rows),
             "sites": list(result.sites), "dp_epsilon": float(result.dp_epsilon),
-            "excluded": [e.to_dict() if hasattr(e, "to_dict") else e for e in result.excluded]}
+            "excluded": [e.to_dict() if hasattr(e, "to_dict") else e for e in result.excluded],
+            HEADS: {str(site): str(head) for site, head in result.audit_heads.items()}}
 
 
 def _claim(queue: Worker) -> QueryRequest | None:
@@ -172,7 +178,8 @@ def run_next(queue: Worker) -> bool:
         result = answer(request)
     except Exception as exc:  # noqa: BLE001 - every way a query ends is recorded, none leaves it "running"
         log.error("query %s failed", request.id, exc_info=exc)
-        _finish(queue, request.id, FAILED, error=type(exc).__name__, reason=first_line(exc))
+        error, sites = (exc.error, exc.sites) if isinstance(exc, JobFailed) else (type(exc).__name__, [])
+        _finish(queue, request.id, FAILED, error=error, reason=first_line(exc), sites=sites)
         return True
     _finish(queue, request.id, SUCCEEDED, result=result)
     return True
@@ -188,17 +195,24 @@ def recover(queue: Worker, *, reason: str) -> list[int]:
 
 
 def _finish(queue: Worker, query_id: int, status: str, *, error: str | None = None, reason: str | None = None,
-            result: dict[str, Any] | None = None) -> None:
+            result: dict[str, Any] | None = None, sites: list[dict[str, Any]] | None = None) -> None:
+    """Set a running query's final state with its audit entry, in one transaction, then anchor; ``sites``:
+    those a failed query left out."""
     with queue.sessions() as session:
         row = session.execute(select(QueryJob).where(QueryJob.id == query_id).with_for_update()).scalar_one()
         row.status, row.finished_at, row.error, row.reason = status, now(), error, reason
         entry: dict[str, Any] = {"query_id": row.id, "task": row.task}
         if result is not None:
-            row.result_json = json.dumps(result, default=float)
+            stored = {k: v for k, v in result.items() if k != HEADS}
+            row.result_json = json.dumps(stored, default=float)
             entry |= {"sites": result.get("sites", []), "dp_epsilon": result.get("dp_epsilon"),
                       "suppressed_cells": sum(1 for s in result.get("suppressed_sites", []) if s > 0)}
+            if result.get(HEADS):
+                entry[HEADS] = dict(result[HEADS])
+        if sites:
+            row.left_out = QueryLeftOut(sites_json=json.dumps(sites))
         if error is not None:
-            entry |= {"error": error, "reason": reason}
+            entry |= {"error": error, "reason": reason, "failed_sites": sites or []}
         chain.append(session, actor=WORKER, action=f"query-{status}", **entry)
         session.commit()
     chain.anchor_head(queue.sessions, queue.anchors)

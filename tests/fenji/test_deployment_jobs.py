@@ -256,3 +256,18 @@ def test_a_failed_query_names_the_sites_left_out(flwr):
         runner.run_query(QueryRequest(id=5, task="referral_risk", query=Count()))
     assert failed.value.error == "NotEnoughSitesError"
     assert [(s["site"], s["phase"]) for s in failed.value.sites] == [("clinic_d", "analytics")]
+
+
+@pytest.mark.parametrize(("column", "bad"), [("it's", "'"), ("rub\x7fout", "\x7f")])
+def test_a_query_that_cannot_travel_in_a_toml_literal_string_is_refused_before_flwr_runs(flwr, tmp_path, column, bad):
+    """A quote would end the run config's literal string, and TOML refuses DEL in one (JSON escapes the
+    other control characters): refused, naming the character, and ``flwr`` is never called."""
+    from coordinator.service.queries import QueryRequest
+    from federation.analytics import Count
+
+    runner, scenario = flwr
+    scenario([_event("result", answer=ANSWER, engine="deployment", flower_run_id=RUN_ID)])
+    with pytest.raises(JobFailed, match="cannot travel in a run config") as refused:
+        runner.run_query(QueryRequest(id=6, task="referral_risk", query=Count(group_by=column)))
+    assert refused.value.error == "QueryNotSent" and f"({bad!r} in" in str(refused.value)
+    assert not (tmp_path / "calls.log").exists()

@@ -121,6 +121,31 @@ def test_sites_that_refuse_the_plan_fail_the_job_by_name(service, sites, tmp_pat
     assert all(s["phase"] == "stats" and "approved" in s["reason"] for s in done["failed_sites"]), done
 
 
+def test_queries_are_audited_in_the_coordinators_log_with_the_sites_heads_and_the_sites_left_out(sites, tmp_path):
+    """As on the deployment engine (tests/fenji/test_deployment_app.py): an answer carries the sites' audit
+    heads and is audited ``analytics-query``; a failure names each site left out, audited too."""
+    from coordinator.audit import AuditLog
+    from coordinator.service.errors import JobFailed
+    from coordinator.service.queries import QueryRequest
+    from federation.analytics import Count, Mean
+
+    log = tmp_path / "coordinator-audit.jsonl"
+    runner = SimulationRunner(sites, keyholder_home=tmp_path / "keyholder", audit_log=log)
+    answer = runner.run_query(QueryRequest(id=1, task=TASK, query=Count()))
+    names = sorted(p.name for p in sites.iterdir())
+    assert sorted(answer["site_audit_heads"]) == names and all(answer["site_audit_heads"].values())
+    # The sites allow counts only now: a mean is declined by each, and nothing is approved on their behalf.
+    runner.approve = False
+    with pytest.raises(JobFailed, match="min-sites") as failed:
+        runner.run_query(QueryRequest(id=2, task=TASK, query=Mean(column="age")))
+    assert failed.value.error == "NotEnoughSitesError"
+    assert sorted((s["site"], s["phase"]) for s in failed.value.sites) == [(n, "analytics") for n in names]
+    entries = [e for e in AuditLog(log).entries() if e["action"].startswith("analytics-query")]
+    assert [e["action"] for e in entries] == ["analytics-query", "analytics-query-failed"]
+    assert entries[0]["details"]["site_audit_heads"] == answer["site_audit_heads"]
+    assert entries[1]["details"]["excluded"] == failed.value.sites and entries[1]["details"]["engine"] == "simulation"
+
+
 def test_left_out_sites_are_read_from_the_message():
     message = ("train (round 2): 1 usable repl(ies), at least 3 (min-sites) needed. Left out: site_b: refused: "
                "no; really: not approved; node 17: no reply before the timeout")

@@ -16,6 +16,7 @@ from coordinator.service.chain import anchor_head
 from coordinator.service.db import QueryJob
 from coordinator.service.deps import Caller, CoordinatorDep, Db, api_router
 from coordinator.service.errors import ErrorBody, NotFound
+from coordinator.service.schemas import SiteProblem
 from federation.analytics import Query, layout
 from models.spec import builtin_tasks, load_task
 
@@ -42,13 +43,15 @@ class QueryPublic(BaseModel):
                                                       "columns, rows, sites, dp_epsilon, excluded")
     error: str | None
     reason: str | None
+    failed_sites: list[SiteProblem] = Field(description="The sites a failed query left out, and why")
 
     @classmethod
     def of(cls, row: QueryJob) -> QueryPublic:
+        left_out = json.loads(row.left_out.sites_json) if row.left_out is not None else []
         return cls(id=row.id, task=row.task, query=json.loads(row.query_json), status=row.status,
                    submitted_by=row.submitted_by, submitted_at=row.submitted_at, started_at=row.started_at,
                    finished_at=row.finished_at, result=json.loads(row.result_json) if row.result_json else None,
-                   error=row.error, reason=row.reason)
+                   error=row.error, reason=row.reason, failed_sites=[SiteProblem(**s) for s in left_out])
 
 
 @router.post("", status_code=201, summary="Queue a statistics query; it runs at the sites when the jobs before it "

@@ -165,3 +165,84 @@ def test_a_query_cancelled_while_queued_is_skipped_by_the_worker_and_the_next_on
     skipped = wait_for(service, cancelled["id"], "cancelled")
     assert (skipped["status"], skipped["started_at"], skipped["result"]) == ("cancelled", None, None)
     assert [a for a, _ in audit(service, cancelled["id"])] == ["query-submitted", "query-cancelled"]
+
+
+LEFT_OUT = [{"site": "clinic_b", "reason": "declined by clinic_b: count queries are not allowed", "phase": "analytics"},
+            {"site": "node 7", "reason": "no reply before the timeout", "phase": "analytics"}]
+HEADS = {"clinic_a": "ab" * 32, "clinic_c": "cd" * 32}
+
+
+class ScriptedRunner:
+    """Fails the first query it is asked, as a runner reports a run that left sites out; answers the next one
+    with the sites' audit heads."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self, request, on_round):  # pragma: no cover - no job is submitted here
+        raise AssertionError("no training job here")
+
+    def run_query(self, request) -> dict:
+        from coordinator.service.errors import JobFailed
+
+        self.asked += 1
+        if self.asked == 1:
+            raise JobFailed("analytics (round 0): 1 usable repl(ies), at least 3 (min-sites) needed. Left out: ...",
+                            sites=LEFT_OUT, error="NotEnoughSitesError")
+        return {"columns": ["count"], "cells": [{"count": 42, "suppressed_sites": 0}], "suppressed_sites": [0],
+                "rows": 42, "sites": ["clinic_a", "clinic_c"], "dp_epsilon": 0.0, "excluded": [],
+                "site_audit_heads": HEADS}
+
+
+def test_a_failed_query_names_the_sites_left_out_and_an_answer_audits_the_sites_heads(service):
+    service.coordinator.jobs.start(ScriptedRunner())
+    try:
+        failed, answered = submit(service), submit(service)
+        done = wait_for(service, answered["id"], "succeeded")
+    finally:
+        service.coordinator.jobs.stop(timeout=60)
+    assert done["failed_sites"] == [] and "site_audit_heads" not in done["result"]  # audited, not stored
+    record = wait_for(service, failed["id"], "failed")
+    assert (record["status"], record["error"]) == ("failed", "NotEnoughSitesError")
+    assert record["failed_sites"] == LEFT_OUT and record["reason"].startswith("analytics (round 0)")
+    with service.client("admin") as client:
+        entries = client.get("/api/v1/audit", params={"limit": 1000}).json()["entries"]
+    ended = {e["details"]["query_id"]: e for e in entries if e["action"] in ("query-failed", "query-succeeded")}
+    assert ended[failed["id"]]["details"]["failed_sites"] == LEFT_OUT
+    assert ended[answered["id"]]["details"]["site_audit_heads"] == HEADS
+
+
+def test_a_database_made_before_queries_kept_their_sites_left_out_keeps_working(tmp_path):
+    """``create_all`` adds a missing table, never a missing column: the sites a failed query left out are a
+    table of their own, which an existing database gains on its next start, its queries read as before."""
+    from types import SimpleNamespace
+
+    from sqlalchemy import create_engine, inspect
+
+    from coordinator.service import chain, queries
+    from coordinator.service.db import Account, Base, open_database
+    from coordinator.service.errors import JobFailed
+    from coordinator.service.routes.queries import QueryPublic
+    from federation.analytics import Count
+
+    url = f"sqlite:///{tmp_path / 'coordinator.db'}"
+    before = create_engine(url)
+    Base.metadata.create_all(before, tables=[t for t in Base.metadata.sorted_tables if t.name != "query_left_out"])
+    before.dispose()
+    sessions = open_database(url)
+    assert "query_left_out" in inspect(create_engine(url)).get_table_names()
+    chain.ensure_head(sessions)
+
+    class Failing:
+        def run_query(self, request):
+            raise JobFailed("analytics (round 0): too few", sites=LEFT_OUT, error="NotEnoughSitesError")
+
+    who = Account(name="test data_scientist", role=Role.DATA_SCIENTIST.value)
+    with sessions() as session:
+        ids = [queries.submit(session, who, task=TASK, query=Count()).id for _ in range(2)]
+    worker = SimpleNamespace(sessions=sessions, anchors=None, runner=Failing())
+    assert queries.run_next(worker)
+    with sessions() as session:
+        failed, queued = (QueryPublic.of(queries.get(session, i)) for i in ids)
+    assert (failed.status, [s.model_dump() for s in failed.failed_sites]) == ("failed", LEFT_OUT)
+    assert (queued.status, queued.failed_sites) == ("queued", [])
