@@ -16,31 +16,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.clinics import HIDDEN, clinical_spec, prepare_sites
 from bench.common import environment, save_figure, spread, subplots
 
 __all__ = ["run", "run_one"]
 
-HIDDEN = [256, 256, 88]  # with the referral task's 40 inputs: about 100k parameters
-
 
 def run_one(sites: int, rounds: int, rows: int) -> dict:
-    from models.spec import load_task
-    from node_agent.ingest import ingest_file
-    from node_agent.mapping import load_mapping
-    from node_agent.store import SiteStore
     from simulation.engine import run_simulated_federation
-    from simulation.synth import ClinicProfile, write_federation
 
-    base = load_task("referral_risk")
-    spec = base.model_copy(update={"model": base.model.model_copy(update={"family": "mlp", "hidden": HIDDEN, "local_epochs": 1})})
+    spec = clinical_spec()
     with tempfile.TemporaryDirectory(prefix="fenji-scale-") as tmp:
-        clinics = [ClinicProfile(f"site_{i:03d}", rows, age_mean=40 + (i * 7) % 35, label_offset=((i % 5) - 2) / 5)
-                   for i in range(sites)]
-        site_dirs = []
-        for name, path, mapping in write_federation(Path(tmp) / "exports", clinics=clinics, seed=1, bad_rows=False):
-            with SiteStore(Path(tmp) / "sites" / name) as store:
-                ingest_file(store, spec, path, load_mapping(mapping))
-            site_dirs.append(Path(tmp) / "sites" / name)
+        site_dirs = prepare_sites(Path(tmp), sites, rows, spec=spec)
         stamps = [time.perf_counter()]
         started = time.perf_counter()
         outcome = run_simulated_federation(spec, site_dirs, rounds=rounds, keyholder_home=Path(tmp) / "keyholder",
