@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
-__all__ = ["environment", "save_figure", "spread", "subplots", "write_json"]
+__all__ = ["environment", "peak_kb", "reset_peak", "save_figure", "spread", "subplots", "write_json"]
 
 
 def environment() -> dict[str, object]:
@@ -52,3 +53,24 @@ def save_figure(fig, path: Path, *, dpi: int = 120) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def reset_peak() -> None:
+    """Forget the peak RSS this process inherited: Linux keeps the high-water mark across the fork and
+    exec that start a spawned process, so without this a child of a large parent (e.g. after a run on
+    Flower's engine in the same command) reports the parent's peak."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_kb() -> float:
+    """This process's peak RSS in kB since ``reset_peak`` (VmHWM), else since it started."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import resource
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import environment, save_figure, subplots
+from bench.common import environment, peak_kb, reset_peak, save_figure, subplots
 from bench.errors import BenchUnavailable
 
 __all__ = ["FENJI_MODES", "MODES", "MODE_NOTES", "NVFLARE", "SECAGG", "draw", "plot", "run"]
@@ -60,27 +59,6 @@ MODE_NOTES = {
             "stage at once, as Flower's grids do. Network and SuperLink left out (bench/secagg_memory.py)",
 }
 ROWS = 100.0
-
-
-def _reset_peak() -> None:
-    """Forget the peak RSS this process inherited: Linux keeps the high-water mark across the fork and
-    exec that start a spawned process, so without this a child of a large parent (e.g. after a run on
-    Flower's engine in the same command) reports the parent's peak."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def _peak_kb() -> float:
-    """This process's peak RSS in kB since ``_reset_peak`` (VmHWM), else since it started."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return float(line.split()[1])
-    except OSError:
-        pass
-    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 # ---- the sites' side and the key holder's: processes of their own, not measured ----
@@ -224,7 +202,7 @@ def _nvflare(folder: Path, sites: int, params: int) -> Callable[[], dict]:
 
 def _point(mode: str, sites: int, params: int, folder: Path) -> dict:
     """One measurement, in its own process: peak RSS and seconds of the coordinator's work."""
-    _reset_peak()
+    reset_peak()
     # The same modules in every mode, so that the baselines differ by what each mode holds.
     import flwr.server.workflow
     import flwr.serverapp.strategy.strategy_utils  # noqa: F401
@@ -238,18 +216,18 @@ def _point(mode: str, sites: int, params: int, folder: Path) -> dict:
     if mode == SECAGG:
         from bench.secagg_memory import check, measure
 
-        baseline = _peak_kb()
+        baseline = peak_kb()
         aggregate, out = measure(folder / f"secagg-{sites}", sites=sites, params=params)
-        peak = _peak_kb()
+        peak = peak_kb()
         checks = check(folder / f"secagg-{sites}", aggregate)
     else:
         work = (_plaintext(folder, sites, params) if mode == "plaintext"
                 else _nvflare(folder, sites, params) if mode == NVFLARE else _fenji(mode, folder, sites, params))
-        baseline = _peak_kb()
+        baseline = peak_kb()
         started = time.perf_counter()
         out = work()
         out["seconds"] = time.perf_counter() - started
-        peak = _peak_kb()
+        peak = peak_kb()
         if mode == NVFLARE:  # the sites decrypt the mean: it must be the update every site sent
             from bench.nvflare_aggregator import decrypt_mean
 
