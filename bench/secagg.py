@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from flwr.app import Context, Message
     from flwr.clientapp.typing import ClientAppCallable
 
-__all__ = ["STAGES", "quantisation_bound", "run_secagg"]
+__all__ = ["STAGES", "ReplySizes", "collect_replies", "flat_values", "one_round", "quantisation_bound", "run_secagg",
+           "secagg_when_asked"]
 
 N_INPUTS = 40
 STAGES = ("setup", "share_keys", "collect_masked_vectors", "unmask")
@@ -96,7 +97,7 @@ def _client_fn(context: Context):
     return Site().to_client()
 
 
-def _secagg_when_asked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+def secagg_when_asked(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     """SecAgg+ messages through Flower's ``secaggplus_mod``; the plain round's straight to the site."""
     from flwr.client.mod import secaggplus_mod
     from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
@@ -106,7 +107,7 @@ def _secagg_when_asked(msg: Message, ctxt: Context, call_next: ClientAppCallable
     return call_next(msg, ctxt)
 
 
-class _ReplySizes:
+class ReplySizes:
     """Client mod: writes, per reply, the site, the stage, the bytes the reply pushes and the
     seconds the site spent on it, one JSON file each under ``folder`` (the actors are other
     processes; the coordinator reads the folder after each round)."""
@@ -138,13 +139,13 @@ class _ReplySizes:
 def _client_app(folder: Path):
     from flwr.clientapp import ClientApp
 
-    return ClientApp(client_fn=_client_fn, mods=[_ReplySizes(folder), _secagg_when_asked])
+    return ClientApp(client_fn=_client_fn, mods=[ReplySizes(folder), secagg_when_asked])
 
 
 # ---- the coordinator's side (a thread of this process) ----
 
-def _one_round(grid, context, *, initial: list[np.ndarray], config: dict, sites: int, secagg: bool,
-               max_weight: float) -> tuple[float, list[np.ndarray]]:
+def one_round(grid, context, *, initial: list[np.ndarray], config: dict, sites: int, secagg: bool,
+              max_weight: float) -> tuple[float, list[np.ndarray]]:
     """One fit round from ``initial`` with Flower's own workflow; its seconds and the aggregate."""
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
@@ -174,7 +175,7 @@ def _one_round(grid, context, *, initial: list[np.ndarray], config: dict, sites:
     return seconds[0], parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
 
 
-def _collect(folder: Path, *, sites: int, stages: Sequence[str], what: str) -> list[dict]:
+def collect_replies(folder: Path, *, sites: int, stages: Sequence[str], what: str) -> list[dict]:
     """The replies recorded since the last call (and clears them); every site must have sent one
     reply per stage, or the round did not aggregate what it claims to."""
     records = []
@@ -189,7 +190,7 @@ def _collect(folder: Path, *, sites: int, stages: Sequence[str], what: str) -> l
     return records
 
 
-def _flat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def flat_values(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays])
 
 
@@ -209,14 +210,14 @@ def _measure_size(grid, context, *, size: int, sites: int, rounds: int, rows: in
     stage_bytes: dict[str, list[int]] = {s: [] for s in STAGES}
     stage_site_s: dict[str, list[float]] = {s: [] for s in STAGES}
     for round_ in range(1, rounds + 1):
-        seconds, plain = _one_round(grid, context, secagg=False, **kwargs)
-        records = _collect(folder, sites=sites, stages=[PLAIN_STAGE], what=f"plain round {round_} at {size}")
+        seconds, plain = one_round(grid, context, secagg=False, **kwargs)
+        records = collect_replies(folder, sites=sites, stages=[PLAIN_STAGE], what=f"plain round {round_} at {size}")
         plain_s.append(seconds)
         plain_bytes += [r["bytes"] for r in records]
         plain_site_s += [r["seconds"] for r in records]
 
-        seconds, secure = _one_round(grid, context, secagg=True, **kwargs)
-        records = _collect(folder, sites=sites, stages=STAGES, what=f"SecAgg+ round {round_} at {size}")
+        seconds, secure = one_round(grid, context, secagg=True, **kwargs)
+        records = collect_replies(folder, sites=sites, stages=STAGES, what=f"SecAgg+ round {round_} at {size}")
         secagg_s.append(seconds)
         per_site = [0] * sites
         for r in records:
@@ -224,9 +225,9 @@ def _measure_size(grid, context, *, size: int, sites: int, rounds: int, rows: in
             stage_bytes[r["stage"]].append(r["bytes"])
             stage_site_s[r["stage"]].append(r["seconds"])
         secagg_bytes += per_site
-        if np.array_equal(_flat(secure), _flat(initial)):
+        if np.array_equal(flat_values(secure), flat_values(initial)):
             raise BenchUnavailable(f"SecAgg+ round {round_} at {size} left the global model as it was")
-        differences.append(float(np.max(np.abs(_flat(secure) - _flat(plain)))))
+        differences.append(float(np.max(np.abs(flat_values(secure) - flat_values(plain)))))
         if progress:
             progress()
     median = statistics.median
@@ -255,8 +256,8 @@ def _warm_up(grid, context, *, size: int, sites: int, folder: Path) -> None:
     initial = [p.detach().numpy().copy() for p in _mlp(N_INPUTS, hidden).parameters()]
     config = {"hidden": json.dumps(hidden), "seed": 0, "rows": 64, "epochs": 1}
     for secagg in (False, True):
-        _one_round(grid, context, initial=initial, config=config, sites=sites, secagg=secagg, max_weight=64.0)
-        _collect(folder, sites=sites, stages=STAGES if secagg else [PLAIN_STAGE], what="warm-up round")
+        one_round(grid, context, initial=initial, config=config, sites=sites, secagg=secagg, max_weight=64.0)
+        collect_replies(folder, sites=sites, stages=STAGES if secagg else [PLAIN_STAGE], what="warm-up round")
 
 
 def run_secagg(*, sizes: Sequence[int] = (1_000, 100_000), sites: int = 10, rounds: int = 2, rows: int = 400,
