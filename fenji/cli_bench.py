@@ -58,7 +58,9 @@ def bench_command(
                     "surveillance: synthetic federations.")] = 5,
     rounds: Annotated[int | None, typer.Option(
         min=1, help="heart: federated rounds, one local epoch each (60); text-gain: FedAvg rounds (8); "
-                    "packed-metrics: rounds of each run (8).")] = None,
+                    "packed-metrics: rounds of each run (8); scale: rounds of each run (3).")] = None,
+    modes: Annotated[str, typer.Option(
+        help="scale: modes, comma-separated (plaintext, ckks, packed, nvflare, secagg; default all).")] = "",
     epochs: Annotated[int, typer.Option(min=1, help="membership: training epochs per model.")] = 75,
     duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
@@ -105,7 +107,8 @@ def bench_command(
                                   params=_ints(sizes if sizes != "1000,100000,1000000" else "100000", "--sizes")[0])
         return
     if name == "scale":
-        _bench_scale(json_out, plot, sites=_ints(sites or "10,50,100", "--sites"))
+        _bench_scale(json_out, plot, sites=_ints(sites or "10,100,300", "--sites"), rounds=rounds or 3,
+                     modes=[m.strip() for m in modes.split(",") if m.strip()])
         return
     if name == "serving":
         _bench_serving(json_out, plot, repeats=repeats, duration=duration,
@@ -233,19 +236,26 @@ def _coordinator_memory_report(sites: list[int], params: int) -> dict:
     return report
 
 
-def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int]) -> None:
+def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int], rounds: int, modes: list[str]) -> None:
     from bench import scale
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("scale: site counts", total=len(sites))
-        report = scale.run(sites=sites, progress=lambda: progress.advance(bar))
-    table = Table("sites", "parameters", "round s (median)", "aggregate s (median)", "coordinator peak RSS MB",
-                  "total s", title="Encrypted FedAvg at scale")
-    for r in report["results"]:
-        table.add_row(str(r["sites"]), f"{r['parameters']:,}", f"{r['round_seconds']['median']:.2f}",
-                      f"{r['aggregate_seconds']['median']:.3f}", f"{r['coordinator_peak_rss_mb']:.0f}",
-                      f"{r['total_seconds']:.0f}")
+    modes = modes or list(scale.MODES)
+    table = Table("sites", "mode", "parameters", "round s (median)", "aggregate s (median)", "update bytes/site",
+                  "bytes / float32", "coordinator MB: baseline / peak", "mean AUROC", "run s", "point s",
+                  title=f"Flower's simulation engine, referral risk, {rounds} rounds (round: median of rounds 2..)")
+
+    def row(p: dict) -> None:
+        console.print(f"  {p['sites']} sites, {p['mode']}: {p['total_seconds']:.0f} s")
+        table.add_row(str(p["sites"]), p["mode"], f"{p['parameters']:,}",
+                      f"{p['round_seconds']['median']:.2f}" if p["round_seconds"] else "-",
+                      f"{p['aggregate_seconds']['median']:.3f}" if p["aggregate_seconds"] else "-",
+                      f"{p['update_bytes_per_site']:,.0f}", f"{p['bytes_ratio_float32']:.2f}×",
+                      f"{p['coordinator_baseline_mb']:.0f} / {p['coordinator_peak_mb']:.0f}",
+                      f"{p['mean_auroc']:.4f}" if p["mean_auroc"] is not None else "-",
+                      f"{p['total_seconds']:.0f}", f"{p['point_wall_seconds']:.0f}")
+
+    with console.status(f"scale: {', '.join(modes)} at {', '.join(map(str, sites))} sites, one process per point…"):
+        report = scale.run(sites=sites, modes=modes, rounds=rounds, on_point=row)
     console.print(table)
     _write_results(json_out, plot, report, scale.plot)
 

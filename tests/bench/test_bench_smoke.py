@@ -47,15 +47,6 @@ def test_heart_runs_tiny_on_flamby_split(tmp_path, monkeypatch):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_scale_runs_tiny(tmp_path):
-    out = tmp_path / "scale.json"
-    result = CliRunner().invoke(app, ["bench", "scale", "--sites", "3", "--json", str(out)])
-    assert result.exit_code == 0, result.output
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["sites"] == 3 and 90_000 < row["parameters"] < 110_000
-    assert row["aggregate_seconds"]["n"] == 5 and row["coordinator_peak_rss_mb"] > 0
-
-
 def test_serving_runs_tiny_against_real_servers(tmp_path):
     """The three servers really started, wrk really loaded them, the switch really happened."""
     out, png = tmp_path / "serving.json", tmp_path / "serving.png"
