@@ -30,9 +30,11 @@ PyTorch, DuckDB).
 
 Bytes per site are sized as ``bench.secagg`` sizes them (``bench.secagg.ReplySizes``): every reply of the
 four SecAgg+ stages, as the deployment runtime would push it. ``round_seconds`` is the fit workflow, first
-message to aggregate (``bench.secagg.one_round``), over rounds 2.. (round 1's actors pay their imports).
-``mean_auroc`` is the final global model on each clinic's held-out split (``node_agent.local.evaluate_flat``),
-averaged over clinics, computed after the peak is read.
+message to aggregate (``bench.secagg.one_round``), over rounds 2.. (round 1's actors pay their imports);
+``total_seconds`` is ``run_simulation`` whole (Ray's start and shutdown, every round), not the preparing.
+``mean_auroc`` is the final global model on each clinic's held-out split (``node_agent.local.evaluate_flat``,
+uncalibrated: a Fenji run's federated calibration step is not run), averaged over clinics, computed after
+the peak is read.
 
 ``check=True`` (the tests) also has each site keep its update, so the coordinator can compare each round's
 SecAgg+ aggregate with the plain weighted average of the same updates (``aggregate_check``); the measured runs
