@@ -172,7 +172,7 @@ def run(*, sites: Sequence[int] = (10, 100, 300), modes: Sequence[str] = MODES, 
 
 def plot(report: dict, path: Path) -> None:
     """Against sites (log x), one line per mode: median round seconds, bytes per site over float32, and the
-    coordinator's peak MB (its baseline dotted)."""
+    coordinator's peak MB (its baseline as x)."""
     fig, (time_ax, bytes_ax, memory_ax) = subplots(1, 3, figsize=(15, 4.5))
     for mode in report["inputs"]["modes"]:
         rows = sorted((p for p in report["points"] if p["mode"] == mode), key=lambda p: p["sites"])
@@ -181,14 +181,16 @@ def plot(report: dict, path: Path) -> None:
         time_ax.plot([p["sites"] for p in timed], [p["round_seconds"]["median"] for p in timed], "o-", label=mode)
         bytes_ax.plot(x, [p["bytes_ratio_float32"] for p in rows], "o-", label=mode)
         line, = memory_ax.plot(x, [p["coordinator_peak_mb"] for p in rows], "o-", label=f"{mode} peak")
-        memory_ax.plot(x, [p["coordinator_baseline_mb"] for p in rows], ":", color=line.get_color(), lw=1)
+        memory_ax.plot(x, [p["coordinator_baseline_mb"] for p in rows], "x:", color=line.get_color(), lw=1)
     bytes_ax.axhline(report["goals"]["bytes_ratio_max"], color="k", ls=":", lw=1,
                      label=f"goal ≤ {report['goals']['bytes_ratio_max']}×")
     for ax, ylabel, title in (
             (time_ax, "seconds", "round wall time (median, rounds 2..)"),
             (bytes_ax, "× float32 update", "update bytes per site / float32 update"),
-            (memory_ax, "MB", "coordinator process peak RSS (dotted: baseline)")):
+            (memory_ax, "MB", "coordinator process peak RSS (x: baseline)")):
         ax.set_xscale("log")
+        ax.set_xticks(report["inputs"]["sites"], [str(n) for n in report["inputs"]["sites"]])
+        ax.minorticks_off()
         ax.set_xlabel("sites")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)

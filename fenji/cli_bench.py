@@ -240,9 +240,9 @@ def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int], rounds:
     from bench import scale
 
     modes = modes or list(scale.MODES)
-    table = Table("sites", "mode", "parameters", "round s (median)", "aggregate s (median)", "update bytes/site",
-                  "bytes / float32", "coordinator MB: baseline / peak", "mean AUROC", "run s", "point s",
-                  title=f"Flower's simulation engine, referral risk, {rounds} rounds (round: median of rounds 2..)")
+    table = Table("sites", "mode", "params", "round s", "add s", "bytes/site", "× f32", "MB base / peak", "AUROC",
+                  "run s", "point s", title=f"Flower's simulation engine, referral risk, {rounds} rounds (round s: median of "
+                  "rounds 2..; add s: the aggregator's, median; MB: the coordinator process)")
 
     def row(p: dict) -> None:
         console.print(f"  {p['sites']} sites, {p['mode']}: {p['total_seconds']:.0f} s")
