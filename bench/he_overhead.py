@@ -294,8 +294,8 @@ def _variant(rounds: list[dict], train_s: list[float], round_plain: list[float],
 def plot(report: dict, path) -> None:
     rows = report["results"]
     x = [r["parameters"] for r in rows]
-    extra = [key for key in ("engine", "coordinator_memory") if report.get(key)]
-    rows_ = 2 if extra else 1
+    extra = [key for key in ("engine", "coordinator_memory", "scale") if report.get(key)]
+    rows_ = 1 + (len(extra) + 1) // 2
     fig, axes = subplots(rows_, 2, figsize=(11, 4 * rows_), squeeze=False)
     axes = list(axes.flat)
     ax, checks = axes[0], axes[1]
@@ -340,7 +340,7 @@ def plot(report: dict, path) -> None:
     checks.set_title("What the authenticated protocol adds")
     checks.legend(fontsize=7)
     for panel, key in zip(axes[2:], extra, strict=False):
-        (_engine_panel if key == "engine" else _memory_panel)(panel, report[key])
+        {"engine": _engine_panel, "coordinator_memory": _memory_panel, "scale": _scale_panel}[key](panel, report[key])
     for unused in axes[2 + len(extra):]:
         unused.set_visible(False)
     fig.tight_layout()
@@ -370,3 +370,10 @@ def _memory_panel(ax, memory: dict) -> None:
 
     draw(ax, memory, fontsize=7)
     ax.set_title(f"Coordinator memory, {memory['params']:,} parameters")
+
+
+def _scale_panel(ax, scale: dict) -> None:
+    from bench.scale import draw_time_ratios
+
+    draw_time_ratios(ax, scale)
+

@@ -50,7 +50,8 @@ from bench.clinics import HIDDEN, clinical_spec, prepare_sites
 from bench.common import environment, peak_kb, reset_peak, save_figure, spread, subplots
 from bench.errors import BenchUnavailable
 
-__all__ = ["LABELS", "MODES", "NVFLARE_PARAMS", "current_rss_mb", "plot", "point", "run", "run_point"]
+__all__ = ["LABELS", "MODES", "NVFLARE_PARAMS", "current_rss_mb", "draw_time_ratios", "plot", "point", "run", "run_point",
+           "time_ratio"]
 
 MODES = ("plaintext", "ckks", "packed", "nvflare", "secagg")
 LABELS = {
@@ -210,3 +211,32 @@ if __name__ == "__main__":
     if len(sys.argv) != 5:
         sys.exit("usage: python -m bench.scale <mode> <sites> <rounds> <rows>")
     print(json.dumps(run_point(sys.argv[1], *(int(a) for a in sys.argv[2:5]))))
+
+
+def time_ratio(report: dict, point: dict) -> float | None:
+    """A point's median round over its baseline's: Fenji's modes over the plaintext run at the same number of
+    sites (Fenji's rounds train, aggregate and evaluate); SecAgg+ over Flower's plain fit round in its own run
+    (``bench.secagg_sites``: fit rounds only, so its seconds are not comparable with Fenji's)."""
+    if point["mode"] == "secagg":
+        return point.get("round_time_ratio_plain")
+    plain = next((p for p in report["points"] if p["mode"] == "plaintext" and p["sites"] == point["sites"]), None)
+    if plain is None or not point["round_seconds"] or not plain["round_seconds"]:
+        return None
+    return point["round_seconds"]["median"] / plain["round_seconds"]["median"]
+
+
+def draw_time_ratios(ax, report: dict) -> None:
+    """Grouped bars: each mode's round time over its baseline (``time_ratio``) at each number of sites."""
+    sites = report["inputs"]["sites"]
+    modes = [m for m in report["inputs"]["modes"] if m != "plaintext"]
+    width = 0.8 / max(len(modes), 1)
+    for i, mode in enumerate(modes):
+        ratios = [next((time_ratio(report, p) for p in report["points"] if p["mode"] == mode and p["sites"] == n),
+                       None) for n in sites]
+        ax.bar([j + i * width for j in range(len(sites))], [r or 0 for r in ratios], width, label=mode)
+    ax.axhline(1.1, color="tab:blue", ls=":", lw=1, label="goal: time ≤ 1.1×")
+    ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(sites))], [f"{n} sites" for n in sites])
+    ax.set_ylabel("median round / baseline round")
+    ax.set_title("Flower's engine, clinics (secagg: over Flower's plain fit round)", fontsize=9)
+    ax.legend(fontsize=7)
+

@@ -30,7 +30,10 @@ PyTorch, DuckDB).
 
 Bytes per site are sized as ``bench.secagg`` sizes them (``bench.secagg.ReplySizes``): every reply of the
 four SecAgg+ stages, as the deployment runtime would push it. ``round_seconds`` is the fit workflow, first
-message to aggregate (``bench.secagg.one_round``), over rounds 2.. (round 1's actors pay their imports);
+message to aggregate (``bench.secagg.one_round``), over rounds 2.. (round 1's actors pay their imports).
+Each round is followed by Flower's plain FedAvg fit round from the same model, on the same engine and actors
+(``round_seconds_plain``, ``round_time_ratio_plain``): SecAgg+'s cost is that ratio. Fenji's rounds in
+``bench.scale`` also run federated evaluation, so their seconds are not comparable with these;
 ``total_seconds`` is ``run_simulation`` whole (Ray's start and shutdown, every round), not the preparing.
 ``mean_auroc`` is the final global model on each clinic's held-out split (``node_agent.local.evaluate_flat``,
 uncalibrated: a Fenji run's federated calibration step is not run), averaged over clinics, computed after
@@ -59,7 +62,7 @@ import numpy as np
 from bench.clinics import clinical_spec, prepare_sites
 from bench.common import peak_kb, reset_peak, spread
 from bench.errors import BenchUnavailable
-from bench.secagg import STAGES, ReplySizes, collect_replies, flat_values, one_round, secagg_when_asked
+from bench.secagg import PLAIN_STAGE, STAGES, ReplySizes, collect_replies, flat_values, one_round, secagg_when_asked
 from bench.secagg_settings import (
     CLIPPING_RANGE,
     MODULUS_RANGE,
@@ -190,6 +193,7 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
     spec = clinical_spec()
     max_weight = float(rows)  # no clinic trains on more than its rows: each weight ratio is at most 1
     round_s: list[float] = []
+    plain_s: list[float] = []
     site_bytes: list[int] = []
     differences: list[float] = []
     final: list[np.ndarray] = []
@@ -222,6 +226,13 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
                     if check:
                         differences.append(float(np.max(np.abs(
                             flat_values(aggregate) - _plain_average(folder, train_rows)))))
+                    # Flower's plain FedAvg fit round from the same model, in the same run: the baseline
+                    # SecAgg+'s round time is compared with (Fenji's rounds also evaluate; this one does not).
+                    seconds, _ = one_round(grid, context, initial=current, config={**config, "keep-update": False},
+                                           sites=sites, secagg=False, max_weight=max_weight)
+                    collect_replies(folder, sites=sites, stages=[PLAIN_STAGE],
+                                    what=f"plain round {round_} at {sites} sites")
+                    plain_s.append(seconds)
                     current = aggregate
                 final.append(flat_values(current))
 
@@ -249,6 +260,8 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
     record = {
         "mode": "secagg", "sites": sites, "rounds": rounds, "rows_per_site": rows, "parameters": n_params,
         "total_seconds": total, "round_seconds": spread(round_s[1:] or round_s), "aggregate_seconds": None,
+        "round_seconds_plain": spread(plain_s[1:] or plain_s),
+        "round_time_ratio_plain": statistics.median(round_s[1:] or round_s) / statistics.median(plain_s[1:] or plain_s),
         "update_bytes_per_site": update_bytes, "float32_bytes": float32_bytes,
         "bytes_ratio_float32": update_bytes / float32_bytes,
         "coordinator_baseline_mb": baseline_mb, "coordinator_peak_mb": peak_mb,

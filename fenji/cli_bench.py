@@ -6,41 +6,21 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from bench.errors import BenchUnavailable
+from fenji.cli_bench_he import (
+    bench_he_overhead,
+    coordinator_memory_report,
+    engine_overhead_report,
+    scale_report,
+)
+from fenji.cli_bench_io import console, ints, write_results
 from fenji.cli_guard import output_file
 from fenji.settings import load_shell_settings
-from models.errors import FenjiError
 
 __all__ = ["BENCHMARKS", "bench_command"]
-
-console = Console()
-console.width = max(console.width, 120)  # the tables need room; logs are not 80 wide
-
-
-def _ints(text: str, option: str) -> list[int]:
-    """A comma-separated list of positive integers, or a ``FenjiError`` naming the option."""
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise FenjiError(f"{option} takes whole numbers separated by commas, not {text!r}") from None
-    if not values or min(values) < 1:
-        raise FenjiError(f"{option} takes positive whole numbers separated by commas, not {text!r}")
-    return values
-
-
-def _write_results(json_out: Path, plot: Path | None, report: dict, plot_fn) -> None:
-    """Every benchmark's last step: its JSON, its plot if asked for, and where they went."""
-    from bench.common import write_json
-
-    write_json(json_out, report)
-    if plot:
-        plot_fn(report, plot)
-    console.print(f"Results written to {json_out}" + (f" and {plot}" if plot else ""))
-
 
 BENCHMARKS = ("coordinator-memory", "engine-overhead", "heart", "heart-packing", "he-overhead", "membership",
               "packed-metrics", "scale", "serving", "surveillance", "text-gain")
@@ -65,9 +45,10 @@ def bench_command(
     duration: Annotated[float, typer.Option(min=1, help="serving: seconds of load per measurement.")] = 10.0,
     connections: Annotated[str, typer.Option(help="serving: concurrent connections, comma-separated.")] = "1,8,32",
     full: Annotated[bool, typer.Option(
-        "--full/--quick", help="he-overhead: also run whole rounds on Flower's engine and the coordinator-memory "
-                               "sweep (10/100/300 sites; plaintext, Fenji, NVFlare HE, Flower SecAgg+), in the "
-                               "same report.")] = True,
+        "--full/--quick", help="he-overhead: also run whole rounds on Flower's engine (the demo clinics), the "
+                               "coordinator-memory sweep and every mode (plaintext, Fenji CKKS, packed, NVFlare's "
+                               "parameters, Flower SecAgg+) on the engine at 10/100/300 clinics, in the same report "
+                               "(about an hour on 2 cores).")] = True,
 ) -> None:
     """Run a benchmark, print its table and write its JSON (and plot)."""
 
@@ -103,84 +84,27 @@ def bench_command(
         _bench_packed_metrics(json_out, plot, rounds=rounds or 8)
         return
     if name == "coordinator-memory":
-        _bench_coordinator_memory(json_out, plot, sites=_ints(sites or "10,100,300", "--sites"),
-                                  params=_ints(sizes if sizes != "1000,100000,1000000" else "100000", "--sizes")[0])
+        _bench_coordinator_memory(json_out, plot, sites=ints(sites or "10,100,300", "--sites"),
+                                  params=ints(sizes if sizes != "1000,100000,1000000" else "100000", "--sizes")[0])
         return
     if name == "scale":
-        _bench_scale(json_out, plot, sites=_ints(sites or "10,100,300", "--sites"), rounds=rounds or 3,
-                     modes=[m.strip() for m in modes.split(",") if m.strip()])
+        from bench import scale
+
+        write_results(json_out, plot, scale_report(ints(sites or "10,100,300", "--sites"),
+                                                   [m.strip() for m in modes.split(",") if m.strip()],
+                                                   rounds=rounds or 3), scale.plot)
         return
     if name == "serving":
         _bench_serving(json_out, plot, repeats=repeats, duration=duration,
-                       connections=tuple(_ints(connections, "--connections")))
+                       connections=tuple(ints(connections, "--connections")))
         return
-    site_counts = _ints(sites or "10", "--sites")
-    if len(site_counts) != 1:
-        raise FenjiError(f"he-overhead takes one number of sites, not {sites!r}")
-    n_sites = site_counts[0]
-    from bench import he_overhead
-
-    size_list = _ints(sizes, "--sizes")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as progress:
-        bar = progress.add_task("he-overhead", total=len(size_list) * repeats)
-        report = he_overhead.run(sizes=size_list, sites=n_sites, repeats=repeats,
-                                 progress=lambda: progress.advance(bar))
-    table = Table("parameters", "round s (plain)", "round s (CKKS)", "time ratio", "bytes/site (float32)",
-                  "bytes/site (CKKS)", "bytes ratio", "max error", title=f"CKKS overhead, {n_sites} sites (median)")
-    for r in report["results"]:
-        table.add_row(f"{r['parameters']:,}", f"{r['round_seconds_plaintext']['median']:.3f}",
-                      f"{r['round_seconds_encrypted']['median']:.3f}", f"{r['round_time_ratio']['median']:.2f}×",
-                      f"{r['bytes_per_site_plaintext_float32']:,}", f"{r['bytes_per_site_encrypted']:,}",
-                      f"{r['bytes_ratio']:.1f}×", f"{r['max_decryption_error']['max']:.1e}")
-    console.print(table)
-    checks = Table("parameters", "tags ms/site", "signature check ms/site", "inputs digest ms/site", "tag bytes/site",
-                   "key holder checks ms/round", "HTTP hop ms/round", "share of CKKS round",
-                   title="What the checks cost (median)")
-    for r in report["results"]:
-        site, rnd = r["checks"]["per_site"], r["checks"]["per_round"]
-        checks.add_row(f"{r['parameters']:,}", f"{site['tags_seconds'] * 1e3:.2f}",
-                       f"{site['verify_signature_seconds'] * 1e3:.2f}", f"{site['inputs_digest_seconds'] * 1e3:.2f}",
-                       f"{site['trailer_bytes']:,}",
-                       f"{rnd['keyholder_checks_seconds'] * 1e3:.1f}", f"{rnd['http_hop_seconds'] * 1e3:.1f}",
-                       f"{rnd['share_of_encrypted_round']:.0%}")
-    console.print(checks)
-    variants = Table("parameters", "encryption", "bytes/site", "bytes ratio", "round s", "time ratio", "max error",
-                     title="The same round: Fenji CKKS, Fenji packed, NVFlare's CKKS (median; goals ≤ 2× bytes, ≤ 1.1× time)")
-    for r in report["results"]:
-        variants.add_row(f"{r['parameters']:,}", "Fenji CKKS", f"{r['bytes_per_site_encrypted']:,}",
-                         f"{r['bytes_ratio']:.2f}×", f"{r['round_seconds_encrypted']['median']:.3f}",
-                         f"{r['round_time_ratio']['median']:.2f}×", f"{r['max_decryption_error']['max']:.1e}")
-        for name, label in (("packed", "Fenji packed"), ("nvflare", "NVFlare's CKKS")):
-            v = r["variants"][name]
-            variants.add_row("", label, f"{v['bytes_per_site']:,}", f"{v['bytes_ratio']:.2f}×",
-                             f"{v['round_seconds']['median']:.3f}", f"{v['round_time_ratio']['median']:.2f}×",
-                             f"{v['max_error']['max']:.1e}")
-    console.print(variants)
-    # The masking anchor: Flower's SecAgg+ workflow on the simulation engine, beside plain FedAvg.
-    from bench.secagg import run_secagg
-
-    with console.status("he-overhead: Flower's SecAgg+ on the simulation engine…"):
-        report["secagg"] = run_secagg(sizes=size_list, sites=max(n_sites, 3))
-    secagg = Table("parameters", "bytes/site (SecAgg+)", "bytes ratio", "round s (plain)", "round s (SecAgg+)",
-                   "time ratio", title="Flower SecAgg+ (anchor), same model shapes (median)")
-    for r in report["secagg"]["results"]:
-        secagg.add_row(f"{r['parameters']:,}", f"{r['bytes_per_site_secagg']['median']:,.0f}", f"{r['bytes_ratio']:.2f}×",
-                       f"{r['round_seconds_plain']['median']:.3f}", f"{r['round_seconds_secagg']['median']:.3f}",
-                       f"{r['round_time_ratio']:.2f}×")
-    console.print(secagg)
-    if full:
-        # The same comparison where it counts: whole runs on Flower's engine (demo clinics, realistic
-        # local training), then the coordinator's peak memory at 10 / 100 / 300 sites.
-        report["engine"] = _engine_overhead_report()
-        report["coordinator_memory"] = _coordinator_memory_report([10, 100, 300], 100_000)
-    _write_results(json_out, plot, report, he_overhead.plot)
+    bench_he_overhead(json_out, plot, sites=sites or "10", sizes=sizes, repeats=repeats, full=full)
 
 
 def _bench_engine_overhead(json_out: Path, plot: Path | None) -> None:
     from bench import engine_overhead
 
-    _write_results(json_out, plot, _engine_overhead_report(), engine_overhead.plot)
+    write_results(json_out, plot, engine_overhead_report(), engine_overhead.plot)
 
 
 def _bench_packed_metrics(json_out: Path, plot: Path | None, *, rounds: int) -> None:
@@ -197,67 +121,13 @@ def _bench_packed_metrics(json_out: Path, plot: Path | None, *, rounds: int) -> 
     console.print(table)
     console.print(f"{report['goal']['text']}: {'met' if report['goal']['met'] else 'missed'} "
                   f"(largest difference {report['goal']['largest_difference']:.1e})")
-    _write_results(json_out, plot, report, packed_metrics.plot)
-
-
-def _engine_overhead_report() -> dict:
-    from bench import engine_overhead
-
-    table = Table("model", "parameters", "mode", "round s", "time ratio", "update bytes/site", "bytes / float32",
-                  "mean AUROC", title="Whole runs on Flower's simulation engine, demo clinics (median round)")
-    with console.status("engine-overhead: plaintext, CKKS and packed runs per model…"):
-        report = engine_overhead.run(progress=lambda p: console.print(
-            f"  {p['model']} {p['mode']}: {p['round_seconds']['median']:.2f} s per round"))
-    for p in report["points"]:
-        table.add_row(p["model"], f"{p['parameters']:,}", p["mode"], f"{p['round_seconds']['median']:.2f}",
-                      f"{p['round_time_ratio']:.2f}×", f"{p['update_bytes_per_site']:,.0f}",
-                      f"{p['bytes_ratio_float32']:.2f}×", f"{p['mean_auroc']:.4f}")
-    console.print(table)
-    return report
+    write_results(json_out, plot, report, packed_metrics.plot)
 
 
 def _bench_coordinator_memory(json_out: Path, plot: Path | None, *, sites: list[int], params: int) -> None:
     from bench import coordinator_memory
 
-    _write_results(json_out, plot, _coordinator_memory_report(sites, params), coordinator_memory.plot)
-
-
-def _coordinator_memory_report(sites: list[int], params: int) -> dict:
-    from bench import coordinator_memory
-
-    table = Table("sites", "mode", "peak memory MB", "above baseline MB", "reply bytes/site", "seconds",
-                  title=f"Coordinator memory, one round, {params:,} parameters (plaintext, Fenji, NVFlare HE, "
-                        "Flower SecAgg+)")
-    with console.status("coordinator-memory: the sites' side, then one fresh process per point…"):
-        report = coordinator_memory.run(sites=sites, params=params, on_point=lambda p: table.add_row(
-            str(p["sites"]), p["mode"], f"{p['peak_rss_mb']:.0f}", f"{p['added_mb']:.0f}", f"{p['reply_bytes']:,}",
-            f"{p['seconds']:.1f}"))
-    console.print(table)
-    return report
-
-
-def _bench_scale(json_out: Path, plot: Path | None, *, sites: list[int], rounds: int, modes: list[str]) -> None:
-    from bench import scale
-
-    modes = modes or list(scale.MODES)
-    table = Table("sites", "mode", "params", "round s", "add s", "bytes/site", "× f32", "MB base / peak", "AUROC",
-                  "run s", "point s", title=f"Flower's simulation engine, referral risk, {rounds} rounds (round s: median of "
-                  "rounds 2..; add s: the aggregator's, median; MB: the coordinator process)")
-
-    def row(p: dict) -> None:
-        console.print(f"  {p['sites']} sites, {p['mode']}: {p['total_seconds']:.0f} s")
-        table.add_row(str(p["sites"]), p["mode"], f"{p['parameters']:,}",
-                      f"{p['round_seconds']['median']:.2f}" if p["round_seconds"] else "-",
-                      f"{p['aggregate_seconds']['median']:.3f}" if p["aggregate_seconds"] else "-",
-                      f"{p['update_bytes_per_site']:,.0f}", f"{p['bytes_ratio_float32']:.2f}×",
-                      f"{p['coordinator_baseline_mb']:.0f} / {p['coordinator_peak_mb']:.0f}",
-                      f"{p['mean_auroc']:.4f}" if p["mean_auroc"] is not None else "-",
-                      f"{p['total_seconds']:.0f}", f"{p['point_wall_seconds']:.0f}")
-
-    with console.status(f"scale: {', '.join(modes)} at {', '.join(map(str, sites))} sites, one process per point…"):
-        report = scale.run(sites=sites, modes=modes, rounds=rounds, on_point=row)
-    console.print(table)
-    _write_results(json_out, plot, report, scale.plot)
+    write_results(json_out, plot, coordinator_memory_report(sites, params), coordinator_memory.plot)
 
 
 def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration: float,
@@ -294,7 +164,7 @@ def _bench_serving(json_out: Path, plot: Path | None, *, repeats: int, duration:
     for goal, g in report["goals"].items():
         console.print(f"  {goal}: goal {g['goal']}, measured {g['measured']:.3g}: "
                       + ("[green]met[/]" if g["met"] else "[yellow]not met[/]"))
-    _write_results(json_out, plot, report, serving.plot)
+    write_results(json_out, plot, report, serving.plot)
 
 
 def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: int) -> None:
@@ -310,7 +180,7 @@ def _bench_membership(json_out: Path, plot: Path | None, *, seeds: int, epochs: 
     console.print(membership.table(report))
     for name, reason in report["inputs"]["unavailable"].items():
         console.print(f"[yellow]{name} skipped[/]: {reason}")
-    _write_results(json_out, plot, report, membership.plot)
+    write_results(json_out, plot, report, membership.plot)
 
 
 def _bench_surveillance(json_out: Path, plot: Path | None, *, seeds: int) -> None:
@@ -323,7 +193,7 @@ def _bench_surveillance(json_out: Path, plot: Path | None, *, seeds: int) -> Non
     for row in surveillance.summary_rows(report):
         table.add_row(*row)
     console.print(table)
-    _write_results(json_out, plot, report, surveillance.plot)
+    write_results(json_out, plot, report, surveillance.plot)
 
 
 def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
@@ -342,7 +212,7 @@ def _bench_text_gain(json_out: Path, plot: Path | None, *, seeds: int, rounds: i
                 table.add_row(task, metric, mode, f"{result['without']['means'][metric]:.3f}",
                               f"{result['with']['means'][metric]:.3f}", f"{gain:+.3f}")
     console.print(table)
-    _write_results(json_out, plot, report, text_gain.plot)
+    write_results(json_out, plot, report, text_gain.plot)
 
 
 def _bench_heart_packing(json_out: Path, *, seeds: int, rounds: int) -> None:
@@ -366,7 +236,7 @@ def _bench_heart_packing(json_out: Path, *, seeds: int, rounds: int) -> None:
     console.print(f"same mean accuracy to 3 decimals on every seed: {verdict}; largest differences "
                   f"{report['max_abs_difference']['mean_accuracy']:.2e} (accuracy), "
                   f"{report['max_abs_difference']['mean_auroc']:.2e} (AUROC)")
-    _write_results(json_out, None, report, None)
+    write_results(json_out, None, report, None)
 
 
 def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) -> None:
@@ -392,4 +262,4 @@ def _bench_heart(json_out: Path, plot: Path | None, *, seeds: int, rounds: int) 
     table.add_row("FLamby pooled / FedAvg / FedYogi / DP ε=1",
                   f"{flamby['pooled']} / {flamby['fedavg']} / {flamby['fedyogi']} / {flamby['dp_eps1']}", "")
     console.print(table)
-    _write_results(json_out, plot, report, heart.plot)
+    write_results(json_out, plot, report, heart.plot)

@@ -59,3 +59,26 @@ def test_secagg_runs_its_own_module_or_says_it_is_missing(monkeypatch):
     monkeypatch.setattr(scale, "SECAGG_MODULE", "bench.no_such_secagg_module")
     with pytest.raises(BenchUnavailable, match="no_such_secagg_module"):
         scale.run(sites=[3], modes=["ckks", "secagg"])
+
+
+def _point(mode, sites, seconds, **extra):
+    return {"mode": mode, "sites": sites, "round_seconds": {"median": seconds} if seconds else None, **extra}
+
+
+def test_time_ratios_are_over_the_right_baseline():
+    from matplotlib.figure import Figure
+
+    report = {"inputs": {"sites": [10, 100], "modes": ["plaintext", "packed", "secagg"]},
+              "points": [_point("plaintext", 10, 2.0), _point("packed", 10, 2.2),
+                         _point("plaintext", 100, 10.0), _point("packed", 100, 30.0),
+                         # SecAgg+'s seconds are fit rounds only: its ratio is its own run's, never over Fenji's
+                         _point("secagg", 10, 1.0, round_time_ratio_plain=3.5),
+                         _point("secagg", 100, 9.0, round_time_ratio_plain=2.5)]}
+    ratios = {(p["mode"], p["sites"]): scale.time_ratio(report, p) for p in report["points"]}
+    assert ratios[("packed", 10)] == pytest.approx(1.1) and ratios[("packed", 100)] == pytest.approx(3.0)
+    assert ratios[("secagg", 10)] == 3.5 and ratios[("secagg", 100)] == 2.5
+    assert ratios[("plaintext", 100)] == pytest.approx(1.0)
+    assert scale.time_ratio(report, _point("packed", 300, 5.0)) is None  # no plaintext run at 300 sites
+    ax = Figure().subplots()
+    scale.draw_time_ratios(ax, report)
+    assert sorted(round(bar.get_height(), 6) for bar in ax.patches) == [1.1, 2.5, 3.0, 3.5]

@@ -22,7 +22,8 @@ def record():
 
 
 def test_the_record_has_the_scale_contract(record):
-    assert set(record) == set(secagg_sites.CONTRACT) | {"settings", "aggregate_check"}
+    assert set(record) == set(secagg_sites.CONTRACT) | {"settings", "aggregate_check", "round_seconds_plain",
+                                                        "round_time_ratio_plain"}
     assert (record["mode"], record["sites"], record["rounds"], record["rows_per_site"]) == ("secagg", 3, 2, 60)
     assert record["settings"]["num_shares"] == NUM_SHARES and record["aggregate_seconds"] is None
     # The clinical task's ~100k-parameter MLP, not bench.secagg's random-input models.
@@ -31,6 +32,10 @@ def test_the_record_has_the_scale_contract(record):
     # Round 1 is left out of the spread (Ray's actors pay their imports then).
     assert record["round_seconds"]["n"] == 1 and 0 < record["round_seconds"]["median"] < record["total_seconds"]
     assert 0.0 <= record["mean_auroc"] <= 1.0
+    # Flower's plain fit round beside each SecAgg+ round: the ratio is of the two medians.
+    plain = record["round_seconds_plain"]
+    assert plain["n"] == 1 and record["round_time_ratio_plain"] == pytest.approx(
+        record["round_seconds"]["median"] / plain["median"])
 
 
 def test_bytes_are_the_four_stages_of_a_masked_int_vector(record):
