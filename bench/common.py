@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from importlib.metadata import version
 from pathlib import Path
 
-__all__ = ["environment", "peak_kb", "reset_peak", "save_figure", "spread", "subplots", "write_json"]
+__all__ = ["current_rss_mb", "environment", "peak_kb", "reset_peak", "save_figure", "spread", "subplots", "write_json"]
 
 
 def environment() -> dict[str, object]:
@@ -74,3 +74,14 @@ def peak_kb() -> float:
     except OSError:
         pass
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now (VmRSS), in MB: a benchmark's baseline before what it measures."""
+    from bench.errors import BenchUnavailable
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return float(line.split()[1]) / 1024
+    raise BenchUnavailable("no VmRSS in /proc/self/status: this benchmark measures memory on Linux only")
+

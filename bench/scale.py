@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.clinics import HIDDEN, clinical_spec, prepare_sites
-from bench.common import environment, peak_kb, reset_peak, save_figure, spread, subplots
+from bench.common import current_rss_mb, environment, peak_kb, reset_peak, save_figure, spread, subplots
 from bench.errors import BenchUnavailable
 
-__all__ = ["LABELS", "MODES", "NVFLARE_PARAMS", "current_rss_mb", "draw_time_ratios", "plot", "point", "run", "run_point",
+__all__ = ["LABELS", "MODES", "NVFLARE_PARAMS", "draw_time_ratios", "plot", "point", "run", "run_point",
            "time_ratio"]
 
 MODES = ("plaintext", "ckks", "packed", "nvflare", "secagg")
@@ -66,14 +66,6 @@ SECAGG_MODULE = "bench.secagg_sites"
 
 
 NVFLARE_PARAMS = {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": [60, 40, 40], "scale_bits": 40}
-
-
-def current_rss_mb() -> float:
-    """This process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1]) / 1024
-    raise BenchUnavailable("no VmRSS in /proc/self/status: the scale benchmark measures memory on Linux only")
 
 
 def run_point(mode: str, sites: int, rounds: int, rows: int) -> dict:

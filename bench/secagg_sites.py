@@ -60,7 +60,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.clinics import clinical_spec, prepare_sites
-from bench.common import peak_kb, reset_peak, spread
+from bench.common import current_rss_mb, peak_kb, reset_peak, spread
 from bench.errors import BenchUnavailable
 from bench.secagg import PLAIN_STAGE, STAGES, ReplySizes, collect_replies, flat_values, one_round, secagg_when_asked
 from bench.secagg_settings import (
@@ -142,14 +142,6 @@ def _prepare(root: Path, sites: int, rows: int, spec) -> tuple[list[Path], dict,
     encoding = SiteStatistics(spec, total).encoding_params()
     initial = get_flat(build_model(spec, Encoder(spec, encoding).width, seed=SEED))
     return site_dirs, encoding.to_dict(), initial, train_rows
-
-
-def _rss_mb() -> float:
-    """This process's resident memory now (VmRSS), in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return float(line.split()[1]) / 1024
-    raise BenchUnavailable("no VmRSS in /proc/self/status: this benchmark measures memory on Linux only")
 
 
 def _plain_average(folder: Path, train_rows: Sequence[int]) -> np.ndarray:
@@ -237,7 +229,7 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
                 final.append(flat_values(current))
 
             reset_peak()
-            baseline_mb = _rss_mb()
+            baseline_mb = current_rss_mb()
             started = time.perf_counter()
             with _ray_environment():
                 run_simulation(server_app=server_app, client_app=_client_app(folder, site_dirs, spec),
