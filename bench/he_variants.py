@@ -64,7 +64,8 @@ def nvflare_round(secret: ts.Context, public: ts.Context, vectors: Sequence[np.n
 def packed_round(*, enrolments, packed_public: bytes, packed_signature: bytes, public: bytes, client: KeyHolderClient,
                  weights: np.ndarray, updates: Sequence[np.ndarray], global_model: np.ndarray, run_id: str,
                  task: str) -> dict:
-    """One round of Fenji's packed protocol, as ``node_agent.client_app`` and ``coordinator.strategy`` run it."""
+    """One round of Fenji's packed protocol, as ``node_agent.client_app`` and ``coordinator.strategy`` run it:
+    each site packs its change from ``global_model``; ``error`` is on the decrypted sum of changes."""
     bound = packing_bound(global_model)
     config = {"run-id": run_id, "server-round": 1, "task-name": task, "ckks-context": public,
               "packed-context": packed_public, "packed-context-signature": packed_signature,
@@ -76,7 +77,7 @@ def packed_round(*, enrolments, packed_public: bytes, packed_signature: bytes, p
         verify_context(packed_public, packed_signature, enrolment.verify_key_bytes)
         label = QueryLabel(run_id=run_id, phase="train", round=1, task=task,
                            inputs=inputs_digest(config, [global_model]))
-        blobs.append(encrypt_packed(context, w * update, weight=float(w), bound=bound,
+        blobs.append(encrypt_packed(context, w * (update - global_model), weight=float(w), bound=bound,
                                     site_key=enrolment.site_key_bytes, label=label))
         site += time.perf_counter() - t0
     n_params = len(updates[0])
@@ -92,7 +93,7 @@ def packed_round(*, enrolments, packed_public: bytes, packed_signature: bytes, p
     t0 = time.perf_counter()
     values = np.asarray(client.decrypt_aggregate(summed, request))
     decrypt = time.perf_counter() - t0
-    exact = np.append(np.sum([w * u for w, u in zip(weights, updates)], axis=0), np.sum(weights))
+    exact = np.append(np.sum([w * (u - global_model) for w, u in zip(weights, updates)], axis=0), np.sum(weights))
     return {"site": site / len(updates), "aggregate": aggregate, "decrypt": decrypt, "bytes": len(blobs[0]),
             "error": float(np.max(np.abs(values - exact))), "error_budget": max_error(bound, len(updates)),
             "bound": bound}

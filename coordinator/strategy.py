@@ -314,7 +314,9 @@ class EncryptedFedAvg(ScreenedFedAvg):
     federated statistics). The weighted average is ``sum(w_i * theta_i) / sum(w_i)``, from one
     decryption of the encrypted sum, which the key holder grants only for the cohort of enrolled
     sites whose tags the sum carries (``federation.tags``), at least ``min-sites`` of them. The decrypted ``sum(w_i)`` must equal
-    ``sum(n_i) / N`` from the rows the sites declared, or the round fails.
+    ``sum(n_i) / N`` from the rows the sites declared, or the round fails. Packed (``federation.packing``),
+    each site sends its change from the model it was sent, ``Enc([w_i * (theta_i - g), w_i])``, and the
+    average is ``g`` plus the decrypted average change.
     """
 
     def __init__(self, *, aggregator: Aggregator, key_holder: Decryptor, n_params: int, total_examples: float,
@@ -324,6 +326,7 @@ class EncryptedFedAvg(ScreenedFedAvg):
         # Packed updates (federation.packing): fixed point in BFV lanes, each round with its own bound.
         self.packed = packed and aggregator.packed_context is not None
         self._bounds: dict[int, float] = {}
+        self._sent_models: dict[int, np.ndarray] = {}
         self.key_holder = key_holder
         self.label = label  # the run's train label; each round's decryption is asked for with its round
         self.total_examples = total_examples
@@ -340,7 +343,9 @@ class EncryptedFedAvg(ScreenedFedAvg):
                         grid: Grid) -> Iterable[Message]:
         if self.packed:
             # Every site checks its model against this bound before it encrypts (overflow is impossible).
-            self._bounds[server_round] = packing_bound(arrays.to_numpy_ndarrays()[0])
+            sent = arrays.to_numpy_ndarrays()[0]
+            self._bounds[server_round] = packing_bound(sent)
+            self._sent_models[server_round] = np.asarray(sent, dtype=np.float64)  # sites pack their change from it
             config = ConfigRecord(dict(config) | {"packing-bound": self._bounds[server_round]})
         return super().configure_train(server_round, arrays, config, grid)
 
@@ -381,4 +386,7 @@ class EncryptedFedAvg(ScreenedFedAvg):
         declared = declared_rows(good) / max(self.total_examples, 1.0)
         check_total(f"train (round {server_round}): the weight sum", float(values[self.n_params]), declared,
                     rel=1e-3)
-        return ArrayRecord([np.asarray(values[: self.n_params]) / values[self.n_params]])
+        average = np.asarray(values[: self.n_params]) / values[self.n_params]
+        if self.packed:  # packed replies are changes from the model sent (federation.packing)
+            average = self._sent_models.pop(server_round) + average
+        return ArrayRecord([average])

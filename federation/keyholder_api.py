@@ -78,7 +78,7 @@ class DecryptRequest(BaseModel):
     scale_bits: int = Field(ge=1, le=59)
     scheme: Literal["ckks", "packed"] = Field("ckks", description="ckks: one value per slot; packed: fixed-point "
                                               "lanes in BFV (federation.packing), the data a model update and its weight.")
-    bound: float = Field(0.0, ge=0.0, le=2.0**20, description="packed: the round's bound on |theta| (sets the step).")
+    bound: float = Field(0.0, ge=0.0, le=2.0**20, description="packed: the round's bound on each site's change |theta - g| (sets the step).")
 
     @property
     def label(self) -> QueryLabel:

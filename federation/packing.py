@@ -3,13 +3,16 @@ carries data (issue 17).
 
 CKKS (``federation.crypto``) spends a whole slot, 32 bytes of ciphertext, on each value: 8x the
 bytes of a float32 update. Model updates do not need CKKS's approximate reals; they need a sum.
-So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
+So a site sends ``Enc([w_i * (theta_i - g), w_i])`` as integers: its change from the round's global
+model ``g`` (which every site of a sum was sent alike: its digest is in the tags), weighted. The
+coordinator releases ``g + sum(w_i * (theta_i - g)) / sum(w_i)``, the weighted average of the models.
 
-- **fixed point**: each value ``w_i * theta_j`` becomes ``round(w_i * theta_j / step)``, with
-  ``step = bound / 2^16`` for a per-round ``bound`` on ``|theta_j|`` (``packing_bound``) that every
-  holds before it encrypts: ``encrypt_packed`` refuses values beyond it, so the node agent clips
-  its model to the bound first and records each clip in its own audit log (``packing-clip``), since
-  refusing would tell the coordinator one bit about the site's data each round;
+- **fixed point**: each value ``w_i * d_j`` (``d = theta_i - g``) becomes ``round(w_i * d_j / step)``,
+  with ``step = bound / 2^16`` for a per-round ``bound`` on ``|d_j|`` (``packing_bound``: twice the
+  global model's largest value, a power of 2) that every site holds before it encrypts:
+  ``encrypt_packed`` refuses values beyond it, so the node agent clips its change to the bound first
+  and records each clip in its own audit log (``packing-clip``), since refusing would tell the
+  coordinator one bit about the site's data each round;
 - **two values per slot** (lanes of ``LANE_BITS`` bits): ``slot = q_lo + 2^19 * q_hi`` (the low lane
   is read back within ``+-2^18``, the high one within what ``t`` leaves, about ``+-2^18``);
 - **BFV batching** (TenSEAL ``bfv_vector``): N = 8192 slots per ciphertext, not CKKS's N/2, a
@@ -19,7 +22,7 @@ So a site sends ``Enc([w_i * theta_i, w_i])`` as integers:
   a 1k-parameter model does not pay for 8,192 slots.
 
 **Overflow is impossible by construction, for honest parties.** The weights sum to 1 (``w_i = n_i / N``), so with every
-``|theta_j| <= bound`` the summed lane holds at most ``2^16 * sum(w_i) + S/2`` in magnitude, inside
+``|d_j| <= bound`` the summed lane holds at most ``2^16 * sum(w_i) + S/2`` in magnitude, inside
 its ``+-2^17`` with a factor of 2 to spare. The weight itself is a slot of its own at ``WEIGHT_SCALE``,
 which cannot overflow below 2^12 sites; the key holder decrypts, reads the weight sum and refuses
 (``check_weight_sum``) any sum whose weights exceed 1 (a coordinator that lied about N to inflate
@@ -30,12 +33,13 @@ malicious site could by sending lanes of any size. BFV decryption is exact; its 
 N = 8192) stays far below the ``2^17`` half-step of ``q/t``, even at 10,000 sites.
 
 **Error budget.** Each site's rounding moves a value by at most ``step / 2``; the sum of S sites by
-at most ``S * step / 2`` (``max_error``): at bound 8, ``1.2e-4 * S / 2``, and in practice about
-``step * sqrt(S / 12)``. That is the only error: there is no encryption noise in the result. It is
-an error on the model's values, not on their change in the round: where one round moves a weight by
-less than that (a ~100k-parameter MLP on 120-row clinics, ``bench.scale``: 6e-4 at 300 sites) it
-drowns the update, and packed training loses accuracy that CKKS keeps. Packing each site's change
-from the global model, under a public bound, is the known fix (issue 17, open).
+at most ``S * step / 2`` (``max_error``), and in practice by about ``step * sqrt(S / 12)``. That is
+the only error: there is no encryption noise in the result. The step follows the model's scale
+(``bound / 2^16``; 1.2e-4 for round 1 of a zero-initialised model, 8e-6 for an MLP whose largest
+weight is under 0.25). Earlier, sites packed their model's *values* under a bound of at
+least 8: a step of 1.2e-4 whose rounding (6e-4 at 300 sites) was larger than one round's change to a
+weight of a ~100k-parameter MLP on 120-row clinics, so packed training lost AUROC that CKKS kept
+(``bench.scale``). Packing the change, under a bound with no floor of 8, is the fix.
 
 **Tags**, as for CKKS (``federation.tags``) but exact, modulo ``t``: ``tag_k = <a_k, slots> + b_k``
 over the data slots (lanes packed, weight slot included), with ``a_k`` public from the label and
@@ -87,6 +91,8 @@ _LANE = 1 << LANE_BITS
 _FRACTION_BITS = 16  # |q| <= 2^16 for |value| <= bound: a factor of 2 below the lane's 2^17 (see module)
 WEIGHT_SCALE = 2.0**24
 MAX_SITES = 1 << 12
+ZERO_BOUND = 8.0  # the bound while the global model is all zero
+MIN_BOUND_BITS = -4  # the bound is never below 2^-4 (step 1e-6): a model near zero is not clipped to nothing
 
 
 @dataclass(frozen=True)
@@ -224,9 +230,16 @@ def _slots(context: ts.Context) -> int:
 
 
 def packing_bound(flat: np.ndarray) -> float:
-    """The round's bound on ``|theta|``: twice the global model's largest value, a power of 2, at least 8."""
+    """The round's bound on each site's change ``|theta_i - g|`` from the global model ``g`` it was sent:
+    twice ``g``'s largest value, a power of 2, at least 2^-4; ``ZERO_BOUND`` (8) for a model
+    that is all zero (round 1 of a zero-initialised one: nothing to scale by).
+
+    A public function of what every site receives alike, so the coordinator cannot pick a bound per site
+    (each site recomputes it and refuses another, ``node_agent.client_app``)."""
     largest = float(np.max(np.abs(flat))) if np.size(flat) else 0.0
-    return float(2.0 ** max(3, math.ceil(math.log2(max(2.0 * largest, 1e-12)))))
+    if not largest > 0.0:
+        return ZERO_BOUND
+    return float(2.0 ** max(MIN_BOUND_BITS, math.ceil(math.log2(2.0 * largest))))
 
 
 def step_of(bound: float) -> float:
@@ -275,7 +288,8 @@ def _lanes(values: np.ndarray, step: float) -> np.ndarray:
 
 def encrypt_packed(context: PackedContext, values: np.ndarray, *, weight: float, bound: float, site_key: bytes,
                    label: QueryLabel) -> bytes:
-    """A site's packed reply ``Enc([w * theta (two per slot), w, 1, tags])``; ``values`` is ``w * theta``.
+    """A site's packed reply ``Enc([w * d (two per slot), w, 1, tags])``; ``values`` is ``w * d``, the
+    site's weighted change ``d = theta - g`` from the global model (or any vector to be summed).
 
     Raises
     ------
@@ -376,7 +390,7 @@ def check_weight_sum(slots: np.ndarray, *, length: int, sites: int) -> float:
 
 
 def unpack_values(slots: np.ndarray, *, n_values: int, bound: float) -> np.ndarray:
-    """``[sum(w_i * theta_i) (n_values), sum(w_i)]`` as floats from the decrypted data slots."""
+    """``[sum(w_i * d_i) (n_values), sum(w_i)]`` as floats from the decrypted data slots."""
     data = np.asarray(slots, dtype=np.int64)
     lanes, weight = data[:-1], data[-1]
     low = ((lanes + _LANE // 2) % _LANE) - _LANE // 2

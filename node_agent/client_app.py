@@ -76,7 +76,7 @@ def _ciphertext_record(site_dir: Path, site_id: str, config: ConfigRecord, value
 
     The query's label binds the site's tags to this run, phase and round and to the DP noise the
     site applied; the site answers each query once (``node_agent.answered``). With ``packed_weight``,
-    ``values`` is a weighted model update ``w * theta`` sent packed with its weight ``w``.
+    ``values`` is a weighted change from the global model ``w * (theta - g)`` sent packed with its weight ``w``.
     """
     enrolment = _enrolment(site_dir, site_id)
     # Pinned identity: a context the enrolled key holder did not sign is refused before anything is
@@ -271,14 +271,17 @@ def build_client_app(
                 return reply(message, refusal_content(admitted.site_dir, PolicyRefusal(
                     f"the round's total row count {config.get('total-examples')} is below this site's {n} rows"),
                     phase="train", config=config))
+            # The change from the global model is what is packed (federation.packing): its rounding is
+            # on the round's change, under a bound that follows the model's scale.
             bound = float(config["packing-bound"])
-            clipped = int(np.sum(np.abs(flat) > bound))
+            change = np.asarray(flat, dtype=np.float64) - np.asarray(global_flat, dtype=np.float64)
+            clipped = int(np.sum(np.abs(change) > bound))
             if clipped:
                 # Clipped, never refused: a refusal would tell the coordinator that this site's own
-                # model left the bound (one bit about its data per round). Recorded here.
+                # change left the bound (one bit about its data per round). Recorded here.
                 node_audit(admitted.site_dir).append(actor="node", action="packing-clip", run_id=str(config["run-id"]),
                                                      round=int(config["server-round"]), values=clipped, bound=bound)
-            record = encrypted(admitted, data, min(weight, 1.0) * np.clip(flat, -bound, bound), phase="train",
+            record = encrypted(admitted, data, min(weight, 1.0) * np.clip(change, -bound, bound), phase="train",
                                round_=int(config["server-round"]), packed_weight=min(weight, 1.0))
         else:
             record = encrypted(admitted, data, np.append(weight * flat, weight), phase="train",
