@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import platform
 import resource
@@ -85,3 +87,16 @@ def current_rss_mb() -> float:
             return float(line.split()[1]) / 1024
     raise BenchUnavailable("no VmRSS in /proc/self/status: this benchmark measures memory on Linux only")
 
+
+
+@contextlib.contextmanager
+def quiet_flwr(quiet: bool = True):
+    """Flower's logger at ERROR inside the block (when ``quiet``), its own level again after it."""
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -29,7 +29,6 @@ in waves of that many: the same for both modes.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import statistics
 import tempfile
@@ -41,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bench.common import environment, spread
+from bench.common import environment, quiet_flwr, spread
 from bench.errors import BenchUnavailable
 from bench.he_overhead import MODELS, _mlp, _train_seconds
 from bench.secagg_settings import (
@@ -280,11 +279,7 @@ def run_secagg(*, sizes: Sequence[int] = (1_000, 100_000), sites: int = 10, roun
     load_before = list(os.getloadavg())
     results: list[dict] = []
     server_app = ServerApp()
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_flwr(not verbose):
         with tempfile.TemporaryDirectory(prefix="fenji-secagg-") as tmp:
             folder = Path(tmp)
 
@@ -300,8 +295,6 @@ def run_secagg(*, sizes: Sequence[int] = (1_000, 100_000), sites: int = 10, roun
                                backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                                "init_args": dict(_RAY_INIT_ARGS)},
                                verbose_logging=verbose)
-    finally:
-        flwr_logger.setLevel(level)
     if len(results) != len(sizes):
         raise BenchUnavailable("the SecAgg+ simulation ended before every size was measured; rerun with verbose=True")
     return {

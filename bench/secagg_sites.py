@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import statistics
 import sys
@@ -60,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.clinics import clinical_spec, prepare_sites
-from bench.common import current_rss_mb, peak_kb, reset_peak, spread
+from bench.common import current_rss_mb, peak_kb, quiet_flwr, reset_peak, spread
 from bench.errors import BenchUnavailable
 from bench.secagg import PLAIN_STAGE, STAGES, ReplySizes, collect_replies, flat_values, one_round, secagg_when_asked
 from bench.secagg_settings import (
@@ -189,11 +188,7 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
     site_bytes: list[int] = []
     differences: list[float] = []
     final: list[np.ndarray] = []
-    flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_flwr(not verbose):
         with tempfile.TemporaryDirectory(prefix="fenji-secagg-sites-") as tmp:
             root = Path(tmp)
             site_dirs, encoding, initial, train_rows = _prepare(root, sites, rows, spec)
@@ -244,8 +239,6 @@ def run_secagg_sites(sites: int, rounds: int, rows: int, *, check: bool = False,
             client_pids = _pids(folder)
             params = EncodingParams.from_dict(encoding)
             aurocs = [evaluate_flat(load_site_data(d, spec), params, final[0])["auroc"] for d in site_dirs]
-    finally:
-        flwr_logger.setLevel(level)
     n_params = int(initial.size)
     update_bytes = float(statistics.median(site_bytes))
     float32_bytes = 4 * (n_params + 1)
