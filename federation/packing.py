@@ -39,13 +39,7 @@ one ``step``, the sum of S sites by less than ``S * step`` (``max_error``), and 
 result. It is an error on the round's change, and the step follows the model's scale (``bound / 2^16``;
 1.2e-4 for round 1 of a zero-initialised model, 8e-6 for an MLP whose largest weight is under 0.25).
 
-Earlier, sites packed their model's *values*, rounded to the nearest, under a bound of at least 8:
-a step of 1.2e-4 whose rounding noise (6e-4 at 300 sites) was larger than one round's change to a
-weight of a ~100k-parameter MLP on 120-row clinics, so packed training lost AUROC that CKKS kept
-(``bench.scale``). Packing the change under a finer bound is half the fix: a site's weighted change
-is often below half a step (1/300 of a change of 1e-3 is 0.4 steps), and rounding to the nearest
-sends 0 for it at every site, so the sum loses the change (measured: 0.690 against plaintext's 0.759
-at 300 clinics). Stochastic rounding is the other half.
+What went wrong before (values rounded to the nearest under a floor of 8): docs/threat-model.md.
 
 **Tags**, as for CKKS (``federation.tags``) but exact, modulo ``t``: ``tag_k = <a_k, slots> + b_k``
 over the data slots (lanes packed, weight slot included), with ``a_k`` public from the label and
@@ -54,7 +48,6 @@ over the data slots (lanes packed, weight slot included), with ``a_k`` public fr
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import hmac
 import math
@@ -65,6 +58,7 @@ import numpy as np
 import tenseal as ts
 
 from federation.crypto import pack, unpack
+from federation.primes import batching_prime
 from federation.errors import (
     AggregateCheckError,
     CiphertextError,
@@ -116,7 +110,7 @@ class PackedParams:
 
     @property
     def plain_modulus(self) -> int:
-        return _batching_prime(self.plain_modulus_bits, self.poly_modulus_degree)
+        return batching_prime(self.plain_modulus_bits, self.poly_modulus_degree)
 
 
 # Ring by length: the tail of a vector (or a whole small model) goes in a ciphertext of the smaller
@@ -179,38 +173,6 @@ def load_packed_context(blob: bytes, *, secret: bool = False) -> PackedContext:
             raise PrivacyError("refusing a packed context that carries a secret key" if not secret
                                else "decrypting needs the secret key")
     return PackedContext(rings[0], rings[1] if len(rings) == 2 else None)
-
-
-def _is_prime(n: int) -> bool:
-    if n < 2:
-        return False
-    small = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    for p in small:
-        if n % p == 0:
-            return n == p
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for a in small:  # deterministic for n < 3.3e24
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
-
-
-@functools.lru_cache(maxsize=8)
-def _batching_prime(bits: int, degree: int) -> int:
-    """The largest prime below 2^bits that is 1 modulo 2N (BFV batching needs it)."""
-    k = (1 << bits) // (2 * degree)
-    while not _is_prime(k * 2 * degree + 1):
-        k -= 1
-    return k * 2 * degree + 1
 
 
 def make_packed_context() -> PackedContext:
@@ -287,16 +249,15 @@ def _tags(slots: np.ndarray, site_key: bytes, label: QueryLabel, t: int) -> list
 
 
 def _rounding(site_key: bytes, label: QueryLabel) -> np.random.Generator:
-    """The site's stochastic rounding for one query: seeded from HMAC of the query under its own key, so it
-    repeats for the site and nobody else can predict it (it is not a privacy mechanism: it makes rounding
-    unbiased)."""
+    """Stochastic rounding for one query, seeded by HMAC of it under the site's key (unbiased, not a privacy
+    mechanism: the site can repeat it, nobody else can predict it)."""
     digest = hmac.new(site_key, b"packed-rounding|" + label.canonical(), hashlib.sha256).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
 def _lanes(values: np.ndarray, step: float, rounding: np.random.Generator) -> np.ndarray:
-    # Stochastic rounding: up with probability the fraction, so E[q] = value / step exactly. Rounding to
-    # the nearest would send 0 for every change below half a step (a site's weighted change often is).
+    # Up with probability the fraction, so E[q] = value / step: rounding to the nearest sent 0 for every
+    # change below half a step, as a site's weighted change often is.
     scaled = values / step
     low = np.floor(scaled)
     q = (low + (rounding.random(scaled.shape) < scaled - low)).astype(np.int64)
