@@ -88,7 +88,6 @@ def current_rss_mb() -> float:
     raise BenchUnavailable("no VmRSS in /proc/self/status: this benchmark measures memory on Linux only")
 
 
-
 @contextlib.contextmanager
 def quiet_flwr(quiet: bool = True):
     """Flower's logger at ERROR inside the block (when ``quiet``), its own level again after it."""

@@ -342,7 +342,7 @@ class EncryptedFedAvg(ScreenedFedAvg):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         if self.packed:
-            # Every site checks its model against this bound before it encrypts (overflow is impossible).
+            # Every site clips its change from the sent model to this bound before it encrypts (no overflow).
             sent = arrays.to_numpy_ndarrays()[0]
             self._bounds[server_round] = packing_bound(sent)
             self._sent_models[server_round] = np.asarray(sent, dtype=np.float64)  # sites pack their change from it

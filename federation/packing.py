@@ -7,7 +7,7 @@ So a site sends ``Enc([w_i * (theta_i - g), w_i])`` as integers: its change from
 model ``g`` (which every site of a sum was sent alike: its digest is in the tags), weighted. The
 coordinator releases ``g + sum(w_i * (theta_i - g)) / sum(w_i)``, the weighted average of the models.
 
-- **fixed point**: each value ``w_i * d_j`` (``d = theta_i - g``) becomes ``round(w_i * d_j / step)``,
+- **fixed point**: each value ``w_i * d_j`` (``d = theta_i - g``) becomes an integer near ``w_i * d_j / step``,
   with ``step = bound / 2^16`` for a per-round ``bound`` on ``|d_j|`` (``packing_bound``: twice the
   global model's largest value, a power of 2) that every site holds before it encrypts:
   ``encrypt_packed`` refuses values beyond it, so the node agent clips its change to the bound first
@@ -58,13 +58,13 @@ import numpy as np
 import tenseal as ts
 
 from federation.crypto import pack, unpack
-from federation.primes import batching_prime
 from federation.errors import (
     AggregateCheckError,
     CiphertextError,
     PrivacyError,
     SiteDataError,
 )
+from federation.primes import batching_prime
 from federation.tags import TAG_SLOTS, QueryLabel
 
 __all__ = [
